@@ -1,0 +1,57 @@
+//! `GET /_health` and `GET /metrics`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+
+/// Status, per-source cursor and lag, record count.
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let counts = state
+        .readers
+        .with(|c| {
+            c.query_row(
+                "SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM quarantine)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+        })
+        .await;
+    let now = chrono::Utc::now();
+    let sources: Vec<Value> = state
+        .positions
+        .snapshot()
+        .into_iter()
+        .map(|(source, pos)| {
+            let lag = pos
+                .event_time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
+            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time, "lagSeconds": lag })
+        })
+        .collect();
+    match counts {
+        Ok((records, quarantined)) => Json(json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "records": records,
+            "quarantined": quarantined,
+            "sources": sources,
+        }))
+        .into_response(),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "error", "message": e.to_string(), "sources": sources })),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}

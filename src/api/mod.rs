@@ -1,0 +1,80 @@
+//! The HTTP surface: XRPC, GraphQL, health and metrics, one axum router.
+
+pub mod graphql;
+pub mod health;
+pub mod params;
+pub mod xrpc;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::index::store::{ReadPool, StoreError};
+use crate::index::writer::Positions;
+use crate::lexicon::Catalog;
+use crate::metrics::Metrics;
+
+/// Everything a request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub readers: Arc<ReadPool>,
+    pub catalog: Arc<Catalog>,
+    pub metrics: Arc<Metrics>,
+    pub positions: Arc<Positions>,
+    pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
+}
+
+/// The router, separate from `main` so tests can drive it in-process.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/xrpc/{nsid}", get(xrpc::dispatch).post(xrpc::dispatch_post))
+        .route("/graphql", get(graphql::graphiql_or_get).post(graphql::post))
+        .route("/_health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// An XRPC error: atproto's envelope `{"error", "message"}` with a status.
+#[derive(Debug)]
+pub struct XrpcError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub message: String,
+}
+
+impl XrpcError {
+    pub fn invalid_request(message: impl Into<String>) -> XrpcError {
+        XrpcError { status: StatusCode::BAD_REQUEST, error: "InvalidRequest", message: message.into() }
+    }
+    pub fn named(error: &'static str, message: impl Into<String>) -> XrpcError {
+        XrpcError { status: StatusCode::BAD_REQUEST, error, message: message.into() }
+    }
+    pub fn not_implemented(nsid: &str) -> XrpcError {
+        XrpcError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            error: "MethodNotImplemented",
+            message: format!("Method Not Implemented: {nsid}"),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> XrpcError {
+        XrpcError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "InternalServerError", message: message.into() }
+    }
+}
+
+impl From<StoreError> for XrpcError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error while serving");
+        XrpcError::internal("Internal Server Error")
+    }
+}
+
+impl IntoResponse for XrpcError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.error, "message": self.message }))).into_response()
+    }
+}

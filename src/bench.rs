@@ -1,0 +1,299 @@
+//! `lexview bench`: decode + validate + index throughput through the real
+//! pipeline and a real on-disk DuckDB store, on (a) recorded frames replayed in
+//! a loop and (b) a generated corpus of commit events with a realistic mix.
+
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use cid::Cid;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::index::event::IndexEvent;
+use crate::index::store::Store;
+use crate::metrics::Metrics;
+use crate::pipeline::{Ingestor, Outcome};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// A recorded frames file to replay in a loop (case a).
+    #[arg(long)]
+    pub frames: Option<PathBuf>,
+    /// How many times to replay --frames.
+    #[arg(long, default_value_t = 200)]
+    pub loops: usize,
+    /// Generate and index this many commit events (case b).
+    #[arg(long, default_value_t = 0)]
+    pub generate: usize,
+    /// Lexicon directory.
+    #[arg(long, default_value = "./lexicons")]
+    pub lexicons: PathBuf,
+    /// Scratch directory for the store and the generated corpus.
+    #[arg(long, default_value = "./target/bench")]
+    pub dir: PathBuf,
+    /// Writer batch size in events.
+    #[arg(long, default_value_t = 20_000)]
+    pub batch: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let catalog = Arc::new(crate::serve::load_catalog(&args.lexicons)?);
+    std::fs::create_dir_all(&args.dir)?;
+    println!("machine: {} cores (std::thread::available_parallelism)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    if let Some(frames) = &args.frames {
+        let data = std::fs::read(frames).with_context(|| format!("reading {}", frames.display()))?;
+        let (list, _) = crate::source::replay::split_frames(&data);
+        let list: Vec<Vec<u8>> = list.into_iter().map(<[u8]>::to_vec).collect();
+        let n = list.len();
+        let iter = (0..args.loops).flat_map(move |_| list.clone().into_iter());
+        let store_dir = args.dir.join("store-frames");
+        let _ = std::fs::remove_dir_all(&store_dir);
+        report(&format!("(a) {} recorded frames x {} loops", n, args.loops), measure(&catalog, &store_dir, args.batch, iter)?);
+    }
+    if args.generate > 0 {
+        let corpus = args.dir.join(format!("generated-{}.bin", args.generate));
+        if !corpus.exists() {
+            eprintln!("generating {} commit events into {} ...", args.generate, corpus.display());
+            generate_corpus(&corpus, args.generate)?;
+        }
+        let reader = FrameReader(BufReader::with_capacity(1 << 20, std::fs::File::open(&corpus)?));
+        let store_dir = args.dir.join("store-generated");
+        let _ = std::fs::remove_dir_all(&store_dir);
+        report(&format!("(b) {} generated commit events", args.generate), measure(&catalog, &store_dir, args.batch, reader)?);
+    }
+    println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
+    Ok(())
+}
+
+struct Measured {
+    events: usize,
+    secs: f64,
+    metrics: Arc<Metrics>,
+}
+
+fn report(label: &str, m: Measured) {
+    println!(
+        "{label}: {} events in {:.2} s = {:.0} events/s ({} records indexed, {} deleted, {} invalid, {} ops skipped)",
+        m.events,
+        m.secs,
+        m.events as f64 / m.secs,
+        m.metrics.records_indexed_total.load(std::sync::atomic::Ordering::Relaxed),
+        m.metrics.records_deleted_total.load(std::sync::atomic::Ordering::Relaxed),
+        m.metrics.records_invalid_total.load(std::sync::atomic::Ordering::Relaxed),
+        m.metrics.ops_skipped_total.load(std::sync::atomic::Ordering::Relaxed),
+    );
+}
+
+/// Ingest on one thread, write on another, as `serve` does.
+fn measure(
+    catalog: &Arc<crate::lexicon::Catalog>,
+    store_dir: &Path,
+    batch: usize,
+    frames: impl Iterator<Item = Vec<u8>> + Send + 'static,
+) -> anyhow::Result<Measured> {
+    let mut store = Store::open(store_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let ingestor = Ingestor::new(catalog.clone(), metrics.clone());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<IndexEvent>>(4);
+    let start = Instant::now();
+    let producer = std::thread::spawn(move || {
+        let mut n = 0usize;
+        let mut chunk = Vec::with_capacity(batch);
+        for frame in frames {
+            n += 1;
+            if let Ok(Outcome::Event(ev)) = ingestor.process("bench", &frame) {
+                chunk.push(ev);
+            }
+            if chunk.len() >= batch {
+                let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(batch)));
+            }
+        }
+        let _ = tx.send(chunk);
+        n
+    });
+    for events in rx {
+        store.apply(&events)?;
+    }
+    let events = producer.join().expect("producer thread");
+    Ok(Measured { events, secs: start.elapsed().as_secs_f64(), metrics })
+}
+
+struct FrameReader<R>(R);
+
+impl<R: Read> Iterator for FrameReader<R> {
+    type Item = Vec<u8>;
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        self.0.read_exact(&mut len).ok()?;
+        let mut buf = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.0.read_exact(&mut buf).ok()?;
+        Some(buf)
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+// ---- corpus generation: real DAG-CBOR, real CIDs, real CAR slices ----
+
+#[derive(Serialize)]
+struct Header<'a> {
+    op: i64,
+    t: &'a str,
+}
+
+#[derive(Serialize)]
+struct OpOut {
+    action: &'static str,
+    path: String,
+    cid: Option<Cid>,
+    prev: Option<Cid>,
+}
+
+#[derive(Serialize)]
+struct CommitOut {
+    seq: i64,
+    repo: String,
+    rev: String,
+    since: Option<String>,
+    commit: Cid,
+    #[serde(with = "serde_bytes")]
+    blocks: Vec<u8>,
+    ops: Vec<OpOut>,
+    #[serde(rename = "tooBig")]
+    too_big: bool,
+    rebase: bool,
+    blobs: Vec<Cid>,
+    time: String,
+}
+
+fn cid_for(block: &[u8]) -> Cid {
+    let digest = Sha256::digest(block);
+    let mh = multihash::Multihash::<64>::wrap(0x12, &digest).expect("sha256 fits");
+    Cid::new_v1(0x71, mh)
+}
+
+fn car_bytes(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct CarHeader {
+        roots: Vec<Cid>,
+        version: u64,
+    }
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let header = serde_ipld_dagcbor::to_vec(&CarHeader { roots: vec![root], version: 1 }).expect("header");
+    let mut out = Vec::new();
+    varint(header.len(), &mut out);
+    out.extend_from_slice(&header);
+    for (cid, data) in blocks {
+        let c = cid.to_bytes();
+        varint(c.len() + data.len(), &mut out);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+fn tid(n: u64) -> String {
+    const ALPHA: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
+    let v = (1_700_000_000_000_000u64 + n * 1000) << 10;
+    (0..13).rev().map(|i| ALPHA[((v >> (i * 5)) & 31) as usize] as char).collect()
+}
+
+/// Writes `n` `#commit` frames with a realistic mix: 40 % posts, 28 % likes,
+/// 10 % follows, 8 % reposts, 9 % custom records (status, RSVP, book), 5 % deletes.
+pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let dids: Vec<String> = (0..5000).map(|i| format!("did:plc:bench{:019}", i)).collect();
+    let mut created: Vec<(usize, &'static str, String)> = Vec::new();
+    let header = serde_ipld_dagcbor::to_vec(&Header { op: 1, t: "#commit" })?;
+    let now = "2026-11-24T12:00:00.000Z";
+    for i in 0..n {
+        let author = i % dids.len();
+        let did = &dids[author];
+        let rkey = tid(i as u64);
+        let roll = (i * 7919) % 100;
+        let target_post = created.iter().rev().find(|c| c.1 == "app.bsky.feed.post").map(|c| {
+            (format!("at://{}/app.bsky.feed.post/{}", dids[c.0], c.2), "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi")
+        });
+        let (action, collection, record): (&str, &'static str, Option<serde_json::Value>) = if roll < 5 && !created.is_empty() {
+            ("delete", created[(i * 31) % created.len()].1, None)
+        } else if roll < 45 {
+            let mut r = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} about rust and atproto"), "createdAt": now, "langs": ["en"]});
+            if let (true, Some((uri, cid))) = (i % 3 == 0, &target_post) {
+                r["reply"] = serde_json::json!({"root": {"uri": uri, "cid": cid}, "parent": {"uri": uri, "cid": cid}});
+            }
+            ("create", "app.bsky.feed.post", Some(r))
+        } else if roll < 73 {
+            let (uri, cid) = target_post.clone().unwrap_or((format!("at://{did}/app.bsky.feed.post/{rkey}"), "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"));
+            ("create", "app.bsky.feed.like", Some(serde_json::json!({"$type": "app.bsky.feed.like", "subject": {"uri": uri, "cid": cid}, "createdAt": now})))
+        } else if roll < 83 {
+            ("create", "app.bsky.graph.follow", Some(serde_json::json!({"$type": "app.bsky.graph.follow", "subject": dids[(i * 13) % dids.len()], "createdAt": now})))
+        } else if roll < 91 {
+            let (uri, cid) = target_post.clone().unwrap_or((format!("at://{did}/app.bsky.feed.post/{rkey}"), "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"));
+            ("create", "app.bsky.feed.repost", Some(serde_json::json!({"$type": "app.bsky.feed.repost", "subject": {"uri": uri, "cid": cid}, "createdAt": now})))
+        } else if roll < 94 {
+            ("create", "xyz.statusphere.status", Some(serde_json::json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": now})))
+        } else if roll < 97 {
+            ("create", "buzz.bookhive.book", Some(serde_json::json!({"$type": "buzz.bookhive.book", "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": format!("bk_{i}"), "status": "buzz.bookhive.defs#finished", "stars": 9, "createdAt": now})))
+        } else {
+            let uri = format!("at://{}/community.lexicon.calendar.event/{}", dids[(i * 17) % dids.len()], tid(7));
+            ("create", "community.lexicon.calendar.rsvp", Some(serde_json::json!({"$type": "community.lexicon.calendar.rsvp", "subject": {"uri": uri, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "status": "community.lexicon.calendar.rsvp#going", "createdAt": now})))
+        };
+        let (path_rkey, mut blocks, cid, repo_idx) = match &record {
+            Some(r) => {
+                let bytes = serde_ipld_dagcbor::to_vec(r)?;
+                let cid = cid_for(&bytes);
+                created.push((author, collection, rkey.clone()));
+                if created.len() > 10_000 {
+                    created.drain(..5000);
+                }
+                (rkey.clone(), vec![(cid, bytes)], Some(cid), author)
+            }
+            None => {
+                let victim = created.remove((i * 31) % created.len());
+                (victim.2, Vec::new(), None, victim.0)
+            }
+        };
+        let commit_block = serde_ipld_dagcbor::to_vec(&serde_json::json!({"did": did, "rev": rkey, "version": 3}))?;
+        let commit_cid = cid_for(&commit_block);
+        blocks.push((commit_cid, commit_block));
+        let repo = dids[repo_idx].clone();
+        let body = CommitOut {
+            seq: i as i64 + 1,
+            repo,
+            rev: rkey.clone(),
+            since: None,
+            commit: commit_cid,
+            blocks: car_bytes(commit_cid, &blocks),
+            ops: vec![OpOut { action: if action == "delete" { "delete" } else { "create" }, path: format!("{collection}/{path_rkey}"), cid, prev: None }],
+            too_big: false,
+            rebase: false,
+            blobs: Vec::new(),
+            time: now.to_string(),
+        };
+        let body = serde_ipld_dagcbor::to_vec(&body)?;
+        out.write_all(&((header.len() + body.len()) as u32).to_le_bytes())?;
+        out.write_all(&header)?;
+        out.write_all(&body)?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The storage boundary: what ingestion asks the index to do. The decoder
+//! turns wire events into these; the writer only ever sees these.
+
+use serde_json::Value;
+
+/// A backlink: `path` inside a record points at `target` (an AT-URI or DID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub path: String,
+    pub target: String,
+}
+
+impl Link {
+    /// The DID that owns the link target.
+    pub fn target_did(&self) -> &str {
+        let t = self.target.strip_prefix("at://").unwrap_or(&self.target);
+        t.split(['/', '#']).next().unwrap_or(t)
+    }
+}
+
+/// A record version to index.
+#[derive(Debug, Clone)]
+pub struct RecordWrite {
+    pub did: String,
+    pub collection: String,
+    pub rkey: String,
+    pub cid: String,
+    pub rev: String,
+    pub record: Value,
+    pub links: Vec<Link>,
+}
+
+/// A record that failed decoding or validation.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub did: String,
+    pub collection: String,
+    pub rkey: String,
+    pub cid: Option<String>,
+    pub rev: String,
+    pub reason: String,
+    pub record: Option<Value>,
+}
+
+/// One change to the index.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Create or replace a record.
+    Put(RecordWrite),
+    /// Remove a record and its links.
+    Delete { did: String, collection: String, rkey: String, rev: String },
+    /// A record that is not valid: the old version (if any) is removed and the
+    /// new one kept aside with its reason.
+    Invalid(Quarantined),
+    /// A DID's handle (re)asserted.
+    Identity { did: String, handle: Option<String> },
+    /// A DID's hosting status.
+    Account { did: String, active: bool, status: Option<String> },
+}
+
+impl Change {
+    /// The AT-URI of the record this change touches, if it touches one.
+    pub fn record_uri(&self) -> Option<String> {
+        let (did, collection, rkey) = match self {
+            Change::Put(w) => (&w.did, &w.collection, &w.rkey),
+            Change::Delete { did, collection, rkey, .. } => (did, collection, rkey),
+            Change::Invalid(q) => (&q.did, &q.collection, &q.rkey),
+            _ => return None,
+        };
+        Some(format!("at://{did}/{collection}/{rkey}"))
+    }
+}
+
+/// Everything one source event asks for, with the source position after it.
+#[derive(Debug, Clone, Default)]
+pub struct IndexEvent {
+    pub source: String,
+    /// The cursor to store once this event is applied (seq or time_us).
+    pub cursor: Option<i64>,
+    /// The event's own `time`, for lag reporting.
+    pub time: Option<String>,
+    pub changes: Vec<Change>,
+}

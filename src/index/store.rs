@@ -1,0 +1,299 @@
+//! The DuckDB store: migrations, the batch apply that keeps records, links,
+//! counts, actors and the cursor consistent in one transaction, and read
+//! connections for the API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use duckdb::types::{TimeUnit, Value as DbValue};
+use duckdb::{params, Connection};
+use indexmap::IndexMap;
+
+use super::event::{Change, IndexEvent, Link, Quarantined, RecordWrite};
+
+/// Migrations, in order. The files live in `schema/`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "001_init.sql", include_str!("../../schema/001_init.sql"))];
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DuckDB: {0}")]
+    Db(#[from] duckdb::Error),
+    #[error("the store at {path} is locked by another process (is `lexview serve` running?): {message}")]
+    Locked { path: PathBuf, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What one committed batch did, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyStats {
+    pub events: usize,
+    pub puts: usize,
+    pub deletes: usize,
+    pub invalid: usize,
+    pub links: usize,
+}
+
+/// The on-disk store. Owns the single writing connection; hands out read
+/// connections (clones of the same database instance) to the API.
+pub struct Store {
+    conn: Connection,
+    readers: Arc<ReadPool>,
+}
+
+/// A small pool of read connections, each used by one blocking task at a time.
+pub struct ReadPool {
+    base: Mutex<Connection>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    /// Runs `f` with a read connection on the blocking thread pool.
+    pub async fn with<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || pool.with_blocking(f))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Runs `f` with a read connection on the current thread.
+    pub fn with_blocking<T>(&self, f: impl FnOnce(&Connection) -> duckdb::Result<T>) -> Result<T> {
+        let conn = match self.idle.lock().expect("pool lock").pop() {
+            Some(c) => c,
+            None => self.base.lock().expect("pool lock").try_clone()?,
+        };
+        let out = f(&conn);
+        self.idle.lock().expect("pool lock").push(conn);
+        Ok(out?)
+    }
+}
+
+/// The store's database file inside `--data`.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("lexview.duckdb")
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `data_dir` and applies migrations.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = db_path(data_dir);
+        let conn = Connection::open(&path).map_err(|e| lock_error(&path, e))?;
+        migrate(&conn)?;
+        conn.execute_batch(
+            "CREATE TEMP TABLE batch_uris (uri VARCHAR);
+             CREATE TEMP TABLE batch_links AS SELECT * FROM links LIMIT 0;",
+        )?;
+        let readers = Arc::new(ReadPool { base: Mutex::new(conn.try_clone()?), idle: Mutex::new(Vec::new()) });
+        Ok(Store { conn, readers })
+    }
+
+    /// Read connections for the API.
+    pub fn readers(&self) -> Arc<ReadPool> {
+        self.readers.clone()
+    }
+
+    /// The stored cursor of a source.
+    pub fn cursor(&self, source: &str) -> Result<Option<i64>> {
+        let mut stmt = self.conn.prepare("SELECT cursor FROM cursors WHERE source = ?")?;
+        let mut rows = stmt.query(params![source])?;
+        Ok(match rows.next()? {
+            Some(row) => Some(row.get(0)?),
+            None => None,
+        })
+    }
+
+    /// Applies a batch of events in one transaction: records, links, counts,
+    /// quarantine, actors and the cursor of every source in the batch. Either
+    /// all of it is durable or none of it is.
+    pub fn apply(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        match self.apply_in_txn(events) {
+            Ok(stats) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(stats)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_in_txn(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
+        let mut stats = ApplyStats { events: events.len(), ..Default::default() };
+        // The final state of every record the batch touches: later changes win.
+        let mut finals: IndexMap<String, &Change> = IndexMap::new();
+        let mut actors: IndexMap<&str, (Option<Option<&str>>, Option<(bool, Option<&str>)>)> = IndexMap::new();
+        let mut cursors: HashMap<&str, (i64, Option<&str>)> = HashMap::new();
+        for ev in events {
+            for change in &ev.changes {
+                match change {
+                    Change::Identity { did, handle } => actors.entry(did).or_default().0 = Some(handle.as_deref()),
+                    Change::Account { did, active, status } => {
+                        actors.entry(did).or_default().1 = Some((*active, status.as_deref()))
+                    }
+                    other => {
+                        let uri = other.record_uri().expect("record change");
+                        finals.shift_remove(&uri);
+                        finals.insert(uri, other);
+                    }
+                }
+            }
+            if let Some(c) = ev.cursor {
+                cursors.insert(&ev.source, (c, ev.time.as_deref()));
+            }
+        }
+        let now = now_value();
+        if !finals.is_empty() {
+            {
+                let mut app = self.conn.appender("batch_uris")?;
+                for uri in finals.keys() {
+                    app.append_row(params![uri])?;
+                }
+            }
+            self.conn.execute_batch(
+                "INSERT INTO link_counts (target, collection, path, n)
+                   SELECT target, source_collection, path, -count(*) FROM links
+                   WHERE source_uri IN (SELECT uri FROM batch_uris) GROUP BY ALL
+                   ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n;
+                 DELETE FROM links WHERE source_uri IN (SELECT uri FROM batch_uris);
+                 DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
+                 DELETE FROM batch_uris;",
+            )?;
+            let mut records = self.conn.appender("records")?;
+            let mut links = self.conn.appender("batch_links")?;
+            let mut quarantine = self.conn.appender("quarantine")?;
+            for (uri, change) in &finals {
+                match change {
+                    Change::Put(w) => {
+                        append_record(&mut records, uri, w, &now)?;
+                        for link in &w.links {
+                            append_link(&mut links, uri, w, link)?;
+                        }
+                        stats.puts += 1;
+                        stats.links += w.links.len();
+                    }
+                    Change::Delete { .. } => stats.deletes += 1,
+                    Change::Invalid(q) => {
+                        append_quarantine(&mut quarantine, uri, q, &now)?;
+                        stats.invalid += 1;
+                    }
+                    _ => unreachable!("only record changes are in finals"),
+                }
+            }
+            records.flush()?;
+            links.flush()?;
+            quarantine.flush()?;
+            drop((records, links, quarantine));
+            if stats.links > 0 {
+                self.conn.execute_batch(
+                    "INSERT INTO links SELECT * FROM batch_links;
+                     INSERT INTO link_counts (target, collection, path, n)
+                       SELECT target, source_collection, path, count(*) FROM batch_links GROUP BY ALL
+                       ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n;
+                     DELETE FROM batch_links;",
+                )?;
+            }
+            self.conn.execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+        }
+        for (did, (identity, account)) in &actors {
+            self.conn.execute(
+                "INSERT INTO actors (did, handle, active, status, updated_at) VALUES (?, ?, true, NULL, ?)
+                 ON CONFLICT DO NOTHING",
+                params![did, identity.flatten(), now],
+            )?;
+            if let Some(handle) = identity {
+                self.conn.execute("UPDATE actors SET handle = ?, updated_at = ? WHERE did = ?", params![handle, now, did])?;
+            }
+            if let Some((active, status)) = account {
+                self.conn.execute(
+                    "UPDATE actors SET active = ?, status = ?, updated_at = ? WHERE did = ?",
+                    params![active, status, now, did],
+                )?;
+            }
+        }
+        for (source, (cursor, time)) in cursors {
+            self.conn.execute(
+                "INSERT INTO cursors (source, cursor, event_time, updated_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT DO UPDATE SET cursor = excluded.cursor, event_time = excluded.event_time,
+                   updated_at = excluded.updated_at",
+                params![source, cursor, time, now],
+            )?;
+        }
+        Ok(stats)
+    }
+}
+
+fn append_record(app: &mut duckdb::Appender, uri: &str, w: &RecordWrite, now: &DbValue) -> duckdb::Result<()> {
+    let created_at = w.record.get("createdAt").and_then(|v| v.as_str());
+    app.append_row(params![uri, w.did, w.collection, w.rkey, w.cid, w.rev, w.record.to_string(), created_at, now])
+}
+
+fn append_link(app: &mut duckdb::Appender, uri: &str, w: &RecordWrite, link: &Link) -> duckdb::Result<()> {
+    app.append_row(params![uri, w.did, w.collection, link.path, link.target, link.target_did()])
+}
+
+fn append_quarantine(app: &mut duckdb::Appender, uri: &str, q: &Quarantined, now: &DbValue) -> duckdb::Result<()> {
+    let record = q.record.as_ref().map(|r| r.to_string());
+    app.append_row(params![uri, q.did, q.collection, q.rkey, q.cid, q.rev, q.reason, record, now])
+}
+
+fn now_value() -> DbValue {
+    DbValue::Timestamp(TimeUnit::Microsecond, chrono::Utc::now().timestamp_micros())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
+    )?;
+    let current: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    for (version, name, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        conn.execute_batch("BEGIN TRANSACTION")?;
+        let applied = conn
+            .execute_batch(sql)
+            .and_then(|_| conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", params![version, name]));
+        match applied {
+            Ok(_) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        tracing::info!(version, name, "applied migration");
+    }
+    Ok(())
+}
+
+fn lock_error(path: &Path, e: duckdb::Error) -> StoreError {
+    let message = e.to_string();
+    if message.contains("lock") {
+        StoreError::Locked { path: path.to_path_buf(), message }
+    } else {
+        StoreError::Db(e)
+    }
+}
+
+/// Opens the store for a one-off command (`lexview sql`), with a clear error
+/// when a running server holds it.
+pub fn open_for_query(data_dir: &Path) -> Result<Connection> {
+    let path = db_path(data_dir);
+    if !path.exists() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no store at {} (run `lexview serve` first, or pass --data)", path.display()),
+        )));
+    }
+    Connection::open(&path).map_err(|e| lock_error(&path, e))
+}

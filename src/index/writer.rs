@@ -1,0 +1,131 @@
+//! The single index writer: batches events by size and time and commits each
+//! batch (data and cursors) in one DuckDB transaction. A failed transaction is
+//! retried; the batch is never dropped and the cursor never moves past it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::event::IndexEvent;
+use super::store::Store;
+use crate::metrics::Metrics;
+
+/// Batching bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Commit once this many events are pending...
+    pub max_events: usize,
+    /// ...or once the oldest pending event has waited this long.
+    pub max_delay: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { max_events: 20_000, max_delay: Duration::from_millis(200) }
+    }
+}
+
+/// The committed position of one source.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SourcePosition {
+    pub cursor: Option<i64>,
+    #[serde(rename = "eventTime")]
+    pub event_time: Option<String>,
+}
+
+/// Committed positions, shared with `/_health`.
+#[derive(Debug, Default)]
+pub struct Positions(RwLock<BTreeMap<String, SourcePosition>>);
+
+impl Positions {
+    pub fn snapshot(&self) -> BTreeMap<String, SourcePosition> {
+        self.0.read().expect("positions lock").clone()
+    }
+    pub fn set(&self, source: &str, cursor: Option<i64>, event_time: Option<String>) {
+        self.0.write().expect("positions lock").insert(source.to_string(), SourcePosition { cursor, event_time });
+    }
+}
+
+/// Runs until the channel closes, then commits what is pending and returns the store.
+pub async fn run(
+    mut store: Store,
+    mut rx: mpsc::Receiver<IndexEvent>,
+    config: WriterConfig,
+    positions: Arc<Positions>,
+    metrics: Arc<Metrics>,
+) -> Store {
+    let mut pending: Vec<IndexEvent> = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(d) => tokio::select! {
+                ev = rx.recv() => ev.map(Some),
+                _ = tokio::time::sleep_until(d) => Some(None),
+            },
+            None => rx.recv().await.map(Some),
+        };
+        match next {
+            Some(Some(ev)) => {
+                if pending.is_empty() {
+                    deadline = Some(Instant::now() + config.max_delay);
+                }
+                pending.push(ev);
+                if pending.len() < config.max_events {
+                    continue;
+                }
+            }
+            Some(None) => {}
+            None => {
+                if !pending.is_empty() {
+                    store = commit(store, std::mem::take(&mut pending), &positions, &metrics).await;
+                }
+                return store;
+            }
+        }
+        if !pending.is_empty() {
+            store = commit(store, std::mem::take(&mut pending), &positions, &metrics).await;
+        }
+        deadline = None;
+    }
+}
+
+async fn commit(mut store: Store, mut batch: Vec<IndexEvent>, positions: &Positions, metrics: &Metrics) -> Store {
+    let mut attempt = 0u32;
+    loop {
+        let (s, b, result) = tokio::task::spawn_blocking(move || {
+            let r = store.apply(&batch);
+            (store, batch, r)
+        })
+        .await
+        .expect("writer task panicked");
+        store = s;
+        batch = b;
+        match result {
+            Ok(stats) => {
+                Metrics::inc(&metrics.batches_committed_total);
+                tracing::debug!(?stats, "batch committed");
+                let mut last: BTreeMap<&str, (i64, Option<&String>)> = BTreeMap::new();
+                for ev in &batch {
+                    if let Some(c) = ev.cursor {
+                        last.insert(&ev.source, (c, ev.time.as_ref()));
+                    }
+                }
+                for (source, (cursor, time)) in last {
+                    positions.set(source, Some(cursor), time.cloned());
+                }
+                return store;
+            }
+            Err(e) => {
+                // Nothing of the batch was committed: retry it whole.
+                Metrics::inc(&metrics.writer_errors_total);
+                let wait = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
+                tracing::error!(error = %e, ?wait, events = batch.len(), "index transaction failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

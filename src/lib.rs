@@ -1,0 +1,17 @@
+//! lexview: an atproto AppView indexer for any record type a lexicon describes.
+//!
+//! Data flows one way: `source` (firehose, replay file) -> `decode` (frames,
+//! CAR, DAG-CBOR) -> `lexicon` (validation) -> `pipeline` (index events) ->
+//! `index` (DuckDB writer) -> `api` (XRPC, GraphQL). See ARCHITECTURE.md.
+
+pub mod api;
+pub mod bench;
+pub mod decode;
+pub mod index;
+pub mod lexicon;
+pub mod metrics;
+pub mod pipeline;
+pub mod serve;
+pub mod source;
+pub mod sql;
+pub mod syntax;

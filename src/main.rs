@@ -1,0 +1,106 @@
+//! The `lexview` binary: flags, environment and orchestration only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lexview::index::writer::WriterConfig;
+use lexview::serve::{ServeConfig, Verify};
+
+#[derive(Parser)]
+#[command(name = "lexview", version, about = "An atproto AppView for any record type a lexicon describes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Index sources into the store and serve XRPC, GraphQL, /_health and /metrics.
+    Serve(ServeArgs),
+    /// Run SQL against the store and print a table.
+    Sql {
+        /// The SQL to run, e.g. "SELECT collection, count(*) FROM records GROUP BY ALL".
+        query: String,
+        #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
+    /// Measure decode + validate + index throughput (see README, "Benchmarks").
+    Bench(lexview::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// wss://host (relay or PDS firehose), jetstream+wss://host, or replay:PATH[?rate=N]. Repeatable.
+    #[arg(long = "source", env = "LEXVIEW_SOURCE", value_delimiter = ',', default_value = "wss://bsky.network")]
+    sources: Vec<String>,
+    /// Directory of lexicon JSON files (searched recursively).
+    #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
+    lexicons: PathBuf,
+    /// Directory for the DuckDB store (and later the search index).
+    #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// Address for the HTTP API.
+    #[arg(long, env = "LEXVIEW_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// PLC directory for DID resolution.
+    #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
+    plc: String,
+    /// Commit verification.
+    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "none")]
+    verify: Verify,
+    /// Writer batch: commit after this many events...
+    #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 20_000)]
+    batch_events: usize,
+    /// ...or after this many milliseconds.
+    #[arg(long, env = "LEXVIEW_BATCH_MS", default_value_t = 200)]
+    batch_ms: u64,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs::parse_from_defaults()
+    }
+}
+
+impl ServeArgs {
+    fn parse_from_defaults() -> ServeArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        Wrapper::parse_from(["lexview"]).args
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEXVIEW_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
+        Command::Serve(a) => {
+            let cfg = ServeConfig {
+                sources: a.sources,
+                lexicons: a.lexicons,
+                data: a.data,
+                listen: a.listen,
+                plc: a.plc,
+                verify: a.verify,
+                writer: WriterConfig { max_events: a.batch_events, max_delay: std::time::Duration::from_millis(a.batch_ms) },
+            };
+            tokio::runtime::Runtime::new()?.block_on(lexview::serve::serve(cfg))
+        }
+        Command::Sql { query, data } => {
+            let conn = lexview::index::store::open_for_query(&data)?;
+            let out = lexview::sql::run_query(&conn, &query).map_err(|e| anyhow::anyhow!("query failed: {e}"))?;
+            print!("{out}");
+            Ok(())
+        }
+        Command::Bench(args) => lexview::bench::run(args),
+    }
+}

@@ -1,0 +1,63 @@
+//! Process-wide counters, exposed at `/metrics` (Prometheus text) and in
+//! `/_health`. Declared once with their descriptions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $name:ident : $help:literal ),* $(,)?) => {
+        /// Ingest and API counters.
+        #[derive(Debug, Default)]
+        pub struct Metrics { $( pub $name: AtomicU64, )* }
+
+        impl Metrics {
+            /// Prometheus text exposition of every counter.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    out.push_str(concat!("# HELP lexview_", stringify!($name), " ", $help, "\n"));
+                    out.push_str(concat!("# TYPE lexview_", stringify!($name), " counter\n"));
+                    out.push_str(&format!(concat!("lexview_", stringify!($name), " {}\n"), self.$name.load(Ordering::Relaxed)));
+                )*
+                out
+            }
+
+            /// Every counter as (name, value).
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name.load(Ordering::Relaxed)), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    frames_total: "Frames received from all sources.",
+    frames_malformed_total: "Frames that could not be decoded (truncated, not DAG-CBOR, wrong shape).",
+    commits_total: "#commit events decoded.",
+    commits_rejected_total: "#commit events rejected whole (bad CAR, block hash mismatch, bad repo DID).",
+    commits_too_big_total: "#commit events marked tooBig whose records could not be read from the frame.",
+    ops_skipped_total: "Repo ops in collections with no loaded record lexicon (skipped before decoding).",
+    records_indexed_total: "Record creates and updates applied to the index.",
+    records_deleted_total: "Record deletes applied to the index.",
+    records_invalid_total: "Records that failed their lexicon and went to quarantine.",
+    identity_events_total: "#identity events.",
+    account_events_total: "#account events.",
+    sync_events_total: "#sync events.",
+    info_frames_total: "#info frames (e.g. OutdatedCursor).",
+    error_frames_total: "Error frames (op -1) from a source, e.g. FutureCursor or ConsumerTooSlow.",
+    unknown_frames_total: "Frames of a message type this version does not know.",
+    reconnects_total: "Source reconnections.",
+    batches_committed_total: "Writer transactions committed.",
+    writer_errors_total: "Writer transactions that failed and were retried.",
+    xrpc_requests_total: "XRPC requests served.",
+    xrpc_errors_total: "XRPC requests answered with an error.",
+    graphql_requests_total: "GraphQL requests served.",
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

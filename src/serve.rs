@@ -1,0 +1,201 @@
+//! `lexview serve`: sources -> ingest -> writer, and the HTTP API, in one
+//! process (DuckDB allows one writing process; the API reads through it).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::index::event::IndexEvent;
+use crate::index::store::Store;
+use crate::index::writer::{self, Positions, WriterConfig};
+use crate::lexicon::Catalog;
+use crate::metrics::Metrics;
+use crate::pipeline::{Ingestor, Outcome};
+use crate::source::{firehose, replay, RawFrame, SourceSpec};
+
+/// Whether commits are verified before they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Verify {
+    /// Check signatures, MST proofs and rev order (not available yet: issue 4).
+    Full,
+    /// Trust the source.
+    None,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub sources: Vec<String>,
+    pub lexicons: PathBuf,
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub plc: String,
+    pub verify: Verify,
+    pub writer: WriterConfig,
+}
+
+/// Loads the lexicon directory, reporting every file that failed.
+pub fn load_catalog(dir: &std::path::Path) -> anyhow::Result<Catalog> {
+    let (catalog, errors) =
+        Catalog::load_dir(dir).with_context(|| format!("cannot read lexicon directory {}", dir.display()))?;
+    for e in &errors {
+        tracing::error!("lexicon not loaded: {e}");
+    }
+    let unresolved = catalog.unresolved_refs();
+    for (from, to) in &unresolved {
+        tracing::warn!(from, to, "lexicon ref points at a def that is not loaded; values there will not validate");
+    }
+    tracing::info!(
+        documents = catalog.len(),
+        record_types = catalog.records().count(),
+        failed = errors.len(),
+        "lexicons loaded from {}",
+        dir.display()
+    );
+    Ok(catalog)
+}
+
+/// Runs until SIGINT or SIGTERM, then drains the writer and returns.
+pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    if cfg.verify == Verify::Full {
+        bail!("--verify full is not implemented in this version (see issue 4); run with --verify none");
+    }
+    let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
+    if catalog.records().next().is_none() {
+        bail!("no record lexicons found under {}: nothing to index", cfg.lexicons.display());
+    }
+    let specs = cfg
+        .sources
+        .iter()
+        .map(|s| SourceSpec::parse(s).map(|spec| (s.clone(), spec)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    for (_, spec) in &specs {
+        if let SourceSpec::Jetstream { url } = spec {
+            bail!("Jetstream sources ({url}) are not implemented in this version (see issue 4)");
+        }
+    }
+    let store = Store::open(&cfg.data).with_context(|| format!("cannot open the store in {}", cfg.data.display()))?;
+    let metrics = Arc::new(Metrics::default());
+    let positions = Arc::new(Positions::default());
+    let mut resume: HashMap<String, Option<i64>> = HashMap::new();
+    for (id, _) in &specs {
+        let cursor = store.cursor(id)?;
+        positions.set(id, cursor, None);
+        tracing::info!(source = %id, ?cursor, "source position");
+        resume.insert(id.clone(), cursor);
+    }
+
+    let shutdown = CancellationToken::new();
+    let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(1024);
+    let (ev_tx, ev_rx) = mpsc::channel::<IndexEvent>(8192);
+
+    let mut source_tasks = Vec::new();
+    for (id, spec) in specs {
+        let (tx, token, m) = (raw_tx.clone(), shutdown.clone(), metrics.clone());
+        let source: Arc<str> = Arc::from(id.as_str());
+        let start = resume.get(&id).copied().flatten();
+        source_tasks.push(tokio::spawn(async move {
+            match spec {
+                SourceSpec::Firehose { url } => firehose::run(source, url, start, tx, m, token).await,
+                SourceSpec::Replay { path, rate } => match replay::run(source, &path, rate, tx, token).await {
+                    Ok(n) => tracing::info!(frames = n, "replay of {} finished", path.display()),
+                    Err(e) => {
+                        Metrics::inc(&m.frames_malformed_total);
+                        tracing::error!("replay stopped: {e}");
+                    }
+                },
+                SourceSpec::Jetstream { .. } => unreachable!("rejected above"),
+            }
+        }));
+    }
+    drop(raw_tx);
+
+    let ingest = {
+        let ingestor = Ingestor::new(catalog.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("lexview-ingest".into())
+            .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, resume))?
+    };
+    // The writer owns the store; the API reads through the store's read pool.
+    let readers = store.readers();
+    let writer = tokio::spawn(writer::run(store, ev_rx, cfg.writer, positions.clone(), metrics.clone()));
+    let schema = api::graphql::build_schema(&catalog, readers.clone()).context("building the GraphQL schema")?;
+    let state = AppState {
+        readers,
+        catalog: catalog.clone(),
+        metrics: metrics.clone(),
+        positions,
+        graphql: Arc::new(arc_swap::ArcSwap::from_pointee(schema)),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!("serving on http://{}", listener.local_addr()?);
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: stopping sources and draining the writer");
+        token.cancel();
+    });
+    let server = {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, api::app(state)).with_graceful_shutdown(async move { token.cancelled().await }).await
+        })
+    };
+    shutdown.cancelled().await;
+    for t in source_tasks {
+        let _ = t.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+    let _store = writer.await.context("writer task")?;
+    tracing::info!("writer drained; all received events are committed");
+    let _ = server.await;
+    Ok(())
+}
+
+fn ingest_loop(
+    ingestor: Ingestor,
+    mut rx: mpsc::Receiver<RawFrame>,
+    tx: mpsc::Sender<IndexEvent>,
+    resume: HashMap<String, Option<i64>>,
+) {
+    while let Some(frame) = rx.blocking_recv() {
+        match ingestor.process(&frame.source, &frame.bytes) {
+            Ok(Outcome::Event(ev)) => {
+                let already = resume.get(&*frame.source).copied().flatten();
+                if let (Some(seq), Some(done)) = (ev.cursor, already) {
+                    if seq <= done {
+                        continue; // applied before a restart
+                    }
+                }
+                if tx.blocking_send(ev).is_err() {
+                    return;
+                }
+            }
+            Ok(Outcome::SourceError { error, message }) => {
+                tracing::warn!(source = %frame.source, error, ?message, "error frame from source");
+            }
+            Ok(Outcome::Info { name, message }) => {
+                tracing::warn!(source = %frame.source, name, ?message, "info frame from source");
+            }
+            Err(e) => tracing::warn!(source = %frame.source, "frame skipped: {e}"),
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

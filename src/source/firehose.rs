@@ -1,0 +1,142 @@
+//! `com.atproto.sync.subscribeRepos` over WebSocket, from a relay or a PDS.
+//! Reconnects with exponential backoff and jitter and resumes from the last
+//! seq it handed on (on a fresh start, from the stored cursor).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::RawFrame;
+use crate::decode::frame::{decode_frame, Frame};
+use crate::metrics::Metrics;
+
+/// The subscribeRepos endpoint for a `--source` URL: a bare host gets the
+/// XRPC path appended; a URL that already names it is used as is.
+pub fn endpoint(url: &str, cursor: Option<i64>) -> String {
+    let base = url.trim_end_matches('/');
+    let mut out = if base.contains("/xrpc/") {
+        base.to_string()
+    } else {
+        format!("{base}/xrpc/com.atproto.sync.subscribeRepos")
+    };
+    if let Some(c) = cursor {
+        out.push_str(if out.contains('?') { "&" } else { "?" });
+        out.push_str(&format!("cursor={c}"));
+    }
+    out
+}
+
+/// Splits a `cursor=N` query parameter off a source URL: `(url without it, N)`.
+/// It is the starting point when the store has no cursor for the source yet.
+pub fn split_cursor(url: &str) -> (String, Option<i64>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut cursor = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("cursor=").map(str::parse::<i64>) {
+            Some(Ok(c)) => {
+                cursor = Some(c);
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    (url, cursor)
+}
+
+/// Backoff before reconnect attempt `attempt` (0-based): 1 s doubling to 60 s,
+/// with ±25 % jitter so that many consumers do not reconnect in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 1000u64.saturating_mul(1 << attempt.min(6)).min(60_000);
+    let jitter = rand::rng().random_range(0.75..1.25);
+    Duration::from_millis((base as f64 * jitter) as u64)
+}
+
+/// Runs until shutdown: connect, forward every binary message, reconnect.
+pub async fn run(
+    source: Arc<str>,
+    url: String,
+    start_cursor: Option<i64>,
+    tx: mpsc::Sender<RawFrame>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let (url, initial) = split_cursor(&url);
+    let mut cursor = start_cursor.or(initial);
+    let mut attempt = 0u32;
+    loop {
+        let target = endpoint(&url, cursor);
+        tracing::info!(%target, "connecting to firehose");
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio_tungstenite::connect_async(&target) => r,
+        };
+        match connected {
+            Ok((mut ws, _)) => {
+                tracing::info!(%target, "firehose connected");
+                loop {
+                    let msg = tokio::select! {
+                        _ = shutdown.cancelled() => { let _ = ws.close(None).await; return; }
+                        m = ws.next() => m,
+                    };
+                    match msg {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            attempt = 0;
+                            // Peek at the frame for the cursor and for error
+                            // frames; full decoding happens downstream.
+                            match decode_frame(&bytes) {
+                                Ok(Frame::Error(e)) => {
+                                    tracing::error!(error = %e.error, message = ?e.message, "firehose error frame");
+                                    Metrics::inc(&metrics.error_frames_total);
+                                    if e.error == "FutureCursor" {
+                                        // Our cursor is ahead of the server's sequence
+                                        // (e.g. a relay reset): continue live.
+                                        tracing::warn!(?cursor, "cursor is in the future for this server; resuming live without a cursor");
+                                        cursor = None;
+                                    }
+                                    break;
+                                }
+                                Ok(f) => {
+                                    if let Some(seq) = f.seq() {
+                                        cursor = Some(seq);
+                                    }
+                                }
+                                Err(_) => {} // counted and reported downstream
+                            }
+                            if tx.send(RawFrame { source: source.clone(), bytes: bytes.to_vec() }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            tracing::warn!(?frame, "firehose closed by server");
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "firehose connection error");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%target, error = %e, "firehose connect failed"),
+        }
+        Metrics::inc(&metrics.reconnects_total);
+        let wait = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::info!(?wait, ?cursor, "reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Sources yield raw frames with nothing decoded: the firehose over WebSocket
+//! (relay or PDS) and recorded frames files. Each runs on its own task and
+//! feeds a bounded channel, so a slow writer slows the source down.
+
+pub mod firehose;
+pub mod replay;
+
+use std::path::PathBuf;
+
+/// A raw message from a source.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub source: std::sync::Arc<str>,
+    pub bytes: Vec<u8>,
+}
+
+/// Where events come from, as given by `--source`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    /// `wss://host` or `ws://host[:port]`: `com.atproto.sync.subscribeRepos` of a relay or PDS.
+    Firehose { url: String },
+    /// `replay:PATH[?rate=N]`: a recorded frames file, optionally paced to N frames/s.
+    Replay { path: PathBuf, rate: Option<u32> },
+    /// `jetstream+wss://host`: not available in this version.
+    Jetstream { url: String },
+}
+
+impl SourceSpec {
+    /// Parses a `--source` value.
+    pub fn parse(s: &str) -> Result<SourceSpec, String> {
+        if let Some(rest) = s.strip_prefix("replay:") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut rate = None;
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("rate", v)) => {
+                        rate = Some(v.parse().map_err(|_| format!("replay rate must be a positive integer, got {v:?}"))?)
+                    }
+                    _ => return Err(format!("unknown replay option {pair:?} (known: rate=N)")),
+                }
+            }
+            if path.is_empty() {
+                return Err("replay: needs a file path, e.g. replay:tests/fixtures/frames.bin".into());
+            }
+            return Ok(SourceSpec::Replay { path: PathBuf::from(path), rate });
+        }
+        if let Some(rest) = s.strip_prefix("jetstream+") {
+            return Ok(SourceSpec::Jetstream { url: rest.to_string() });
+        }
+        if s.starts_with("wss://") || s.starts_with("ws://") {
+            return Ok(SourceSpec::Firehose { url: s.to_string() });
+        }
+        Err(format!("unknown source {s:?}: use wss://host (relay or PDS), jetstream+wss://host, or replay:PATH"))
+    }
+}

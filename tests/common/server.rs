@@ -1,0 +1,120 @@
+//! Runs the real `lexview` binary on a loopback port for a test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lexview")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `lexview serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data: PathBuf,
+}
+
+impl Server {
+    pub fn start(sources: &[&str], data: &Path, lexicons: &Path) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .args(["--data", data.to_str().unwrap(), "--lexicons", lexicons.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
+            .env("LEXVIEW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for s in sources {
+            cmd.args(["--source", s]);
+        }
+        let child = cmd.spawn().expect("spawn lexview");
+        let server = Server { child, base: format!("http://127.0.0.1:{port}"), data: data.to_path_buf() };
+        server.wait_for(Duration::from_secs(30), |h| h["status"] == "ok");
+        server
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::blocking::get(format!("{}{}", self.base, path)).expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    pub fn graphql(&self, query: &str) -> Value {
+        let client = reqwest::blocking::Client::new();
+        client
+            .post(format!("{}/graphql", self.base))
+            .json(&serde_json::json!({ "query": query }))
+            .send()
+            .expect("POST /graphql")
+            .json()
+            .expect("json")
+    }
+
+    pub fn health(&self) -> Option<Value> {
+        reqwest::blocking::get(format!("{}/_health", self.base)).ok()?.json().ok()
+    }
+
+    /// Polls `/_health` until `pred` holds.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(h) = self.health() {
+                if pred(&h) {
+                    return h;
+                }
+            }
+            assert!(start.elapsed() < timeout, "timed out waiting; last health: {:?}", self.health());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the source's committed cursor reaches `seq`.
+    pub fn wait_for_cursor(&self, seq: i64) -> Value {
+        self.wait_for(Duration::from_secs(60), |h| {
+            h["sources"].as_array().is_some_and(|s| s.iter().any(|s| s["cursor"].as_i64().is_some_and(|c| c >= seq)))
+        })
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "lexview did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        unsafe_kill(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+}
+
+/// `lexview sql` against a stopped server's store.
+pub fn sql(data: &Path, query: &str) -> (bool, String, String) {
+    let out = Command::new(bin()).args(["sql", query, "--data", data.to_str().unwrap()]).output().expect("run sql");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

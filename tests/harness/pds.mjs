@@ -1,0 +1,103 @@
+// Starts an in-memory PLC and a real @atproto/pds on 127.0.0.1 (through
+// @atproto/dev-env), then takes one JSON command per stdin line and answers
+// one JSON line on stdout. Logs go to stderr. Closing stdin shuts it down, so
+// a test process that dies leaves nothing behind.
+//
+// Commands: {"op":"createAccount","handle":"alice.test"}
+//           {"op":"create","did":...,"collection":...,"record":{...},"rkey"?:...}
+//           {"op":"put","did":...,"collection":...,"rkey":...,"record":{...}}
+//           {"op":"delete","did":...,"collection":...,"rkey":...}
+//           {"op":"head"}   -> the PDS sequencer's last seq
+import net from 'node:net'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import readline from 'node:readline'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+console.log = console.info = (...a) => process.stderr.write(a.map(String).join(' ') + '\n')
+process.env.LOG_ENABLED ??= 'false'
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'lexview-pds-'))
+process.env.TMPDIR = dataDir
+process.on('exit', () => fs.rmSync(dataDir, { recursive: true, force: true }))
+
+// dev-env listens without a host (all interfaces): bind to loopback only.
+const listen = net.Server.prototype.listen
+net.Server.prototype.listen = function (...a) {
+  if (typeof a[0] === 'number' && (a.length === 1 || typeof a[1] === 'function')) a.splice(1, 0, '127.0.0.1')
+  return listen.apply(this, a)
+}
+const freePort = () => new Promise((resolve, reject) => {
+  const s = net.createServer()
+  s.once('error', reject)
+  listen.call(s, 0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)) })
+})
+
+const { TestNetworkNoAppView } = require('@atproto/dev-env')
+const { AtpAgent } = require('@atproto/api')
+
+const network = await TestNetworkNoAppView.create({ plc: { port: await freePort() }, pds: { port: await freePort() } })
+const pds = network.pds
+const agents = new Map()
+const head = async () => (await pds.ctx.sequencer.curr()) ?? 0
+
+async function handle(cmd) {
+  switch (cmd.op) {
+    case 'createAccount': {
+      const agent = new AtpAgent({ service: pds.url })
+      const name = cmd.handle.split('.')[0]
+      await agent.createAccount({ handle: cmd.handle, email: `${name}@test.invalid`, password: `${name}-pass` })
+      agents.set(agent.session.did, agent)
+      return { did: agent.session.did, handle: cmd.handle }
+    }
+    case 'create': {
+      const agent = agents.get(cmd.did)
+      const res = await agent.com.atproto.repo.createRecord({
+        repo: cmd.did, collection: cmd.collection, rkey: cmd.rkey,
+        record: { $type: cmd.collection, ...cmd.record },
+      })
+      return { uri: res.data.uri, cid: res.data.cid, rkey: res.data.uri.split('/').pop() }
+    }
+    case 'put': {
+      const agent = agents.get(cmd.did)
+      const res = await agent.com.atproto.repo.putRecord({
+        repo: cmd.did, collection: cmd.collection, rkey: cmd.rkey, record: { $type: cmd.collection, ...cmd.record },
+      })
+      return { uri: res.data.uri, cid: res.data.cid, rkey: cmd.rkey }
+    }
+    case 'delete': {
+      const agent = agents.get(cmd.did)
+      await agent.com.atproto.repo.deleteRecord({ repo: cmd.did, collection: cmd.collection, rkey: cmd.rkey })
+      return {}
+    }
+    case 'head':
+      return {}
+    default:
+      throw new Error(`unknown op ${cmd.op}`)
+  }
+}
+
+const firehose = `ws://127.0.0.1:${pds.port}/xrpc/com.atproto.sync.subscribeRepos`
+process.stdout.write(JSON.stringify({ ready: true, firehose, pds: pds.url, plc: network.plc.url }) + '\n')
+
+let queue = Promise.resolve()
+const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity })
+rl.on('line', (line) => {
+  if (!line.trim()) return
+  queue = queue.then(async () => {
+    let out
+    try {
+      const result = await handle(JSON.parse(line))
+      await network.processAll()
+      out = { ok: true, ...result, seq: await head() }
+    } catch (err) {
+      out = { ok: false, error: String(err && err.message || err) }
+    }
+    process.stdout.write(JSON.stringify(out) + '\n')
+  })
+})
+rl.on('close', () => queue.then(async () => {
+  await network.close().catch(() => {})
+  process.exit(0)
+}))

@@ -1,0 +1,127 @@
+//! The DuckDB store: records, links and counts stay exact through creates,
+//! updates, deletes and replays of the same events.
+
+mod common;
+
+use lexview::index::event::{Change, IndexEvent, Link, RecordWrite};
+use lexview::index::store::Store;
+use serde_json::json;
+
+fn like(did: &str, rkey: &str, subject: &str) -> Change {
+    let record = json!({"$type": "app.bsky.feed.like", "subject": {"uri": subject, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "createdAt": "2026-01-01T00:00:00Z"});
+    Change::Put(RecordWrite {
+        did: did.into(),
+        collection: "app.bsky.feed.like".into(),
+        rkey: rkey.into(),
+        cid: "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".into(),
+        rev: "3m2".into(),
+        links: lexview::index::links::extract_links(&record),
+        record,
+    })
+}
+
+fn event(seq: i64, changes: Vec<Change>) -> IndexEvent {
+    IndexEvent { source: "test".into(), cursor: Some(seq), time: None, changes }
+}
+
+fn count(store: &Store, target: &str) -> i64 {
+    store
+        .readers()
+        .with_blocking(|c| {
+            c.query_row(
+                "SELECT coalesce(sum(n), 0)::BIGINT FROM link_counts WHERE target = ? AND collection = 'app.bsky.feed.like' AND path = '.subject.uri'",
+                [target],
+                |r| r.get(0),
+            )
+        })
+        .unwrap()
+}
+
+fn records(store: &Store) -> i64 {
+    store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))).unwrap()
+}
+
+const POST: &str = "at://did:plc:aaaa/app.bsky.feed.post/3kpost";
+const POST2: &str = "at://did:plc:aaaa/app.bsky.feed.post/3kpost2";
+
+#[test]
+fn counts_follow_creates_updates_and_deletes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    store.apply(&[event(1, vec![like("did:plc:b", "1", POST), like("did:plc:c", "1", POST)])]).unwrap();
+    assert_eq!(count(&store, POST), 2);
+    // Same batch: a create and its delete cancel out.
+    store
+        .apply(&[
+            event(2, vec![like("did:plc:d", "1", POST)]),
+            event(3, vec![Change::Delete { did: "did:plc:d".into(), collection: "app.bsky.feed.like".into(), rkey: "1".into(), rev: "3m3".into() }]),
+        ])
+        .unwrap();
+    assert_eq!(count(&store, POST), 2);
+    // An update moves the like to another post.
+    store.apply(&[event(4, vec![like("did:plc:b", "1", POST2)])]).unwrap();
+    assert_eq!((count(&store, POST), count(&store, POST2)), (1, 1));
+    // Replaying already-applied events changes nothing.
+    store.apply(&[event(4, vec![like("did:plc:b", "1", POST2)]), event(1, vec![like("did:plc:c", "1", POST)])]).unwrap();
+    assert_eq!((count(&store, POST), count(&store, POST2)), (1, 1));
+    assert_eq!(records(&store), 2);
+    store
+        .apply(&[event(5, vec![Change::Delete { did: "did:plc:c".into(), collection: "app.bsky.feed.like".into(), rkey: "1".into(), rev: "3m5".into() }])])
+        .unwrap();
+    assert_eq!(count(&store, POST), 0);
+    assert_eq!(store.cursor("test").unwrap(), Some(5));
+    let rows: i64 = store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM link_counts WHERE n <= 0", [], |r| r.get(0))).unwrap();
+    assert_eq!(rows, 0, "no zero or negative counts are kept");
+}
+
+#[test]
+fn links_have_paths_and_target_dids() {
+    let record = json!({"text": "hi", "reply": {"root": {"uri": POST, "cid": "x"}, "parent": {"uri": POST2, "cid": "y"}},
+        "facets": [{"features": [{"$type": "app.bsky.richtext.facet#mention", "did": "did:plc:zzzz"}]}]});
+    let links = lexview::index::links::extract_links(&record);
+    assert_eq!(
+        links,
+        vec![
+            Link { path: ".reply.root.uri".into(), target: POST.into() },
+            Link { path: ".reply.parent.uri".into(), target: POST2.into() },
+            Link { path: ".facets[].features[].did".into(), target: "did:plc:zzzz".into() },
+        ]
+    );
+    assert_eq!(links[0].target_did(), "did:plc:aaaa");
+    assert_eq!(links[2].target_did(), "did:plc:zzzz");
+}
+
+#[test]
+fn the_cursor_commits_with_the_data_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store.apply(&[event(7, vec![like("did:plc:b", "1", POST)])]).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.cursor("test").unwrap(), Some(7));
+    assert_eq!(count(&store, POST), 1);
+}
+
+#[test]
+fn the_production_corpus_indexes() {
+    let catalog = common::catalog("lexicons");
+    let ingestor = lexview::pipeline::Ingestor::new(catalog, Default::default());
+    let events: Vec<IndexEvent> = common::frames("jetstream/frames.bin")
+        .iter()
+        .map(|f| match ingestor.process("prod", f).unwrap() {
+            lexview::pipeline::Outcome::Event(e) => e,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let stats = store.apply(&events).unwrap();
+    assert_eq!(stats.events, 150);
+    // 105 likes + 17 posts + 15 reposts + 6 follows + 1 block-less status = puts; blocks and
+    // wild collections are not in the official set's bundled records here.
+    let n: i64 = store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))).unwrap();
+    assert_eq!(n as usize, stats.puts);
+    let actors: i64 = store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM actors", [], |r| r.get(0))).unwrap();
+    assert_eq!(actors, 1);
+}
