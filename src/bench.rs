@@ -223,7 +223,6 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let dids: Vec<String> = (0..5000).map(|i| format!("did:plc:bench{:019}", i)).collect();
     let mut created: Vec<(usize, &'static str, String)> = Vec::new();
-    let header = serde_ipld_dagcbor::to_vec(&Header { op: 1, t: "#commit" })?;
     let now = "2026-11-24T12:00:00.000Z";
     for i in 0..n {
         let author = i % dids.len();
@@ -272,28 +271,51 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
                 (victim.2, Vec::new(), None, victim.0)
             }
         };
-        let commit_block = serde_ipld_dagcbor::to_vec(&serde_json::json!({"did": did, "rev": rkey, "version": 3}))?;
-        let commit_cid = cid_for(&commit_block);
-        blocks.push((commit_cid, commit_block));
         let repo = dids[repo_idx].clone();
-        let body = CommitOut {
-            seq: i as i64 + 1,
-            repo,
-            rev: rkey.clone(),
-            since: None,
-            commit: commit_cid,
-            blocks: car_bytes(commit_cid, &blocks),
-            ops: vec![OpOut { action: if action == "delete" { "delete" } else { "create" }, path: format!("{collection}/{path_rkey}"), cid, prev: None }],
-            too_big: false,
-            rebase: false,
-            blobs: Vec::new(),
-            time: now.to_string(),
-        };
-        let body = serde_ipld_dagcbor::to_vec(&body)?;
-        out.write_all(&((header.len() + body.len()) as u32).to_le_bytes())?;
-        out.write_all(&header)?;
-        out.write_all(&body)?;
+        let op = (if action == "delete" { "delete" } else { "create" }, format!("{collection}/{path_rkey}"), cid);
+        let frame = commit_frame(i as i64 + 1, &repo, &rkey, vec![op], std::mem::take(&mut blocks), false, now)?;
+        out.write_all(&(frame.len() as u32).to_le_bytes())?;
+        out.write_all(&frame)?;
     }
     out.flush()?;
     Ok(())
+}
+
+/// One `#commit` frame (header + body) with a real CAR slice: `blocks` plus a
+/// commit block for the repo. Used by the benchmark and by tests that need
+/// frames production never sent (tooBig, tampered, legacy shapes).
+pub fn commit_frame(
+    seq: i64,
+    repo: &str,
+    rev: &str,
+    ops: Vec<(&'static str, String, Option<Cid>)>,
+    mut blocks: Vec<(Cid, Vec<u8>)>,
+    too_big: bool,
+    time: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let commit_block = serde_ipld_dagcbor::to_vec(&serde_json::json!({"did": repo, "rev": rev, "version": 3}))?;
+    let commit_cid = cid_for(&commit_block);
+    blocks.push((commit_cid, commit_block));
+    let body = CommitOut {
+        seq,
+        repo: repo.to_string(),
+        rev: rev.to_string(),
+        since: None,
+        commit: commit_cid,
+        blocks: if too_big { Vec::new() } else { car_bytes(commit_cid, &blocks) },
+        ops: ops.into_iter().map(|(action, path, cid)| OpOut { action, path, cid, prev: None }).collect(),
+        too_big,
+        rebase: false,
+        blobs: Vec::new(),
+        time: time.to_string(),
+    };
+    let mut frame = serde_ipld_dagcbor::to_vec(&Header { op: 1, t: "#commit" })?;
+    frame.extend(serde_ipld_dagcbor::to_vec(&body)?);
+    Ok(frame)
+}
+
+/// A record's DAG-CBOR block and its CID.
+pub fn record_block(record: &serde_json::Value) -> anyhow::Result<(Cid, Vec<u8>)> {
+    let bytes = serde_ipld_dagcbor::to_vec(record)?;
+    Ok((cid_for(&bytes), bytes))
 }

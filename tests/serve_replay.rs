@@ -97,6 +97,19 @@ fn serves_xrpc_and_graphql_from_a_replay() {
     let (ok, stdout, stderr) = sql(dir.path(), "SELECT count(*) AS likes FROM records WHERE collection = 'app.bsky.feed.like'");
     assert!(ok, "{stderr}");
     assert!(stdout.contains("105"), "{stdout}");
+
+    // The store opens in the stock DuckDB shell of the same version.
+    let cli = std::process::Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/duckdb-cli.sh")).output().unwrap();
+    assert!(cli.status.success(), "installing duckdb-cli: {}", String::from_utf8_lossy(&cli.stderr));
+    let cli = String::from_utf8(cli.stdout).unwrap();
+    let out = std::process::Command::new(cli.trim())
+        .arg("-readonly")
+        .arg(dir.path().join("lexview.duckdb"))
+        .args(["-csv", "-c", "SELECT count(*) AS n FROM records WHERE collection = 'app.bsky.feed.like' AND record->>'$type' = 'app.bsky.feed.like'"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n105");
 }
 
 #[test]
@@ -122,4 +135,22 @@ fn sigkill_mid_stream_then_restart_equals_a_clean_run() {
     server.wait_for_cursor(LAST_SEQ);
     assert!(server.stop().success());
     common::assert_lines_eq(&expected, &dump(crashed.path()));
+}
+
+#[test]
+fn a_relay_that_drops_the_connection_every_40_frames_gives_the_same_index() {
+    let clean = tempfile::tempdir().unwrap();
+    let server = Server::start(&[&replay(None)], clean.path(), &lexicons());
+    server.wait_for_cursor(LAST_SEQ);
+    assert!(server.stop().success());
+
+    let relay = common::relay::start(common::frames("jetstream/frames.bin"), 40);
+    let dropped = tempfile::tempdir().unwrap();
+    let server = Server::start(&[&relay.url], dropped.path(), &lexicons());
+    server.wait_for_cursor(LAST_SEQ);
+    assert!(server.stop().success());
+    assert!(relay.connections.load(std::sync::atomic::Ordering::SeqCst) >= 4, "the source reconnected and resumed");
+    // The cursor table names the source differently; everything else is identical.
+    let strip = |s: String| s.lines().filter(|l| !l.contains("replay:") && !l.starts_with("ws://")).collect::<Vec<_>>().join("\n");
+    common::assert_lines_eq(&strip(dump(clean.path())), &strip(dump(dropped.path())));
 }

@@ -275,14 +275,14 @@ pub async fn post(State(state): State<AppState>, req: async_graphql_axum::GraphQ
 pub async fn graphiql_or_get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    req: Option<async_graphql_axum::GraphQLRequest>,
+    req: Result<async_graphql_axum::GraphQLRequest, async_graphql_axum::rejection::GraphQLRejection>,
 ) -> Response {
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
     match req {
-        Some(req) if !wants_html => {
+        Ok(req) if !wants_html => {
             let req = req.into_inner();
             if req.query.trim_start().starts_with("mutation") {
                 return (axum::http::StatusCode::METHOD_NOT_ALLOWED, "mutations need POST").into_response();

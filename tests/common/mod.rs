@@ -47,3 +47,5 @@ pub fn assert_lines_eq(expected: &str, got: &str) {
     panic!("line counts differ: expected {} lines, got {}", expected.lines().count(), got.lines().count());
 }
 pub mod server;
+pub mod pds;
+pub mod relay;

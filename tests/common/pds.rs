@@ -1,0 +1,62 @@
+//! A real PLC and PDS (`@atproto/pds` from the npm registry) on loopback,
+//! driven through `tests/harness/pds.mjs` one JSON line at a time.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::Value;
+
+pub struct Pds {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub firehose: String,
+    pub url: String,
+}
+
+impl Pds {
+    pub fn start() -> Pds {
+        let harness = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness");
+        let status = Command::new(harness.join("setup.sh")).status().expect("run tests/harness/setup.sh");
+        assert!(status.success(), "installing the PDS harness failed");
+        let mut child = Command::new("node")
+            .arg(harness.join("pds.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node (Node.js >= 20) is needed for the PDS tests");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("ready line");
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"));
+        Pds {
+            child,
+            stdin,
+            stdout,
+            firehose: ready["firehose"].as_str().unwrap().to_string(),
+            url: ready["pds"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Sends one command and returns its answer; panics if it failed.
+    pub fn cmd(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let out: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"));
+        assert_eq!(out["ok"], true, "{cmd} failed: {out}");
+        out
+    }
+}
+
+impl Drop for Pds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
