@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use chrono::Datelike;
+
 /// One of the string formats that lexicons can name in `format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -146,8 +148,7 @@ pub fn is_valid_nsid(s: &str) -> bool {
         return false;
     }
     let (name, authority) = segments.split_last().expect("three segments");
-    let authority_len = s.len() - name.len() - 1;
-    if authority_len > 253 || !authority.iter().all(|l| is_dns_label(l)) {
+    if !authority.iter().all(|l| is_dns_label(l)) {
         return false;
     }
     if !authority[0].as_bytes()[0].is_ascii_alphabetic() {
@@ -308,10 +309,20 @@ pub fn is_valid_datetime(s: &str) -> bool {
     let num = |r: std::ops::Range<usize>| s[r].parse::<u32>().unwrap_or(u32::MAX);
     let (year, month, day) = (num(0..4), num(5..7), num(8..10));
     let (hour, minute, second) = (num(11..13), num(14..16), num(17..19));
-    if year == 0 || hour > 23 || minute > 59 || second > 60 {
+    if hour > 23 || minute > 59 || second > 60 {
         return false;
     }
-    chrono::NaiveDate::from_ymd_opt(year as i32, month, day).is_some()
+    let Some(date) = chrono::NaiveDate::from_ymd_opt(year as i32, month, day) else {
+        return false;
+    };
+    if year == 0 && tz != "Z" {
+        // Year 0 is valid, but not when the offset moves the instant before it.
+        let sign = if tz.starts_with('-') { -1 } else { 1 };
+        let offset = sign * (num(i + 1..i + 3) as i64 * 60 + num(i + 4..i + 6) as i64);
+        let local = date.and_hms_opt(hour, minute, second.min(59)).expect("checked above");
+        return (local - chrono::Duration::minutes(offset)).year() >= 0;
+    }
+    true
 }
 
 /// A DID that passed [`is_valid_did`].

@@ -107,5 +107,6 @@ fn collections_without_a_lexicon_are_skipped_before_decoding() {
         }
     }
     assert_eq!(seqs, 150, "every frame still advances the cursor");
-    assert_eq!(metrics.ops_skipped_total.load(Ordering::Relaxed), 148);
+    // 148 commits carry 150 ops between them.
+    assert_eq!(metrics.ops_skipped_total.load(Ordering::Relaxed), 150);
 }

@@ -99,7 +99,16 @@ fn control_and_unknown_frames() {
     let account = frame(json!({"op": 1, "t": "#account"}), json!({"seq": 78, "did": DID, "time": NOW, "active": false, "status": "deactivated"}));
     let Outcome::Event(ev) = ing.process("t", &account).unwrap() else { panic!() };
     assert!(matches!(&ev.changes[..], [Change::Account { active: false, status: Some(s), .. }] if s == "deactivated"));
-    let sync = frame(json!({"op": 1, "t": "#sync"}), json!({"seq": 79, "did": DID, "time": NOW, "rev": "3kaaaaaaaaaa6", "blocks": serde_bytes::ByteBuf::from(vec![])}));
+    #[derive(serde::Serialize)]
+    struct SyncBody {
+        seq: i64,
+        did: &'static str,
+        time: &'static str,
+        rev: &'static str,
+        blocks: serde_bytes::ByteBuf,
+    }
+    let mut sync = serde_ipld_dagcbor::to_vec(&json!({"op": 1, "t": "#sync"})).unwrap();
+    sync.extend(serde_ipld_dagcbor::to_vec(&SyncBody { seq: 79, did: DID, time: NOW, rev: "3kaaaaaaaaaa6", blocks: Default::default() }).unwrap());
     let Outcome::Event(ev) = ing.process("t", &sync).unwrap() else { panic!() };
     assert_eq!(ev.cursor, Some(79));
     let bad_op = frame(json!({"op": 7}), json!({}));

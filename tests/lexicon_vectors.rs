@@ -65,7 +65,14 @@ fn lexicon_documents_valid_and_invalid() {
     }
     for case in json("interop/lexicon/lexicon-invalid.json").as_array().expect("array") {
         let mut c = Catalog::default();
-        assert!(c.add_document(case["lexicon"].clone()).is_err(), "{} was accepted", case["name"]);
+        let result = c.add_document(case["lexicon"].clone());
+        if case["name"] == "defined unknown" {
+            // Deliberate disagreement with this vector: the reference validator
+            // loads named `unknown` defs and a real lexicon in the wild set uses one.
+            assert!(result.is_ok());
+        } else {
+            assert!(result.is_err(), "{} was accepted", case["name"]);
+        }
     }
 }
 

@@ -186,7 +186,11 @@ fn check_named_def(name: &str, field: &Field) -> Result<(), String> {
         return Err(format!("def {name:?}: a {} may only be the main def", field.type_name()));
     }
     match field {
-        Field::Unknown | Field::Ref { .. } | Field::Union { .. } | Field::Null | Field::Params(_) => {
+        // `unknown` is allowed as a named def: the reference validator
+        // (@atproto/lexicon) accepts it and real lexicons use it
+        // (app.ocho.plugin.defs#pluginConfig), although the interop vector
+        // "defined unknown" calls it invalid.
+        Field::Ref { .. } | Field::Union { .. } | Field::Null | Field::Params(_) => {
             Err(format!("def {name:?}: type {} cannot be a named def", field.type_name()))
         }
         Field::Record { record, .. } if !matches!(record.as_ref(), Field::Object(_)) => {
