@@ -73,7 +73,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let specs = cfg
         .sources
         .iter()
-        .map(|s| SourceSpec::parse(s).map(|spec| (s.clone(), spec)))
+        .map(|s| SourceSpec::parse(s).map(|spec| (spec.id(), spec)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     for (_, spec) in &specs {

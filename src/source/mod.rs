@@ -26,6 +26,16 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
+    /// The name the source's cursor is stored under: the source without
+    /// options that do not change what it delivers (pacing, a starting cursor).
+    pub fn id(&self) -> String {
+        match self {
+            SourceSpec::Firehose { url } => firehose::split_cursor(url).0,
+            SourceSpec::Replay { path, .. } => format!("replay:{}", path.display()),
+            SourceSpec::Jetstream { url } => format!("jetstream+{url}"),
+        }
+    }
+
     /// Parses a `--source` value.
     pub fn parse(s: &str) -> Result<SourceSpec, String> {
         if let Some(rest) = s.strip_prefix("replay:") {
