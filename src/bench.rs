@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Scratch directory for the store and the generated corpus.
     #[arg(long, default_value = "./target/bench")]
     pub dir: PathBuf,
+    /// Measure decoding and validation only, without the store.
+    #[arg(long)]
+    pub ingest_only: bool,
     /// Writer batch size in events.
     #[arg(long, default_value_t = 20_000)]
     pub batch: usize,
@@ -51,7 +54,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let iter = (0..args.loops).flat_map(move |_| list.clone().into_iter());
         let store_dir = args.dir.join("store-frames");
         let _ = std::fs::remove_dir_all(&store_dir);
-        report(&format!("(a) {} recorded frames x {} loops", n, args.loops), measure(&catalog, &store_dir, args.batch, iter)?);
+        report(&format!("(a) {} recorded frames x {} loops", n, args.loops), measure(&catalog, &store_dir, args.batch, args.ingest_only, iter)?);
     }
     if args.generate > 0 {
         let corpus = args.dir.join(format!("generated-{}.bin", args.generate));
@@ -62,7 +65,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let reader = FrameReader(BufReader::with_capacity(1 << 20, std::fs::File::open(&corpus)?));
         let store_dir = args.dir.join("store-generated");
         let _ = std::fs::remove_dir_all(&store_dir);
-        report(&format!("(b) {} generated commit events", args.generate), measure(&catalog, &store_dir, args.batch, reader)?);
+        report(&format!("(b) {} generated commit events", args.generate), measure(&catalog, &store_dir, args.batch, args.ingest_only, reader)?);
     }
     println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
     Ok(())
@@ -92,6 +95,7 @@ fn measure(
     catalog: &Arc<crate::lexicon::Catalog>,
     store_dir: &Path,
     batch: usize,
+    ingest_only: bool,
     frames: impl Iterator<Item = Vec<u8>> + Send + 'static,
 ) -> anyhow::Result<Measured> {
     let mut store = Store::open(store_dir)?;
@@ -114,9 +118,15 @@ fn measure(
         let _ = tx.send(chunk);
         n
     });
+    let mut apply_secs = 0.0;
     for events in rx {
-        store.apply(&events)?;
+        if !ingest_only {
+            let t = Instant::now();
+            store.apply(&events)?;
+            apply_secs += t.elapsed().as_secs_f64();
+        }
     }
+    eprintln!("writer busy {apply_secs:.2} s");
     let events = producer.join().expect("producer thread");
     Ok(Measured { events, secs: start.elapsed().as_secs_f64(), metrics })
 }

@@ -87,6 +87,8 @@ impl Store {
         let path = db_path(data_dir);
         let conn = Connection::open(&path).map_err(|e| lock_error(&path, e))?;
         migrate(&conn)?;
+        // One DuckDB worker thread: ingest decoding runs on the other core.
+        conn.execute_batch("SET threads = 1; SET checkpoint_threshold = '1GB';")?;
         conn.execute_batch(
             "CREATE TEMP TABLE batch_uris (uri VARCHAR);
              CREATE TEMP TABLE batch_links AS SELECT * FROM links LIMIT 0;",
@@ -152,6 +154,8 @@ impl Store {
             }
         }
         let now = now_value();
+        let mut timing = [0u128; 4];
+        let clock = std::time::Instant::now();
         if !finals.is_empty() {
             {
                 let mut app = self.conn.appender("batch_uris")?;
@@ -168,6 +172,7 @@ impl Store {
                  DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
                  DELETE FROM batch_uris;",
             )?;
+            timing[0] = clock.elapsed().as_millis();
             let mut records = self.conn.appender("records")?;
             let mut links = self.conn.appender("batch_links")?;
             let mut quarantine = self.conn.appender("quarantine")?;
@@ -193,6 +198,7 @@ impl Store {
             links.flush()?;
             quarantine.flush()?;
             drop((records, links, quarantine));
+            timing[1] = clock.elapsed().as_millis();
             if stats.links > 0 {
                 self.conn.execute_batch(
                     "INSERT INTO links SELECT * FROM batch_links;
@@ -202,8 +208,18 @@ impl Store {
                      DELETE FROM batch_links;",
                 )?;
             }
+            timing[2] = clock.elapsed().as_millis();
             self.conn.execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
         }
+        timing[3] = clock.elapsed().as_millis();
+        tracing::debug!(
+            records = finals.len(),
+            remove_ms = timing[0],
+            append_ms = timing[1],
+            links_ms = timing[2],
+            total_ms = timing[3],
+            "batch applied"
+        );
         for (did, (identity, account)) in &actors {
             self.conn.execute(
                 "INSERT INTO actors (did, handle, active, status, updated_at) VALUES (?, ?, true, NULL, ?)
