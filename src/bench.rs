@@ -45,27 +45,46 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let catalog = Arc::new(crate::serve::load_catalog(&args.lexicons)?);
     std::fs::create_dir_all(&args.dir)?;
-    println!("machine: {} cores (std::thread::available_parallelism)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine: {} cores (std::thread::available_parallelism)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     if let Some(frames) = &args.frames {
-        let data = std::fs::read(frames).with_context(|| format!("reading {}", frames.display()))?;
+        let data =
+            std::fs::read(frames).with_context(|| format!("reading {}", frames.display()))?;
         let (list, _) = crate::source::replay::split_frames(&data);
         let list: Vec<Vec<u8>> = list.into_iter().map(<[u8]>::to_vec).collect();
         let n = list.len();
         let iter = (0..args.loops).flat_map(move |_| list.clone().into_iter());
         let store_dir = args.dir.join("store-frames");
         let _ = std::fs::remove_dir_all(&store_dir);
-        report(&format!("(a) {} recorded frames x {} loops", n, args.loops), measure(&catalog, &store_dir, args.batch, args.ingest_only, iter)?);
+        report(
+            &format!("(a) {} recorded frames x {} loops", n, args.loops),
+            measure(&catalog, &store_dir, args.batch, args.ingest_only, iter)?,
+        );
     }
     if args.generate > 0 {
         let corpus = args.dir.join(format!("generated-{}.bin", args.generate));
         if !corpus.exists() {
-            eprintln!("generating {} commit events into {} ...", args.generate, corpus.display());
+            eprintln!(
+                "generating {} commit events into {} ...",
+                args.generate,
+                corpus.display()
+            );
             generate_corpus(&corpus, args.generate)?;
         }
-        let reader = FrameReader(BufReader::with_capacity(1 << 20, std::fs::File::open(&corpus)?));
+        let reader = FrameReader(BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(&corpus)?,
+        ));
         let store_dir = args.dir.join("store-generated");
         let _ = std::fs::remove_dir_all(&store_dir);
-        report(&format!("(b) {} generated commit events", args.generate), measure(&catalog, &store_dir, args.batch, args.ingest_only, reader)?);
+        report(
+            &format!("(b) {} generated commit events", args.generate),
+            measure(&catalog, &store_dir, args.batch, args.ingest_only, reader)?,
+        );
     }
     println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
     Ok(())
@@ -128,7 +147,11 @@ fn measure(
     }
     eprintln!("writer busy {apply_secs:.2} s");
     let events = producer.join().expect("producer thread");
-    Ok(Measured { events, secs: start.elapsed().as_secs_f64(), metrics })
+    Ok(Measured {
+        events,
+        secs: start.elapsed().as_secs_f64(),
+        metrics,
+    })
 }
 
 struct FrameReader<R>(R);
@@ -147,7 +170,11 @@ impl<R: Read> Iterator for FrameReader<R> {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
@@ -208,7 +235,11 @@ fn car_bytes(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
             out.push(b | 0x80);
         }
     }
-    let header = serde_ipld_dagcbor::to_vec(&CarHeader { roots: vec![root], version: 1 }).expect("header");
+    let header = serde_ipld_dagcbor::to_vec(&CarHeader {
+        roots: vec![root],
+        version: 1,
+    })
+    .expect("header");
     let mut out = Vec::new();
     varint(header.len(), &mut out);
     out.extend_from_slice(&header);
@@ -224,14 +255,19 @@ fn car_bytes(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
 fn tid(n: u64) -> String {
     const ALPHA: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
     let v = (1_700_000_000_000_000u64 + n * 1000) << 10;
-    (0..13).rev().map(|i| ALPHA[((v >> (i * 5)) & 31) as usize] as char).collect()
+    (0..13)
+        .rev()
+        .map(|i| ALPHA[((v >> (i * 5)) & 31) as usize] as char)
+        .collect()
 }
 
 /// Writes `n` `#commit` frames with a realistic mix: 40 % posts, 28 % likes,
 /// 10 % follows, 8 % reposts, 9 % custom records (status, RSVP, book), 5 % deletes.
 pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let dids: Vec<String> = (0..5000).map(|i| format!("did:plc:bench{:019}", i)).collect();
+    let dids: Vec<String> = (0..5000)
+        .map(|i| format!("did:plc:bench{:019}", i))
+        .collect();
     let mut created: Vec<(usize, &'static str, String)> = Vec::new();
     let now = "2026-11-24T12:00:00.000Z";
     for i in 0..n {
@@ -239,10 +275,20 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
         let did = &dids[author];
         let rkey = tid(i as u64);
         let roll = (i * 7919) % 100;
-        let target_post = created.iter().rev().find(|c| c.1 == "app.bsky.feed.post").map(|c| {
-            (format!("at://{}/app.bsky.feed.post/{}", dids[c.0], c.2), "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi")
-        });
-        let (action, collection, record): (&str, &'static str, Option<serde_json::Value>) = if roll < 5 && !created.is_empty() {
+        let target_post = created
+            .iter()
+            .rev()
+            .find(|c| c.1 == "app.bsky.feed.post")
+            .map(|c| {
+                (
+                    format!("at://{}/app.bsky.feed.post/{}", dids[c.0], c.2),
+                    "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+                )
+            });
+        let (action, collection, record): (&str, &'static str, Option<serde_json::Value>) = if roll
+            < 5
+            && !created.is_empty()
+        {
             ("delete", created[(i * 31) % created.len()].1, None)
         } else if roll < 45 {
             let mut r = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} about rust and atproto"), "createdAt": now, "langs": ["en"]});
@@ -251,20 +297,66 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
             }
             ("create", "app.bsky.feed.post", Some(r))
         } else if roll < 73 {
-            let (uri, cid) = target_post.clone().unwrap_or((format!("at://{did}/app.bsky.feed.post/{rkey}"), "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"));
-            ("create", "app.bsky.feed.like", Some(serde_json::json!({"$type": "app.bsky.feed.like", "subject": {"uri": uri, "cid": cid}, "createdAt": now})))
+            let (uri, cid) = target_post.clone().unwrap_or((
+                format!("at://{did}/app.bsky.feed.post/{rkey}"),
+                "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            ));
+            (
+                "create",
+                "app.bsky.feed.like",
+                Some(
+                    serde_json::json!({"$type": "app.bsky.feed.like", "subject": {"uri": uri, "cid": cid}, "createdAt": now}),
+                ),
+            )
         } else if roll < 83 {
-            ("create", "app.bsky.graph.follow", Some(serde_json::json!({"$type": "app.bsky.graph.follow", "subject": dids[(i * 13) % dids.len()], "createdAt": now})))
+            (
+                "create",
+                "app.bsky.graph.follow",
+                Some(
+                    serde_json::json!({"$type": "app.bsky.graph.follow", "subject": dids[(i * 13) % dids.len()], "createdAt": now}),
+                ),
+            )
         } else if roll < 91 {
-            let (uri, cid) = target_post.clone().unwrap_or((format!("at://{did}/app.bsky.feed.post/{rkey}"), "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"));
-            ("create", "app.bsky.feed.repost", Some(serde_json::json!({"$type": "app.bsky.feed.repost", "subject": {"uri": uri, "cid": cid}, "createdAt": now})))
+            let (uri, cid) = target_post.clone().unwrap_or((
+                format!("at://{did}/app.bsky.feed.post/{rkey}"),
+                "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
+            ));
+            (
+                "create",
+                "app.bsky.feed.repost",
+                Some(
+                    serde_json::json!({"$type": "app.bsky.feed.repost", "subject": {"uri": uri, "cid": cid}, "createdAt": now}),
+                ),
+            )
         } else if roll < 94 {
-            ("create", "xyz.statusphere.status", Some(serde_json::json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": now})))
+            (
+                "create",
+                "xyz.statusphere.status",
+                Some(
+                    serde_json::json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": now}),
+                ),
+            )
         } else if roll < 97 {
-            ("create", "buzz.bookhive.book", Some(serde_json::json!({"$type": "buzz.bookhive.book", "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": format!("bk_{i}"), "status": "buzz.bookhive.defs#finished", "stars": 9, "createdAt": now})))
+            (
+                "create",
+                "buzz.bookhive.book",
+                Some(
+                    serde_json::json!({"$type": "buzz.bookhive.book", "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": format!("bk_{i}"), "status": "buzz.bookhive.defs#finished", "stars": 9, "createdAt": now}),
+                ),
+            )
         } else {
-            let uri = format!("at://{}/community.lexicon.calendar.event/{}", dids[(i * 17) % dids.len()], tid(7));
-            ("create", "community.lexicon.calendar.rsvp", Some(serde_json::json!({"$type": "community.lexicon.calendar.rsvp", "subject": {"uri": uri, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "status": "community.lexicon.calendar.rsvp#going", "createdAt": now})))
+            let uri = format!(
+                "at://{}/community.lexicon.calendar.event/{}",
+                dids[(i * 17) % dids.len()],
+                tid(7)
+            );
+            (
+                "create",
+                "community.lexicon.calendar.rsvp",
+                Some(
+                    serde_json::json!({"$type": "community.lexicon.calendar.rsvp", "subject": {"uri": uri, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "status": "community.lexicon.calendar.rsvp#going", "createdAt": now}),
+                ),
+            )
         };
         let (path_rkey, mut blocks, cid, repo_idx) = match &record {
             Some(r) => {
@@ -282,8 +374,24 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
             }
         };
         let repo = dids[repo_idx].clone();
-        let op = (if action == "delete" { "delete" } else { "create" }, format!("{collection}/{path_rkey}"), cid);
-        let frame = commit_frame(i as i64 + 1, &repo, &rkey, vec![op], std::mem::take(&mut blocks), false, now)?;
+        let op = (
+            if action == "delete" {
+                "delete"
+            } else {
+                "create"
+            },
+            format!("{collection}/{path_rkey}"),
+            cid,
+        );
+        let frame = commit_frame(
+            i as i64 + 1,
+            &repo,
+            &rkey,
+            vec![op],
+            std::mem::take(&mut blocks),
+            false,
+            now,
+        )?;
         out.write_all(&(frame.len() as u32).to_le_bytes())?;
         out.write_all(&frame)?;
     }
@@ -303,7 +411,8 @@ pub fn commit_frame(
     too_big: bool,
     time: &str,
 ) -> anyhow::Result<Vec<u8>> {
-    let commit_block = serde_ipld_dagcbor::to_vec(&serde_json::json!({"did": repo, "rev": rev, "version": 3}))?;
+    let commit_block =
+        serde_ipld_dagcbor::to_vec(&serde_json::json!({"did": repo, "rev": rev, "version": 3}))?;
     let commit_cid = cid_for(&commit_block);
     blocks.push((commit_cid, commit_block));
     let body = CommitOut {
@@ -312,14 +421,29 @@ pub fn commit_frame(
         rev: rev.to_string(),
         since: None,
         commit: commit_cid,
-        blocks: if too_big { Vec::new() } else { car_bytes(commit_cid, &blocks) },
-        ops: ops.into_iter().map(|(action, path, cid)| OpOut { action, path, cid, prev: None }).collect(),
+        blocks: if too_big {
+            Vec::new()
+        } else {
+            car_bytes(commit_cid, &blocks)
+        },
+        ops: ops
+            .into_iter()
+            .map(|(action, path, cid)| OpOut {
+                action,
+                path,
+                cid,
+                prev: None,
+            })
+            .collect(),
         too_big,
         rebase: false,
         blobs: Vec::new(),
         time: time.to_string(),
     };
-    let mut frame = serde_ipld_dagcbor::to_vec(&Header { op: 1, t: "#commit" })?;
+    let mut frame = serde_ipld_dagcbor::to_vec(&Header {
+        op: 1,
+        t: "#commit",
+    })?;
     frame.extend(serde_ipld_dagcbor::to_vec(&body)?);
     Ok(frame)
 }

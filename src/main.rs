@@ -8,7 +8,11 @@ use lexview::index::writer::WriterConfig;
 use lexview::serve::{ServeConfig, Verify};
 
 #[derive(Parser)]
-#[command(name = "lexview", version, about = "An atproto AppView for any record type a lexicon describes")]
+#[command(
+    name = "lexview",
+    version,
+    about = "An atproto AppView for any record type a lexicon describes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,7 +36,12 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// wss://host (relay or PDS firehose), jetstream+wss://host, or replay:PATH[?rate=N]. Repeatable.
-    #[arg(long = "source", env = "LEXVIEW_SOURCE", value_delimiter = ',', default_value = "wss://bsky.network")]
+    #[arg(
+        long = "source",
+        env = "LEXVIEW_SOURCE",
+        value_delimiter = ',',
+        default_value = "wss://bsky.network"
+    )]
     sources: Vec<String>,
     /// Directory of lexicon JSON files (searched recursively).
     #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
@@ -77,12 +86,16 @@ impl ServeArgs {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEXVIEW_LOG").unwrap_or_else(|_| "info,tower_http=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("LEXVIEW_LOG")
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
+    match cli
+        .command
+        .unwrap_or_else(|| Command::Serve(ServeArgs::default()))
+    {
         Command::Serve(a) => {
             let cfg = ServeConfig {
                 sources: a.sources,
@@ -91,13 +104,17 @@ fn main() -> anyhow::Result<()> {
                 listen: a.listen,
                 plc: a.plc,
                 verify: a.verify,
-                writer: WriterConfig { max_events: a.batch_events, max_delay: std::time::Duration::from_millis(a.batch_ms) },
+                writer: WriterConfig {
+                    max_events: a.batch_events,
+                    max_delay: std::time::Duration::from_millis(a.batch_ms),
+                },
             };
             tokio::runtime::Runtime::new()?.block_on(lexview::serve::serve(cfg))
         }
         Command::Sql { query, data } => {
             let conn = lexview::index::store::open_for_query(&data)?;
-            let out = lexview::sql::run_query(&conn, &query).map_err(|e| anyhow::anyhow!("query failed: {e}"))?;
+            let out = lexview::sql::run_query(&conn, &query)
+                .map_err(|e| anyhow::anyhow!("query failed: {e}"))?;
             print!("{out}");
             Ok(())
         }

@@ -20,7 +20,11 @@ pub enum IngestError {
     #[error("malformed frame: {0}")]
     Frame(#[from] FrameError),
     #[error("commit seq {seq} from {repo}: {reason}")]
-    CommitRejected { seq: i64, repo: String, reason: String },
+    CommitRejected {
+        seq: i64,
+        repo: String,
+        reason: String,
+    },
 }
 
 /// What a frame turned out to be.
@@ -29,9 +33,15 @@ pub enum Outcome {
     /// Apply this (it may carry only a cursor advance).
     Event(IndexEvent),
     /// An error frame from the source (`op: -1`).
-    SourceError { error: String, message: Option<String> },
+    SourceError {
+        error: String,
+        message: Option<String>,
+    },
     /// An `#info` frame.
-    Info { name: String, message: Option<String> },
+    Info {
+        name: String,
+        message: Option<String>,
+    },
 }
 
 /// Turns frames into index events, given the loaded lexicons.
@@ -50,17 +60,26 @@ impl Ingestor {
         let m = &self.metrics;
         Metrics::inc(&m.frames_total);
         let frame = decode_frame(bytes).inspect_err(|_| Metrics::inc(&m.frames_malformed_total))?;
-        let mut event = IndexEvent { source: source.to_string(), cursor: frame.seq(), ..Default::default() };
+        let mut event = IndexEvent {
+            source: source.to_string(),
+            cursor: frame.seq(),
+            ..Default::default()
+        };
         match frame {
             Frame::Commit(c) => {
                 Metrics::inc(&m.commits_total);
                 event.time = Some(c.time.to_string());
-                event.changes = self.commit_changes(&c).inspect_err(|_| Metrics::inc(&m.commits_rejected_total))?;
+                event.changes = self
+                    .commit_changes(&c)
+                    .inspect_err(|_| Metrics::inc(&m.commits_rejected_total))?;
             }
             Frame::Identity(i) => {
                 Metrics::inc(&m.identity_events_total);
                 event.time = Some(i.time.to_string());
-                event.changes.push(Change::Identity { did: i.did.to_string(), handle: i.handle.map(str::to_string) });
+                event.changes.push(Change::Identity {
+                    did: i.did.to_string(),
+                    handle: i.handle.map(str::to_string),
+                });
             }
             Frame::Account(a) => {
                 Metrics::inc(&m.account_events_total);
@@ -79,11 +98,17 @@ impl Ingestor {
             }
             Frame::Info(i) => {
                 Metrics::inc(&m.info_frames_total);
-                return Ok(Outcome::Info { name: i.name, message: i.message });
+                return Ok(Outcome::Info {
+                    name: i.name,
+                    message: i.message,
+                });
             }
             Frame::Error(e) => {
                 Metrics::inc(&m.error_frames_total);
-                return Ok(Outcome::SourceError { error: e.error, message: e.message });
+                return Ok(Outcome::SourceError {
+                    error: e.error,
+                    message: e.message,
+                });
             }
             Frame::Other { kind, .. } => {
                 Metrics::inc(&m.unknown_frames_total);
@@ -95,14 +120,20 @@ impl Ingestor {
 
     fn commit_changes(&self, c: &Commit<'_>) -> Result<Vec<Change>, IngestError> {
         let m = &self.metrics;
-        let reject = |reason: String| IngestError::CommitRejected { seq: c.seq, repo: c.repo.to_string(), reason };
+        let reject = |reason: String| IngestError::CommitRejected {
+            seq: c.seq,
+            repo: c.repo.to_string(),
+            reason,
+        };
         // Filter by collection before anything expensive.
         let wanted: Vec<_> = c
             .ops
             .iter()
             .filter_map(|op| {
                 let (collection, rkey) = op.split_path()?;
-                self.catalog.has_record(collection).then_some((op, collection, rkey))
+                self.catalog
+                    .has_record(collection)
+                    .then_some((op, collection, rkey))
             })
             .collect();
         Metrics::add(&m.ops_skipped_total, (c.ops.len() - wanted.len()) as u64);
@@ -114,7 +145,9 @@ impl Ingestor {
         }
         let needs_blocks = wanted.iter().any(|(op, ..)| op.action != "delete");
         let blocks = if needs_blocks && !c.blocks.is_empty() {
-            read_car(c.blocks).map_err(|e| reject(e.to_string()))?.blocks
+            read_car(c.blocks)
+                .map_err(|e| reject(e.to_string()))?
+                .blocks
         } else {
             Default::default()
         };
@@ -132,7 +165,11 @@ impl Ingestor {
                 })
             };
             if !is_valid_record_key(rkey) {
-                changes.push(quarantine(None, format!("invalid record key {rkey:?}"), None));
+                changes.push(quarantine(
+                    None,
+                    format!("invalid record key {rkey:?}"),
+                    None,
+                ));
                 Metrics::inc(&m.records_invalid_total);
                 continue;
             }
@@ -148,16 +185,27 @@ impl Ingestor {
                 }
                 "create" | "update" => {
                     let Some(cid) = op.cid else {
-                        changes.push(quarantine(None, format!("{} op without a cid", op.action), None));
+                        changes.push(quarantine(
+                            None,
+                            format!("{} op without a cid", op.action),
+                            None,
+                        ));
                         Metrics::inc(&m.records_invalid_total);
                         continue;
                     };
                     let Some(block) = blocks.get(&cid) else {
                         if c.too_big {
                             Metrics::inc(&m.commits_too_big_total);
-                            tracing::warn!(repo = c.repo, path = op.path, "tooBig commit: record not in frame");
+                            tracing::warn!(
+                                repo = c.repo,
+                                path = op.path,
+                                "tooBig commit: record not in frame"
+                            );
                         } else {
-                            return Err(reject(format!("record block {cid} for {} missing from the commit", op.path)));
+                            return Err(reject(format!(
+                                "record block {cid} for {} missing from the commit",
+                                op.path
+                            )));
                         }
                         continue;
                     };
@@ -165,7 +213,11 @@ impl Ingestor {
                     let record = match dagcbor_to_json(block) {
                         Ok(v) => v,
                         Err(e) => {
-                            changes.push(quarantine(Some(cid_str), format!("record is not valid DAG-CBOR: {e}"), None));
+                            changes.push(quarantine(
+                                Some(cid_str),
+                                format!("record is not valid DAG-CBOR: {e}"),
+                                None,
+                            ));
                             Metrics::inc(&m.records_invalid_total);
                             continue;
                         }
@@ -188,7 +240,11 @@ impl Ingestor {
                     }));
                 }
                 other => {
-                    changes.push(quarantine(None, format!("unknown op action {other:?}"), None));
+                    changes.push(quarantine(
+                        None,
+                        format!("unknown op action {other:?}"),
+                        None,
+                    ));
                     Metrics::inc(&m.records_invalid_total);
                 }
             }

@@ -42,14 +42,18 @@ pub struct ServeConfig {
 
 /// Loads the lexicon directory, reporting every file that failed.
 pub fn load_catalog(dir: &std::path::Path) -> anyhow::Result<Catalog> {
-    let (catalog, errors) =
-        Catalog::load_dir(dir).with_context(|| format!("cannot read lexicon directory {}", dir.display()))?;
+    let (catalog, errors) = Catalog::load_dir(dir)
+        .with_context(|| format!("cannot read lexicon directory {}", dir.display()))?;
     for e in &errors {
         tracing::error!("lexicon not loaded: {e}");
     }
     let unresolved = catalog.unresolved_refs();
     for (from, to) in &unresolved {
-        tracing::warn!(from, to, "lexicon ref points at a def that is not loaded; values there will not validate");
+        tracing::warn!(
+            from,
+            to,
+            "lexicon ref points at a def that is not loaded; values there will not validate"
+        );
     }
     tracing::info!(
         documents = catalog.len(),
@@ -68,7 +72,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
     if catalog.records().next().is_none() {
-        bail!("no record lexicons found under {}: nothing to index", cfg.lexicons.display());
+        bail!(
+            "no record lexicons found under {}: nothing to index",
+            cfg.lexicons.display()
+        );
     }
     let specs = cfg
         .sources
@@ -81,7 +88,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             bail!("Jetstream sources ({url}) are not implemented in this version (see issue 4)");
         }
     }
-    let store = Store::open(&cfg.data).with_context(|| format!("cannot open the store in {}", cfg.data.display()))?;
+    let store = Store::open(&cfg.data)
+        .with_context(|| format!("cannot open the store in {}", cfg.data.display()))?;
     let metrics = Arc::new(Metrics::default());
     let positions = Arc::new(Positions::default());
     let mut resume: HashMap<String, Option<i64>> = HashMap::new();
@@ -103,14 +111,20 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let start = resume.get(&id).copied().flatten();
         source_tasks.push(tokio::spawn(async move {
             match spec {
-                SourceSpec::Firehose { url } => firehose::run(source, url, start, tx, m, token).await,
-                SourceSpec::Replay { path, rate } => match replay::run(source, &path, rate, tx, token).await {
-                    Ok(n) => tracing::info!(frames = n, "replay of {} finished", path.display()),
-                    Err(e) => {
-                        Metrics::inc(&m.frames_malformed_total);
-                        tracing::error!("replay stopped: {e}");
+                SourceSpec::Firehose { url } => {
+                    firehose::run(source, url, start, tx, m, token).await
+                }
+                SourceSpec::Replay { path, rate } => {
+                    match replay::run(source, &path, rate, tx, token).await {
+                        Ok(n) => {
+                            tracing::info!(frames = n, "replay of {} finished", path.display())
+                        }
+                        Err(e) => {
+                            Metrics::inc(&m.frames_malformed_total);
+                            tracing::error!("replay stopped: {e}");
+                        }
                     }
-                },
+                }
                 SourceSpec::Jetstream { .. } => unreachable!("rejected above"),
             }
         }));
@@ -125,8 +139,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     // The writer owns the store; the API reads through the store's read pool.
     let readers = store.readers();
-    let writer = tokio::spawn(writer::run(store, ev_rx, cfg.writer, positions.clone(), metrics.clone()));
-    let schema = api::graphql::build_schema(&catalog, readers.clone()).context("building the GraphQL schema")?;
+    let writer = tokio::spawn(writer::run(
+        store,
+        ev_rx,
+        cfg.writer,
+        positions.clone(),
+        metrics.clone(),
+    ));
+    let schema = api::graphql::build_schema(&catalog, readers.clone())
+        .context("building the GraphQL schema")?;
     let state = AppState {
         readers,
         catalog: catalog.clone(),
@@ -147,7 +168,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = {
         let token = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, api::app(state)).with_graceful_shutdown(async move { token.cancelled().await }).await
+            axum::serve(listener, api::app(state))
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
         })
     };
     shutdown.cancelled().await;

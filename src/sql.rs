@@ -38,9 +38,11 @@ fn render(v: ValueRef<'_>) -> String {
                 duckdb::types::Value::Float(n) => n.to_string(),
                 duckdb::types::Value::Double(n) => n.to_string(),
                 duckdb::types::Value::Text(t) => t,
-                duckdb::types::Value::Timestamp(_, us) => chrono::DateTime::from_timestamp_micros(us)
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-                    .unwrap_or_else(|| us.to_string()),
+                duckdb::types::Value::Timestamp(_, us) => {
+                    chrono::DateTime::from_timestamp_micros(us)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+                        .unwrap_or_else(|| us.to_string())
+                }
                 other => format!("{other:?}"),
             }
         }
@@ -60,7 +62,11 @@ pub fn format_table(columns: &[String], rows: &[Vec<String>]) -> String {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let c: String = if c.chars().count() > 80 { c.chars().take(79).chain(['…']).collect() } else { c.clone() };
+                let c: String = if c.chars().count() > 80 {
+                    c.chars().take(79).chain(['…']).collect()
+                } else {
+                    c.clone()
+                };
                 format!("{c:<w$}", w = widths[i])
             })
             .collect::<Vec<_>>()
@@ -70,12 +76,22 @@ pub fn format_table(columns: &[String], rows: &[Vec<String>]) -> String {
     };
     let mut out = fmt_row(columns);
     out.push('\n');
-    out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-"),
+    );
     out.push('\n');
     for row in rows {
         out.push_str(&fmt_row(row));
         out.push('\n');
     }
-    out.push_str(&format!("({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "({} row{})\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ));
     out
 }

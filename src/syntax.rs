@@ -176,7 +176,8 @@ pub fn is_valid_record_key(s: &str) -> bool {
         && b.len() <= 512
         && s != "."
         && s != ".."
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'~' | b':' | b'-'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'~' | b':' | b'-'))
 }
 
 /// `at://AUTHORITY[/COLLECTION[/RKEY]][#/FRAGMENT]`, at most 8 KiB.
@@ -194,10 +195,9 @@ pub fn is_valid_at_uri(s: &str) -> bool {
     if let Some(f) = fragment {
         let fb = f.as_bytes();
         if fb.first() != Some(&b'/')
-            || !fb.iter().all(|&c| {
-                c.is_ascii_alphanumeric()
-                    || b"._~:@!$&')(*+,;=%[]/-".contains(&c)
-            })
+            || !fb
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || b"._~:@!$&')(*+,;=%[]/-".contains(&c))
         {
             return false;
         }
@@ -224,7 +224,8 @@ pub fn is_valid_at_uri(s: &str) -> bool {
 pub fn is_valid_cid_string(s: &str) -> bool {
     let b = s.as_bytes();
     (8..=256).contains(&b.len())
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'=')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'=')
         && !s.starts_with("Qmb")
 }
 
@@ -241,9 +242,9 @@ pub fn is_valid_uri(s: &str) -> bool {
     !scheme.is_empty()
         && scheme.len() <= 81
         && scheme[0].is_ascii_lowercase()
-        && scheme[1..]
-            .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'+'))
+        && scheme[1..].iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'+')
+        })
         && !rest.is_empty()
         && rest.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
@@ -257,9 +258,8 @@ pub fn is_valid_language(s: &str) -> bool {
     let primary_ok = matches!(first, "i" | "x" | "X")
         || ((2..=3).contains(&fb.len()) && fb.iter().all(|c| c.is_ascii_lowercase()));
     primary_ok
-        && parts.all(|p| {
-            !p.is_empty() && p.len() <= 8 && p.bytes().all(|c| c.is_ascii_alphanumeric())
-        })
+        && parts
+            .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|c| c.is_ascii_alphanumeric()))
 }
 
 /// RFC 3339 datetime as atproto restricts it: `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`,
@@ -319,7 +319,9 @@ pub fn is_valid_datetime(s: &str) -> bool {
         // Year 0 is valid, but not when the offset moves the instant before it.
         let sign = if tz.starts_with('-') { -1 } else { 1 };
         let offset = sign * (num(i + 1..i + 3) as i64 * 60 + num(i + 4..i + 6) as i64);
-        let local = date.and_hms_opt(hour, minute, second.min(59)).expect("checked above");
+        let local = date
+            .and_hms_opt(hour, minute, second.min(59))
+            .expect("checked above");
         return (local - chrono::Duration::minutes(offset)).year() >= 0;
     }
     true
@@ -335,7 +337,10 @@ impl Did {
         if is_valid_did(&s) {
             Ok(Did(s))
         } else {
-            Err(SyntaxError { format: Format::Did, value: s })
+            Err(SyntaxError {
+                format: Format::Did,
+                value: s,
+            })
         }
     }
     pub fn as_str(&self) -> &str {
@@ -360,7 +365,10 @@ pub struct AtUri {
 impl AtUri {
     pub fn parse(s: &str) -> Result<AtUri, SyntaxError> {
         if !is_valid_at_uri(s) {
-            return Err(SyntaxError { format: Format::AtUri, value: s.to_string() });
+            return Err(SyntaxError {
+                format: Format::AtUri,
+                value: s.to_string(),
+            });
         }
         let path = s["at://".len()..].split('#').next().unwrap_or("");
         let mut parts = path.split('/');

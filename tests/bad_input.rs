@@ -38,7 +38,12 @@ fn truncated_frame_is_reported_and_the_next_frame_still_indexes() {
 #[test]
 fn garbage_cbor_is_reported() {
     let (ing, metrics) = ingestor(common::catalog("lexicons"));
-    for garbage in [&b""[..], b"\xff\xff\xff", b"not cbor at all", b"\xa2\x62op\x01"] {
+    for garbage in [
+        &b""[..],
+        b"\xff\xff\xff",
+        b"not cbor at all",
+        b"\xa2\x62op\x01",
+    ] {
         let err = ing.process("test", garbage).unwrap_err();
         assert!(err.to_string().contains("frame"), "{err}");
     }
@@ -53,11 +58,19 @@ fn car_block_whose_bytes_do_not_match_its_cid_rejects_the_commit() {
     // expected_v1.jsonl); that timestamp occurs once, inside the record block.
     let mut frame = frames[0].clone();
     let needle = b"2026-07-04T14:38:08.999Z";
-    let positions: Vec<usize> = frame.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    let positions: Vec<usize> = frame
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(positions.len(), 1, "needle must be unique");
     frame[positions[0] + 20] = b'8';
     let err = ing.process("test", &frame).unwrap_err();
-    assert!(err.to_string().contains("does not hash to its CID"), "{err}");
+    assert!(
+        err.to_string().contains("does not hash to its CID"),
+        "{err}"
+    );
     assert_eq!(metrics.commits_rejected_total.load(Ordering::Relaxed), 1);
     // The untouched frame after it still indexes.
     assert_eq!(changes(&ing, &frames[1]).len(), 1);
@@ -70,11 +83,24 @@ fn record_failing_its_lexicon_is_quarantined_with_the_reason() {
     let errors = catalog.add_dir(&common::fixture("lexicons")).expect("dir");
     assert!(errors.is_empty());
     let mut strict = Catalog::default();
-    let mut like: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::fixture("lexicons/app/bsky/feed/like.json")).unwrap()).unwrap();
-    like["defs"]["main"]["record"]["required"] = serde_json::json!(["subject", "createdAt", "reason"]);
+    let mut like: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("lexicons/app/bsky/feed/like.json")).unwrap(),
+    )
+    .unwrap();
+    like["defs"]["main"]["record"]["required"] =
+        serde_json::json!(["subject", "createdAt", "reason"]);
     strict.add_document(like).expect("doc");
-    strict.add_document(serde_json::from_str(&std::fs::read_to_string(common::fixture("lexicons/com/atproto/repo/strongRef.json")).unwrap()).unwrap()).expect("doc");
+    strict
+        .add_document(
+            serde_json::from_str(
+                &std::fs::read_to_string(common::fixture(
+                    "lexicons/com/atproto/repo/strongRef.json",
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+        .expect("doc");
     let (ing, metrics) = ingestor(Arc::new(strict));
     let frames = common::frames("jetstream/frames.bin");
     let got = changes(&ing, &frames[0]);
@@ -93,7 +119,13 @@ fn record_failing_its_lexicon_is_quarantined_with_the_reason() {
 fn collections_without_a_lexicon_are_skipped_before_decoding() {
     let mut catalog = Catalog::default();
     catalog
-        .add_document(serde_json::from_str(&std::fs::read_to_string(common::fixture("lexicons/xyz/statusphere/status.json")).unwrap()).unwrap())
+        .add_document(
+            serde_json::from_str(
+                &std::fs::read_to_string(common::fixture("lexicons/xyz/statusphere/status.json"))
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
         .expect("doc");
     let (ing, metrics) = ingestor(Arc::new(catalog));
     let mut seqs = 0;

@@ -39,19 +39,33 @@ fn production_frames_match_production_jetstream() {
                     format!("commit {} {} {} {}", q.did, q.rev, q.collection, q.rkey),
                     json!({"cid": q.cid, "record": q.record}),
                 ),
-                Change::Delete { did, collection, rkey, rev } => {
-                    (format!("commit {did} {rev} {collection} {rkey}"), json!({"deleted": true}))
+                Change::Delete {
+                    did,
+                    collection,
+                    rkey,
+                    rev,
+                } => (
+                    format!("commit {did} {rev} {collection} {rkey}"),
+                    json!({"deleted": true}),
+                ),
+                Change::Identity { did, handle } => {
+                    (format!("identity {did}"), json!({"handle": handle}))
                 }
-                Change::Identity { did, handle } => (format!("identity {did}"), json!({"handle": handle})),
-                Change::Account { did, active, status } => {
-                    (format!("account {did}"), json!({"active": active, "status": status}))
-                }
+                Change::Account {
+                    did,
+                    active,
+                    status,
+                } => (
+                    format!("account {did}"),
+                    json!({"active": active, "status": status}),
+                ),
             };
             assert!(ours.insert(key.clone(), value).is_none(), "duplicate {key}");
         }
     }
 
-    let expected = std::fs::read_to_string(common::fixture("jetstream/expected_v1.jsonl")).expect("expected");
+    let expected =
+        std::fs::read_to_string(common::fixture("jetstream/expected_v1.jsonl")).expect("expected");
     let mut matched = 0;
     let mut failures = Vec::new();
     for line in expected.lines() {
@@ -60,7 +74,12 @@ fn production_frames_match_production_jetstream() {
         let (key, want) = match e["kind"].as_str() {
             Some("commit") => {
                 let c = &e["commit"];
-                let key = format!("commit {did} {} {} {}", c["rev"].as_str().unwrap(), c["collection"].as_str().unwrap(), c["rkey"].as_str().unwrap());
+                let key = format!(
+                    "commit {did} {} {} {}",
+                    c["rev"].as_str().unwrap(),
+                    c["collection"].as_str().unwrap(),
+                    c["rkey"].as_str().unwrap()
+                );
                 let want = if c["operation"] == "delete" {
                     json!({"deleted": true})
                 } else {
@@ -68,7 +87,10 @@ fn production_frames_match_production_jetstream() {
                 };
                 (key, want)
             }
-            Some("identity") => (format!("identity {did}"), json!({"handle": e["identity"].get("handle")})),
+            Some("identity") => (
+                format!("identity {did}"),
+                json!({"handle": e["identity"].get("handle")}),
+            ),
             Some("account") => (
                 format!("account {did}"),
                 json!({"active": e["account"]["active"], "status": e["account"].get("status")}),
@@ -81,7 +103,12 @@ fn production_frames_match_production_jetstream() {
             None => failures.push(format!("{key}: not produced")),
         }
     }
-    assert!(failures.is_empty(), "{} of 150 differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 150 differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // 150 ops from 148 commits, plus one #identity and one #account: every line of the 150 frames.
     assert_eq!(matched, 152);
 }

@@ -7,11 +7,13 @@ use lexview::lexicon::Catalog;
 use serde_json::Value;
 
 fn json(rel: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(common::fixture(rel)).expect("read")).expect("json")
+    serde_json::from_str(&std::fs::read_to_string(common::fixture(rel)).expect("read"))
+        .expect("json")
 }
 
 fn interop_catalog() -> Catalog {
-    let (catalog, errors) = Catalog::load_dir(&common::fixture("interop/lexicon/catalog")).expect("dir");
+    let (catalog, errors) =
+        Catalog::load_dir(&common::fixture("interop/lexicon/catalog")).expect("dir");
     assert!(errors.is_empty(), "{errors:#?}");
     catalog
 }
@@ -45,25 +47,37 @@ fn invalid_records_are_rejected_with_a_reason() {
             Err(e) => assert!(!e.message.is_empty()),
         }
     }
-    assert!(accepted.is_empty(), "invalid records accepted: {accepted:#?}");
+    assert!(
+        accepted.is_empty(),
+        "invalid records accepted: {accepted:#?}"
+    );
 }
 
 #[test]
 fn reasons_name_the_path() {
     let catalog = interop_catalog();
     let data = serde_json::json!({"$type": "example.lexicon.record", "integer": 1, "formats": {"did": "not a did"}});
-    let err = catalog.validate_record("example.lexicon.record", &data).unwrap_err();
+    let err = catalog
+        .validate_record("example.lexicon.record", &data)
+        .unwrap_err();
     assert_eq!(err.path, "record.formats.did");
     assert!(err.message.contains("did"), "{err}");
 }
 
 #[test]
 fn lexicon_documents_valid_and_invalid() {
-    for case in json("interop/lexicon/lexicon-valid.json").as_array().expect("array") {
+    for case in json("interop/lexicon/lexicon-valid.json")
+        .as_array()
+        .expect("array")
+    {
         let mut c = Catalog::default();
-        c.add_document(case["lexicon"].clone()).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        c.add_document(case["lexicon"].clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
     }
-    for case in json("interop/lexicon/lexicon-invalid.json").as_array().expect("array") {
+    for case in json("interop/lexicon/lexicon-invalid.json")
+        .as_array()
+        .expect("array")
+    {
         let mut c = Catalog::default();
         let result = c.add_document(case["lexicon"].clone());
         if case["name"] == "defined unknown" {
@@ -83,7 +97,11 @@ fn all_official_lexicons_load() {
     assert_eq!(catalog.len(), 470);
     assert!(catalog.has_record("app.bsky.feed.post"));
     assert!(catalog.has_record("community.lexicon.calendar.rsvp"));
-    assert!(catalog.unresolved_refs().is_empty(), "{:#?}", catalog.unresolved_refs());
+    assert!(
+        catalog.unresolved_refs().is_empty(),
+        "{:#?}",
+        catalog.unresolved_refs()
+    );
 }
 
 #[test]
@@ -97,10 +115,18 @@ fn all_wild_lexicons_load() {
 fn a_lexicon_file_with_a_syntax_error_is_reported_and_the_rest_load() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("broken.json"), "{\"lexicon\": 1, \"id\": ").expect("write");
-    std::fs::copy(common::fixture("interop/lexicon/catalog/record.json"), dir.path().join("record.json")).expect("copy");
+    std::fs::copy(
+        common::fixture("interop/lexicon/catalog/record.json"),
+        dir.path().join("record.json"),
+    )
+    .expect("copy");
     let (catalog, errors) = Catalog::load_dir(dir.path()).expect("dir");
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].to_string().contains("broken.json"), "{}", errors[0]);
+    assert!(
+        errors[0].to_string().contains("broken.json"),
+        "{}",
+        errors[0]
+    );
     assert!(errors[0].message.contains("not JSON"), "{}", errors[0]);
     assert!(catalog.has_record("example.lexicon.record"));
 }
@@ -121,5 +147,9 @@ fn bundled_lexicons_load_and_resolve() {
     ] {
         assert!(catalog.has_record(nsid), "{nsid} missing");
     }
-    assert!(catalog.unresolved_refs().is_empty(), "{:#?}", catalog.unresolved_refs());
+    assert!(
+        catalog.unresolved_refs().is_empty(),
+        "{:#?}",
+        catalog.unresolved_refs()
+    );
 }

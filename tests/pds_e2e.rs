@@ -19,11 +19,24 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let mut pds = Pds::start();
     let data = tempfile::tempdir().unwrap();
     let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    let server = Server::start(&[&format!("{}?cursor=0", pds.firehose)], data.path(), &lexicons);
+    let server = Server::start(
+        &[&format!("{}?cursor=0", pds.firehose)],
+        data.path(),
+        &lexicons,
+    );
 
-    let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"].as_str().unwrap().to_string();
-    let bob = pds.cmd(json!({"op": "createAccount", "handle": "bob.test"}))["did"].as_str().unwrap().to_string();
-    let carol = pds.cmd(json!({"op": "createAccount", "handle": "carol.test"}))["did"].as_str().unwrap().to_string();
+    let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bob = pds.cmd(json!({"op": "createAccount", "handle": "bob.test"}))["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let carol = pds.cmd(json!({"op": "createAccount", "handle": "carol.test"}))["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let now = "2026-11-24T12:00:00.000Z";
     let post = |did: &str, text: &str, reply: Option<Value>| {
         let mut r = json!({"text": text, "createdAt": now});
@@ -33,17 +46,21 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         json!({"op": "create", "did": did, "collection": "app.bsky.feed.post", "record": r})
     };
     let p1 = pds.cmd(post(&alice, "Hello from alice", None));
-    let r1 = pds.cmd(post(&bob, "hi alice", Some(json!({"root": strong_ref(&p1), "parent": strong_ref(&p1)}))));
-    let r2 = pds.cmd(post(&carol, "hi both", Some(json!({"root": strong_ref(&p1), "parent": strong_ref(&r1)}))));
-    let like = |did: &str, subject: &Value| {
-        json!({"op": "create", "did": did, "collection": "app.bsky.feed.like", "record": {"subject": strong_ref(subject), "createdAt": now}})
-    };
+    let r1 = pds.cmd(post(
+        &bob,
+        "hi alice",
+        Some(json!({"root": strong_ref(&p1), "parent": strong_ref(&p1)})),
+    ));
+    let r2 = pds.cmd(post(
+        &carol,
+        "hi both",
+        Some(json!({"root": strong_ref(&p1), "parent": strong_ref(&r1)})),
+    ));
+    let like = |did: &str, subject: &Value| json!({"op": "create", "did": did, "collection": "app.bsky.feed.like", "record": {"subject": strong_ref(subject), "createdAt": now}});
     pds.cmd(like(&bob, &p1));
     let carol_like = pds.cmd(like(&carol, &p1));
     pds.cmd(like(&alice, &r2));
-    let follow = |did: &str, subject: &str| {
-        json!({"op": "create", "did": did, "collection": "app.bsky.graph.follow", "record": {"subject": subject, "createdAt": now}})
-    };
+    let follow = |did: &str, subject: &str| json!({"op": "create", "did": did, "collection": "app.bsky.graph.follow", "record": {"subject": subject, "createdAt": now}});
     pds.cmd(follow(&bob, &alice));
     pds.cmd(follow(&carol, &alice));
     pds.cmd(follow(&alice, &bob));
@@ -52,9 +69,11 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "mode": "community.lexicon.calendar.event#inperson", "status": "community.lexicon.calendar.event#scheduled"}}));
     pds.cmd(json!({"op": "create", "did": bob, "collection": "community.lexicon.calendar.rsvp", "record": {
         "subject": strong_ref(&event), "status": "community.lexicon.calendar.rsvp#going", "createdAt": now}}));
-    pds.cmd(json!({"op": "create", "did": carol, "collection": "buzz.bookhive.book", "record": {
+    pds.cmd(
+        json!({"op": "create", "did": carol, "collection": "buzz.bookhive.book", "record": {
         "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": "bk_1", "stars": 9,
-        "status": "buzz.bookhive.defs#finished", "createdAt": now}}));
+        "status": "buzz.bookhive.defs#finished", "createdAt": now}}),
+    );
     pds.cmd(json!({"op": "create", "did": alice, "collection": "xyz.statusphere.status", "record": {"status": "🦀", "createdAt": now}}));
     // Invalid for its lexicon (one grapheme at most); the PDS has no lexicon for it and stores it.
     pds.cmd(json!({"op": "create", "did": bob, "collection": "xyz.statusphere.status", "record": {"status": "🦀🦀", "createdAt": now}}));
@@ -74,18 +93,29 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     assert_eq!(body["value"]["text"], "Hello from alice");
     let (status, body) = server.get("/xrpc/com.atproto.repo.getRecord?repo=alice.test&collection=app.bsky.actor.profile&rkey=self");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["value"]["displayName"], "Alice B.", "the update replaced the record");
+    assert_eq!(
+        body["value"]["displayName"], "Alice B.",
+        "the update replaced the record"
+    );
     // The deleted like is gone.
     let (status, body) = server.get(&format!(
         "/xrpc/com.atproto.repo.getRecord?repo={carol}&collection=app.bsky.feed.like&rkey={}",
         carol_like["rkey"].as_str().unwrap()
     ));
-    assert_eq!((status, body["error"].as_str()), (400, Some("RecordNotFound")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("RecordNotFound")),
+        "{body}"
+    );
     // listRecords.
-    let (_, body) = server.get(&format!("/xrpc/com.atproto.repo.listRecords?repo={bob}&collection=app.bsky.feed.post"));
+    let (_, body) = server.get(&format!(
+        "/xrpc/com.atproto.repo.listRecords?repo={bob}&collection=app.bsky.feed.post"
+    ));
     assert_eq!(body["records"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["records"][0]["uri"], r1["uri"]);
-    let (_, body) = server.get(&format!("/xrpc/com.atproto.repo.listRecords?repo={carol}&collection=app.bsky.feed.like"));
+    let (_, body) = server.get(&format!(
+        "/xrpc/com.atproto.repo.listRecords?repo={carol}&collection=app.bsky.feed.like"
+    ));
     assert_eq!(body["records"].as_array().unwrap().len(), 0, "{body}");
 
     // GraphQL per collection, names from the full NSID.
@@ -97,9 +127,18 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     assert!(gql.get("errors").is_none(), "{gql}");
     let d = &gql["data"];
     assert_eq!(d["communityLexiconCalendarRsvp"]["totalCount"], 1);
-    assert_eq!(d["communityLexiconCalendarRsvp"]["nodes"][0]["subject"]["uri"], event["uri"]);
-    assert_eq!(d["buzzBookhiveBook"]["nodes"][0], json!({"title": "The Dispossessed", "stars": 9}));
-    assert_eq!(d["xyzStatusphereStatus"]["totalCount"], 1, "the invalid status is not indexed");
+    assert_eq!(
+        d["communityLexiconCalendarRsvp"]["nodes"][0]["subject"]["uri"],
+        event["uri"]
+    );
+    assert_eq!(
+        d["buzzBookhiveBook"]["nodes"][0],
+        json!({"title": "The Dispossessed", "stars": 9})
+    );
+    assert_eq!(
+        d["xyzStatusphereStatus"]["totalCount"], 1,
+        "the invalid status is not indexed"
+    );
 
     assert!(server.stop().success(), "clean exit on SIGTERM");
 
@@ -114,17 +153,39 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         out.lines().nth(2).unwrap().trim().parse().unwrap()
     };
     assert_eq!(count(&p1["uri"], "app.bsky.feed.like", ".subject.uri"), 1);
-    assert_eq!(count(&p1["uri"], "app.bsky.feed.post", ".reply.root.uri"), 2);
-    assert_eq!(count(&p1["uri"], "app.bsky.feed.post", ".reply.parent.uri"), 1);
-    assert_eq!(count(&r1["uri"], "app.bsky.feed.post", ".reply.parent.uri"), 1);
+    assert_eq!(
+        count(&p1["uri"], "app.bsky.feed.post", ".reply.root.uri"),
+        2
+    );
+    assert_eq!(
+        count(&p1["uri"], "app.bsky.feed.post", ".reply.parent.uri"),
+        1
+    );
+    assert_eq!(
+        count(&r1["uri"], "app.bsky.feed.post", ".reply.parent.uri"),
+        1
+    );
     assert_eq!(count(&json!(alice), "app.bsky.graph.follow", ".subject"), 2);
     assert_eq!(count(&json!(bob), "app.bsky.graph.follow", ".subject"), 1);
-    assert_eq!(count(&event["uri"], "community.lexicon.calendar.rsvp", ".subject.uri"), 1);
+    assert_eq!(
+        count(
+            &event["uri"],
+            "community.lexicon.calendar.rsvp",
+            ".subject.uri"
+        ),
+        1
+    );
 
     let (ok, out, err) = sql(data.path(), "SELECT collection, reason FROM quarantine");
     assert!(ok, "{err}");
-    assert!(out.contains("xyz.statusphere.status") && out.contains("graphemes"), "{out}");
+    assert!(
+        out.contains("xyz.statusphere.status") && out.contains("graphemes"),
+        "{out}"
+    );
     let (ok, out, err) = sql(data.path(), "SELECT handle FROM actors ORDER BY handle");
     assert!(ok, "{err}");
-    assert!(out.contains("alice.test") && out.contains("bob.test") && out.contains("carol.test"), "{out}");
+    assert!(
+        out.contains("alice.test") && out.contains("bob.test") && out.contains("carol.test"),
+        "{out}"
+    );
 }

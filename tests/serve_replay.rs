@@ -50,25 +50,60 @@ fn serves_xrpc_and_graphql_from_a_replay() {
     let (status, body) =
         server.get(&format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.like&rkey=3mptbyplj5d2a"));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["uri"], format!("at://{did}/app.bsky.feed.like/3mptbyplj5d2a"));
-    assert_eq!(body["cid"], "bafyreiguce4jh7kcbmof3pmcvasifqtw24b6isakj5ve5ga2b4z4alpc4i");
-    assert_eq!(body["value"]["subject"]["uri"], "at://did:plc:r2zybk6op3ymzpz6jhqpkoy5/app.bsky.feed.post/3mpsjbtci2c2o");
+    assert_eq!(
+        body["uri"],
+        format!("at://{did}/app.bsky.feed.like/3mptbyplj5d2a")
+    );
+    assert_eq!(
+        body["cid"],
+        "bafyreiguce4jh7kcbmof3pmcvasifqtw24b6isakj5ve5ga2b4z4alpc4i"
+    );
+    assert_eq!(
+        body["value"]["subject"]["uri"],
+        "at://did:plc:r2zybk6op3ymzpz6jhqpkoy5/app.bsky.feed.post/3mpsjbtci2c2o"
+    );
 
-    let (status, body) = server.get(&format!("/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like&limit=1"));
+    let (status, body) = server.get(&format!(
+        "/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like&limit=1"
+    ));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["records"].as_array().unwrap().len(), 1);
 
     // Errors use the XRPC envelope.
-    let (status, body) = server.get(&format!("/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.like&rkey=nope"));
-    assert_eq!((status, body["error"].as_str()), (400, Some("RecordNotFound")), "{body}");
-    let (status, body) = server.get("/xrpc/com.atproto.repo.getRecord?collection=app.bsky.feed.like&rkey=x");
-    assert_eq!((status, body["error"].as_str()), (400, Some("InvalidRequest")), "{body}");
+    let (status, body) = server.get(&format!(
+        "/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.like&rkey=nope"
+    ));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("RecordNotFound")),
+        "{body}"
+    );
+    let (status, body) =
+        server.get("/xrpc/com.atproto.repo.getRecord?collection=app.bsky.feed.like&rkey=x");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("InvalidRequest")),
+        "{body}"
+    );
     assert!(body["message"].as_str().unwrap().contains("repo"), "{body}");
-    let (status, body) = server.get(&format!("/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like&limit=1000"));
-    assert_eq!((status, body["error"].as_str()), (400, Some("InvalidRequest")), "{body}");
-    assert!(body["message"].as_str().unwrap().contains("limit"), "{body}");
+    let (status, body) = server.get(&format!(
+        "/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like&limit=1000"
+    ));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("InvalidRequest")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
     let (status, body) = server.get("/xrpc/com.example.nothing");
-    assert_eq!((status, body["error"].as_str()), (501, Some("MethodNotImplemented")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (501, Some("MethodNotImplemented")),
+        "{body}"
+    );
 
     // GraphQL: list and by-URI.
     let data = server.graphql(
@@ -80,12 +115,27 @@ fn serves_xrpc_and_graphql_from_a_replay() {
     assert_eq!(conn["nodes"].as_array().unwrap().len(), 2);
     assert_eq!(conn["pageInfo"]["hasNextPage"], true);
     let uri = format!("at://{did}/app.bsky.feed.like/3mptbyplj5d2a");
-    let data = server.graphql(&format!(r#"{{ appBskyFeedLikeByUri(uri: "{uri}") {{ cid subject }} }}"#));
-    assert_eq!(data["data"]["appBskyFeedLikeByUri"]["cid"], "bafyreiguce4jh7kcbmof3pmcvasifqtw24b6isakj5ve5ga2b4z4alpc4i", "{data}");
+    let data = server.graphql(&format!(
+        r#"{{ appBskyFeedLikeByUri(uri: "{uri}") {{ cid subject }} }}"#
+    ));
+    assert_eq!(
+        data["data"]["appBskyFeedLikeByUri"]["cid"],
+        "bafyreiguce4jh7kcbmof3pmcvasifqtw24b6isakj5ve5ga2b4z4alpc4i",
+        "{data}"
+    );
     let data = server.graphql("{ appBskyFeedLike(first: 1000) { totalCount } }");
-    assert!(data["errors"][0]["message"].as_str().unwrap().contains("first"), "{data}");
+    assert!(
+        data["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("first"),
+        "{data}"
+    );
 
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base)).unwrap().text().unwrap();
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(metrics.contains("lexview_frames_total 150"), "{metrics}");
 
     // The store is held by the running server: `sql` says so clearly.
@@ -94,13 +144,24 @@ fn serves_xrpc_and_graphql_from_a_replay() {
     assert!(stderr.contains("locked by another process"), "{stderr}");
 
     assert!(server.stop().success());
-    let (ok, stdout, stderr) = sql(dir.path(), "SELECT count(*) AS likes FROM records WHERE collection = 'app.bsky.feed.like'");
+    let (ok, stdout, stderr) = sql(
+        dir.path(),
+        "SELECT count(*) AS likes FROM records WHERE collection = 'app.bsky.feed.like'",
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("105"), "{stdout}");
 
     // The store opens in the stock DuckDB shell of the same version.
-    let cli = std::process::Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/duckdb-cli.sh")).output().unwrap();
-    assert!(cli.status.success(), "installing duckdb-cli: {}", String::from_utf8_lossy(&cli.stderr));
+    let cli = std::process::Command::new(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/duckdb-cli.sh"),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        cli.status.success(),
+        "installing duckdb-cli: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let cli = String::from_utf8(cli.stdout).unwrap();
     let out = std::process::Command::new(cli.trim())
         .arg("-readonly")
@@ -108,7 +169,11 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         .args(["-csv", "-c", "SELECT count(*) AS n FROM records WHERE collection = 'app.bsky.feed.like' AND json_extract_string(record, '$.subject.uri') LIKE 'at://%'"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n105");
 }
 
@@ -125,7 +190,9 @@ fn sigkill_mid_stream_then_restart_equals_a_clean_run() {
     let server = Server::start(&[&replay(Some(100))], crashed.path(), &lexicons());
     let first_seq = 31527015322;
     let h = server.wait_for(std::time::Duration::from_secs(30), |h| {
-        h["sources"][0]["cursor"].as_i64().is_some_and(|c| c > first_seq + 20)
+        h["sources"][0]["cursor"]
+            .as_i64()
+            .is_some_and(|c| c > first_seq + 20)
     });
     let at_kill = h["sources"][0]["cursor"].as_i64().unwrap();
     assert!(at_kill < LAST_SEQ, "killed too late to test anything");
@@ -149,6 +216,9 @@ fn a_relay_that_drops_the_connection_every_40_frames_gives_the_same_index() {
     let server = Server::start(&[&relay.url], dropped.path(), &lexicons());
     server.wait_for_cursor(LAST_SEQ);
     assert!(server.stop().success());
-    assert!(relay.connections.load(std::sync::atomic::Ordering::SeqCst) >= 4, "the source reconnected and resumed");
+    assert!(
+        relay.connections.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "the source reconnected and resumed"
+    );
     common::assert_lines_eq(&dump(clean.path()), &dump(dropped.path()));
 }

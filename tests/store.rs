@@ -21,7 +21,12 @@ fn like(did: &str, rkey: &str, subject: &str) -> Change {
 }
 
 fn event(seq: i64, changes: Vec<Change>) -> IndexEvent {
-    IndexEvent { source: "test".into(), cursor: Some(seq), time: None, changes }
+    IndexEvent {
+        source: "test".into(),
+        cursor: Some(seq),
+        time: None,
+        changes,
+    }
 }
 
 fn count(store: &Store, target: &str) -> i64 {
@@ -38,7 +43,10 @@ fn count(store: &Store, target: &str) -> i64 {
 }
 
 fn records(store: &Store) -> i64 {
-    store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))).unwrap()
+    store
+        .readers()
+        .with_blocking(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0)))
+        .unwrap()
 }
 
 const POST: &str = "at://did:plc:aaaa/app.bsky.feed.post/3kpost";
@@ -48,29 +56,64 @@ const POST2: &str = "at://did:plc:aaaa/app.bsky.feed.post/3kpost2";
 fn counts_follow_creates_updates_and_deletes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
-    store.apply(&[event(1, vec![like("did:plc:b", "1", POST), like("did:plc:c", "1", POST)])]).unwrap();
+    store
+        .apply(&[event(
+            1,
+            vec![like("did:plc:b", "1", POST), like("did:plc:c", "1", POST)],
+        )])
+        .unwrap();
     assert_eq!(count(&store, POST), 2);
     // Same batch: a create and its delete cancel out.
     store
         .apply(&[
             event(2, vec![like("did:plc:d", "1", POST)]),
-            event(3, vec![Change::Delete { did: "did:plc:d".into(), collection: "app.bsky.feed.like".into(), rkey: "1".into(), rev: "3m3".into() }]),
+            event(
+                3,
+                vec![Change::Delete {
+                    did: "did:plc:d".into(),
+                    collection: "app.bsky.feed.like".into(),
+                    rkey: "1".into(),
+                    rev: "3m3".into(),
+                }],
+            ),
         ])
         .unwrap();
     assert_eq!(count(&store, POST), 2);
     // An update moves the like to another post.
-    store.apply(&[event(4, vec![like("did:plc:b", "1", POST2)])]).unwrap();
+    store
+        .apply(&[event(4, vec![like("did:plc:b", "1", POST2)])])
+        .unwrap();
     assert_eq!((count(&store, POST), count(&store, POST2)), (1, 1));
     // Replaying already-applied events changes nothing.
-    store.apply(&[event(4, vec![like("did:plc:b", "1", POST2)]), event(1, vec![like("did:plc:c", "1", POST)])]).unwrap();
+    store
+        .apply(&[
+            event(4, vec![like("did:plc:b", "1", POST2)]),
+            event(1, vec![like("did:plc:c", "1", POST)]),
+        ])
+        .unwrap();
     assert_eq!((count(&store, POST), count(&store, POST2)), (1, 1));
     assert_eq!(records(&store), 2);
     store
-        .apply(&[event(5, vec![Change::Delete { did: "did:plc:c".into(), collection: "app.bsky.feed.like".into(), rkey: "1".into(), rev: "3m5".into() }])])
+        .apply(&[event(
+            5,
+            vec![Change::Delete {
+                did: "did:plc:c".into(),
+                collection: "app.bsky.feed.like".into(),
+                rkey: "1".into(),
+                rev: "3m5".into(),
+            }],
+        )])
         .unwrap();
     assert_eq!(count(&store, POST), 0);
     assert_eq!(store.cursor("test").unwrap(), Some(5));
-    let rows: i64 = store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM link_counts WHERE n <= 0", [], |r| r.get(0))).unwrap();
+    let rows: i64 = store
+        .readers()
+        .with_blocking(|c| {
+            c.query_row("SELECT count(*) FROM link_counts WHERE n <= 0", [], |r| {
+                r.get(0)
+            })
+        })
+        .unwrap();
     assert_eq!(rows, 0, "no zero or negative counts are kept");
 }
 
@@ -82,9 +125,18 @@ fn links_have_paths_and_target_dids() {
     assert_eq!(
         links,
         vec![
-            Link { path: ".reply.root.uri".into(), target: POST.into() },
-            Link { path: ".reply.parent.uri".into(), target: POST2.into() },
-            Link { path: ".facets[].features[].did".into(), target: "did:plc:zzzz".into() },
+            Link {
+                path: ".reply.root.uri".into(),
+                target: POST.into()
+            },
+            Link {
+                path: ".reply.parent.uri".into(),
+                target: POST2.into()
+            },
+            Link {
+                path: ".facets[].features[].did".into(),
+                target: "did:plc:zzzz".into()
+            },
         ]
     );
     assert_eq!(links[0].target_did(), "did:plc:aaaa");
@@ -96,7 +148,9 @@ fn the_cursor_commits_with_the_data_and_reopens() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut store = Store::open(dir.path()).unwrap();
-        store.apply(&[event(7, vec![like("did:plc:b", "1", POST)])]).unwrap();
+        store
+            .apply(&[event(7, vec![like("did:plc:b", "1", POST)])])
+            .unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.cursor("test").unwrap(), Some(7));
@@ -120,8 +174,14 @@ fn the_production_corpus_indexes() {
     assert_eq!(stats.events, 150);
     // 105 likes + 17 posts + 15 reposts + 6 follows + 1 block-less status = puts; blocks and
     // wild collections are not in the official set's bundled records here.
-    let n: i64 = store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0))).unwrap();
+    let n: i64 = store
+        .readers()
+        .with_blocking(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0)))
+        .unwrap();
     assert_eq!(n as usize, stats.puts);
-    let actors: i64 = store.readers().with_blocking(|c| c.query_row("SELECT count(*) FROM actors", [], |r| r.get(0))).unwrap();
+    let actors: i64 = store
+        .readers()
+        .with_blocking(|c| c.query_row("SELECT count(*) FROM actors", [], |r| r.get(0)))
+        .unwrap();
     assert_eq!(actors, 1);
 }

@@ -6,15 +6,22 @@ mod common;
 use lexview::syntax::Format;
 
 fn values(file: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(common::fixture(&format!("interop/syntax/{file}"))).expect("vector file");
-    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(str::to_string).collect()
+    let text = std::fs::read_to_string(common::fixture(&format!("interop/syntax/{file}")))
+        .expect("vector file");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn check(format: Format, prefix: &str) {
     let mut wrong = Vec::new();
     let valid = values(&format!("{prefix}_syntax_valid.txt"));
     let invalid = values(&format!("{prefix}_syntax_invalid.txt"));
-    assert!(!valid.is_empty() && !invalid.is_empty(), "vectors for {prefix} missing");
+    assert!(
+        !valid.is_empty() && !invalid.is_empty(),
+        "vectors for {prefix} missing"
+    );
     for v in &valid {
         if !format.is_valid(v) {
             wrong.push(format!("valid rejected: {v:?}"));
@@ -25,7 +32,13 @@ fn check(format: Format, prefix: &str) {
             wrong.push(format!("invalid accepted: {v:?}"));
         }
     }
-    assert!(wrong.is_empty(), "{format}: {} of {} vectors wrong:\n{}", wrong.len(), valid.len() + invalid.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{format}: {} of {} vectors wrong:\n{}",
+        wrong.len(),
+        valid.len() + invalid.len(),
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -84,7 +97,10 @@ fn language() {
     // implementations): tags that are well-formed but fail a full BCP-47
     // parse (duplicate variants or extensions) are accepted by design.
     for v in values("language_parse_invalid.txt") {
-        assert!(Format::Language.is_valid(&v), "syntax check rejected well-formed {v:?}");
+        assert!(
+            Format::Language.is_valid(&v),
+            "syntax check rejected well-formed {v:?}"
+        );
     }
 }
 

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use async_graphql::dynamic::{
-    Field as GqlField, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError,
-    TypeRef,
+    Field as GqlField, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar,
+    Schema, SchemaError, TypeRef,
 };
 use async_graphql::Value as GqlValue;
 use axum::extract::State;
@@ -46,7 +46,10 @@ struct Page {
 pub fn type_name(nsid: &str) -> String {
     nsid.split('.')
         .map(|seg| {
-            let clean: String = seg.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+            let clean: String = seg
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
             let mut chars = clean.chars();
             match chars.next() {
                 Some(f) => f.to_ascii_uppercase().to_string() + chars.as_str(),
@@ -67,7 +70,16 @@ pub fn field_name(nsid: &str) -> String {
 }
 
 fn gql_name(name: &str) -> Option<String> {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let first = clean.chars().next()?;
     if first.is_ascii_digit() || clean.starts_with("__") {
         return None;
@@ -85,43 +97,73 @@ fn row<'a>(ctx: &'a ResolverContext<'a>) -> async_graphql::Result<&'a RecordRow>
 
 /// Builds the schema for a catalog.
 pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema, SchemaError> {
-    let mut query = Object::new("Query").description("Records indexed by lexview, one entry point per record lexicon.");
+    let mut query = Object::new("Query")
+        .description("Records indexed by lexview, one entry point per record lexicon.");
     let page_info = Object::new("PageInfo")
-        .field(GqlField::new("hasNextPage", TypeRef::named_nn(TypeRef::BOOLEAN), |ctx| {
-            FieldFuture::new(async move {
-                let p = ctx.parent_value.try_downcast_ref::<(bool, Option<String>)>()?;
-                Ok(Some(FieldValue::value(p.0)))
-            })
-        }))
-        .field(GqlField::new("endCursor", TypeRef::named(TypeRef::STRING), |ctx| {
-            FieldFuture::new(async move {
-                let p = ctx.parent_value.try_downcast_ref::<(bool, Option<String>)>()?;
-                Ok(p.1.clone().map(FieldValue::value))
-            })
-        }));
+        .field(GqlField::new(
+            "hasNextPage",
+            TypeRef::named_nn(TypeRef::BOOLEAN),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let p = ctx
+                        .parent_value
+                        .try_downcast_ref::<(bool, Option<String>)>()?;
+                    Ok(Some(FieldValue::value(p.0)))
+                })
+            },
+        ))
+        .field(GqlField::new(
+            "endCursor",
+            TypeRef::named(TypeRef::STRING),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let p = ctx
+                        .parent_value
+                        .try_downcast_ref::<(bool, Option<String>)>()?;
+                    Ok(p.1.clone().map(FieldValue::value))
+                })
+            },
+        ));
     let mut builder_types: Vec<Object> = vec![page_info];
     let mut count = 0;
     for rt in catalog.records() {
-        let Some(schema) = catalog.record_schema(&rt.nsid) else { continue };
+        let Some(schema) = catalog.record_schema(&rt.nsid) else {
+            continue;
+        };
         let tname = type_name(&rt.nsid);
-        let mut obj = Object::new(&tname).description(rt.description.clone().unwrap_or_else(|| format!("A {} record.", rt.nsid)));
+        let mut obj = Object::new(&tname).description(
+            rt.description
+                .clone()
+                .unwrap_or_else(|| format!("A {} record.", rt.nsid)),
+        );
         for (fname, getter) in [
-            ("uri", (|r: &RecordRow| r.uri.clone()) as fn(&RecordRow) -> String),
+            (
+                "uri",
+                (|r: &RecordRow| r.uri.clone()) as fn(&RecordRow) -> String,
+            ),
             ("cid", |r| r.cid.clone()),
             ("did", |r| r.did.clone()),
             ("rkey", |r| r.rkey.clone()),
             ("indexedAt", |r| r.indexed_at.clone()),
         ] {
-            obj = obj.field(GqlField::new(fname, TypeRef::named_nn(TypeRef::STRING), move |ctx| {
-                FieldFuture::new(async move { Ok(Some(FieldValue::value(getter(row(&ctx)?)))) })
-            }));
+            obj = obj.field(GqlField::new(
+                fname,
+                TypeRef::named_nn(TypeRef::STRING),
+                move |ctx| {
+                    FieldFuture::new(async move { Ok(Some(FieldValue::value(getter(row(&ctx)?)))) })
+                },
+            ));
         }
         obj = obj.field(GqlField::new("record", TypeRef::named_nn("JSON"), |ctx| {
-            FieldFuture::new(async move { Ok(Some(FieldValue::value(json_value(&row(&ctx)?.record)))) })
+            FieldFuture::new(
+                async move { Ok(Some(FieldValue::value(json_value(&row(&ctx)?.record)))) },
+            )
         }));
         let reserved = ["uri", "cid", "did", "rkey", "indexedAt", "record"];
         for (prop, field) in &schema.properties {
-            let Some(gname) = gql_name(prop) else { continue };
+            let Some(gname) = gql_name(prop) else {
+                continue;
+            };
             if reserved.contains(&gname.as_str()) {
                 continue;
             }
@@ -132,62 +174,118 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 _ => "JSON",
             };
             let required = schema.required.contains(prop) && !schema.nullable.contains(prop);
-            let tref = if required { TypeRef::named_nn(ty) } else { TypeRef::named(ty) };
+            let tref = if required {
+                TypeRef::named_nn(ty)
+            } else {
+                TypeRef::named(ty)
+            };
             let key = prop.clone();
             obj = obj.field(GqlField::new(gname, tref, move |ctx| {
                 let key = key.clone();
                 FieldFuture::new(async move {
-                    Ok(row(&ctx)?.record.get(&key).filter(|v| !v.is_null()).map(|v| FieldValue::value(json_value(v))))
+                    Ok(row(&ctx)?
+                        .record
+                        .get(&key)
+                        .filter(|v| !v.is_null())
+                        .map(|v| FieldValue::value(json_value(v))))
                 })
             }));
         }
         let conn = Object::new(format!("{tname}Connection"))
-            .field(GqlField::new("nodes", TypeRef::named_nn_list_nn(&tname), |ctx| {
-                FieldFuture::new(async move {
-                    let page = ctx.parent_value.try_downcast_ref::<Page>()?;
-                    Ok(Some(FieldValue::list(page.rows.iter().cloned().map(FieldValue::owned_any))))
-                })
-            }))
-            .field(GqlField::new("totalCount", TypeRef::named_nn(TypeRef::INT), |ctx| {
-                FieldFuture::new(async move { Ok(Some(FieldValue::value(ctx.parent_value.try_downcast_ref::<Page>()?.total))) })
-            }))
-            .field(GqlField::new("pageInfo", TypeRef::named_nn("PageInfo"), |ctx| {
-                FieldFuture::new(async move {
-                    let page = ctx.parent_value.try_downcast_ref::<Page>()?;
-                    let end = page.rows.last().map(|r| r.uri.clone());
-                    Ok(Some(FieldValue::owned_any((page.has_next, end))))
-                })
-            }));
+            .field(GqlField::new(
+                "nodes",
+                TypeRef::named_nn_list_nn(&tname),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let page = ctx.parent_value.try_downcast_ref::<Page>()?;
+                        Ok(Some(FieldValue::list(
+                            page.rows.iter().cloned().map(FieldValue::owned_any),
+                        )))
+                    })
+                },
+            ))
+            .field(GqlField::new(
+                "totalCount",
+                TypeRef::named_nn(TypeRef::INT),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        Ok(Some(FieldValue::value(
+                            ctx.parent_value.try_downcast_ref::<Page>()?.total,
+                        )))
+                    })
+                },
+            ))
+            .field(GqlField::new(
+                "pageInfo",
+                TypeRef::named_nn("PageInfo"),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let page = ctx.parent_value.try_downcast_ref::<Page>()?;
+                        let end = page.rows.last().map(|r| r.uri.clone());
+                        Ok(Some(FieldValue::owned_any((page.has_next, end))))
+                    })
+                },
+            ));
         let collection = rt.nsid.clone();
         let pool = readers.clone();
         query = query.field(
-            GqlField::new(field_name(&rt.nsid), TypeRef::named_nn(format!("{tname}Connection")), move |ctx| {
-                let (collection, pool) = (collection.clone(), pool.clone());
-                FieldFuture::new(async move {
-                    let first = ctx.args.get("first").map(|v| v.i64()).transpose()?.unwrap_or(20);
-                    if !(0..=MAX_PAGE).contains(&first) {
-                        return Err(format!("first must be between 0 and {MAX_PAGE}").into());
-                    }
-                    let after = ctx.args.get("after").map(|v| v.string().map(str::to_string)).transpose()?;
-                    let did = ctx.args.get("did").map(|v| v.string().map(str::to_string)).transpose()?;
-                    let page = fetch_page(&pool, collection, did, after, first).await?;
-                    Ok(Some(FieldValue::owned_any(page)))
-                })
-            })
-            .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)).description("Page size, at most 100 (default 20)."))
-            .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)).description("endCursor of the previous page."))
-            .argument(InputValue::new("did", TypeRef::named(TypeRef::STRING)).description("Only records of this author DID."))
+            GqlField::new(
+                field_name(&rt.nsid),
+                TypeRef::named_nn(format!("{tname}Connection")),
+                move |ctx| {
+                    let (collection, pool) = (collection.clone(), pool.clone());
+                    FieldFuture::new(async move {
+                        let first = ctx
+                            .args
+                            .get("first")
+                            .map(|v| v.i64())
+                            .transpose()?
+                            .unwrap_or(20);
+                        if !(0..=MAX_PAGE).contains(&first) {
+                            return Err(format!("first must be between 0 and {MAX_PAGE}").into());
+                        }
+                        let after = ctx
+                            .args
+                            .get("after")
+                            .map(|v| v.string().map(str::to_string))
+                            .transpose()?;
+                        let did = ctx
+                            .args
+                            .get("did")
+                            .map(|v| v.string().map(str::to_string))
+                            .transpose()?;
+                        let page = fetch_page(&pool, collection, did, after, first).await?;
+                        Ok(Some(FieldValue::owned_any(page)))
+                    })
+                },
+            )
+            .argument(
+                InputValue::new("first", TypeRef::named(TypeRef::INT))
+                    .description("Page size, at most 100 (default 20)."),
+            )
+            .argument(
+                InputValue::new("after", TypeRef::named(TypeRef::STRING))
+                    .description("endCursor of the previous page."),
+            )
+            .argument(
+                InputValue::new("did", TypeRef::named(TypeRef::STRING))
+                    .description("Only records of this author DID."),
+            )
             .description(format!("{} records, ordered by URI.", rt.nsid)),
         );
         let pool = readers.clone();
         query = query.field(
-            GqlField::new(format!("{}ByUri", field_name(&rt.nsid)), TypeRef::named(&tname), move |ctx| {
-                let pool = pool.clone();
-                FieldFuture::new(async move {
-                    let uri = ctx.args.try_get("uri")?.string()?.to_string();
-                    Ok(fetch_one(&pool, uri).await?.map(FieldValue::owned_any))
-                })
-            })
+            GqlField::new(
+                format!("{}ByUri", field_name(&rt.nsid)),
+                TypeRef::named(&tname),
+                move |ctx| {
+                    let pool = pool.clone();
+                    FieldFuture::new(async move {
+                        let uri = ctx.args.try_get("uri")?.string()?.to_string();
+                        Ok(fetch_one(&pool, uri).await?.map(FieldValue::owned_any))
+                    })
+                },
+            )
             .argument(InputValue::new("uri", TypeRef::named_nn(TypeRef::STRING))),
         );
         builder_types.push(obj);
@@ -195,9 +293,11 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
         count += 1;
     }
     if count == 0 {
-        query = query.field(GqlField::new("recordTypes", TypeRef::named_nn(TypeRef::INT), |_| {
-            FieldFuture::new(async { Ok(Some(FieldValue::value(0))) })
-        }));
+        query = query.field(GqlField::new(
+            "recordTypes",
+            TypeRef::named_nn(TypeRef::INT),
+            |_| FieldFuture::new(async { Ok(Some(FieldValue::value(0))) }),
+        ));
     }
     let mut builder = Schema::build("Query", None, None)
         .register(Scalar::new("JSON").description("Any value of the atproto data model, as JSON."))
@@ -209,7 +309,8 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
     builder.register(query).data(readers).finish()
 }
 
-const RECORD_COLUMNS: &str = "uri, cid, did, rkey, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ'), record::VARCHAR";
+const RECORD_COLUMNS: &str =
+    "uri, cid, did, rkey, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ'), record::VARCHAR";
 
 fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
     let record: String = r.get(5)?;
@@ -256,7 +357,9 @@ async fn fetch_page(
 
 async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<Option<RecordRow>> {
     pool.with(move |c| {
-        let mut stmt = c.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE uri = ?"))?;
+        let mut stmt = c.prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE uri = ?"
+        ))?;
         let mut rows = stmt.query_map(params![uri], read_row)?;
         rows.next().transpose()
     })
@@ -265,7 +368,10 @@ async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<O
 }
 
 /// `POST /graphql`.
-pub async fn post(State(state): State<AppState>, req: async_graphql_axum::GraphQLRequest) -> async_graphql_axum::GraphQLResponse {
+pub async fn post(
+    State(state): State<AppState>,
+    req: async_graphql_axum::GraphQLRequest,
+) -> async_graphql_axum::GraphQLResponse {
     Metrics::inc(&state.metrics.graphql_requests_total);
     let schema = state.graphql.load_full();
     schema.execute(req.into_inner()).await.into()
@@ -275,7 +381,10 @@ pub async fn post(State(state): State<AppState>, req: async_graphql_axum::GraphQ
 pub async fn graphiql_or_get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    req: Result<async_graphql_axum::GraphQLRequest, async_graphql_axum::rejection::GraphQLRejection>,
+    req: Result<
+        async_graphql_axum::GraphQLRequest,
+        async_graphql_axum::rejection::GraphQLRejection,
+    >,
 ) -> Response {
     let wants_html = headers
         .get(header::ACCEPT)
@@ -285,12 +394,21 @@ pub async fn graphiql_or_get(
         Ok(req) if !wants_html => {
             let req = req.into_inner();
             if req.query.trim_start().starts_with("mutation") {
-                return (axum::http::StatusCode::METHOD_NOT_ALLOWED, "mutations need POST").into_response();
+                return (
+                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                    "mutations need POST",
+                )
+                    .into_response();
             }
             Metrics::inc(&state.metrics.graphql_requests_total);
             let schema = state.graphql.load_full();
             async_graphql_axum::GraphQLResponse::from(schema.execute(req).await).into_response()
         }
-        _ => Html(async_graphql::http::GraphiQLSource::build().endpoint("/graphql").finish()).into_response(),
+        _ => Html(
+            async_graphql::http::GraphiQLSource::build()
+                .endpoint("/graphql")
+                .finish(),
+        )
+        .into_response(),
     }
 }

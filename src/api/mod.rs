@@ -31,8 +31,14 @@ pub struct AppState {
 /// The router, separate from `main` so tests can drive it in-process.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/xrpc/{nsid}", get(xrpc::dispatch).post(xrpc::dispatch_post))
-        .route("/graphql", get(graphql::graphiql_or_get).post(graphql::post))
+        .route(
+            "/xrpc/{nsid}",
+            get(xrpc::dispatch).post(xrpc::dispatch_post),
+        )
+        .route(
+            "/graphql",
+            get(graphql::graphiql_or_get).post(graphql::post),
+        )
         .route("/_health", get(health::health))
         .route("/metrics", get(health::metrics))
         .with_state(state)
@@ -49,10 +55,18 @@ pub struct XrpcError {
 
 impl XrpcError {
     pub fn invalid_request(message: impl Into<String>) -> XrpcError {
-        XrpcError { status: StatusCode::BAD_REQUEST, error: "InvalidRequest", message: message.into() }
+        XrpcError {
+            status: StatusCode::BAD_REQUEST,
+            error: "InvalidRequest",
+            message: message.into(),
+        }
     }
     pub fn named(error: &'static str, message: impl Into<String>) -> XrpcError {
-        XrpcError { status: StatusCode::BAD_REQUEST, error, message: message.into() }
+        XrpcError {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            message: message.into(),
+        }
     }
     pub fn not_implemented(nsid: &str) -> XrpcError {
         XrpcError {
@@ -62,7 +76,11 @@ impl XrpcError {
         }
     }
     pub fn internal(message: impl Into<String>) -> XrpcError {
-        XrpcError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "InternalServerError", message: message.into() }
+        XrpcError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "InternalServerError",
+            message: message.into(),
+        }
     }
 }
 
@@ -75,6 +93,10 @@ impl From<StoreError> for XrpcError {
 
 impl IntoResponse for XrpcError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.error, "message": self.message }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": self.error, "message": self.message })),
+        )
+            .into_response()
     }
 }

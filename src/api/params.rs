@@ -25,7 +25,11 @@ impl Params {
 
 /// Parses `pairs` for the query `nsid`: types from the lexicon, defaults
 /// applied, every constraint checked. Errors name the parameter.
-pub fn parse(catalog: &Catalog, nsid: &str, pairs: &[(String, String)]) -> Result<Params, XrpcError> {
+pub fn parse(
+    catalog: &Catalog,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Params, XrpcError> {
     let Some(Field::Query(method)) = catalog.def(&format!("{nsid}#main")) else {
         return Err(XrpcError::not_implemented(nsid));
     };
@@ -35,16 +39,31 @@ pub fn parse(catalog: &Catalog, nsid: &str, pairs: &[(String, String)]) -> Resul
         return Ok(out);
     };
     for (name, field) in &schema.properties {
-        let raw: Vec<&str> = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect();
+        let raw: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
         let value = match field {
             Field::Array { items, .. } => {
-                let vals = raw.iter().map(|r| coerce(items, name, r)).collect::<Result<Vec<_>, _>>()?;
-                if vals.is_empty() { None } else { Some(Value::Array(vals)) }
+                let vals = raw
+                    .iter()
+                    .map(|r| coerce(items, name, r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if vals.is_empty() {
+                    None
+                } else {
+                    Some(Value::Array(vals))
+                }
             }
             _ => match raw.as_slice() {
                 [] => None,
                 [one] => Some(coerce(field, name, one)?),
-                _ => return Err(XrpcError::invalid_request(format!("Error: Params {name} must be a single value"))),
+                _ => {
+                    return Err(XrpcError::invalid_request(format!(
+                        "Error: Params {name} must be a single value"
+                    )))
+                }
             },
         };
         let value = match value {
@@ -52,14 +71,16 @@ pub fn parse(catalog: &Catalog, nsid: &str, pairs: &[(String, String)]) -> Resul
             None => match default_of(doc, name) {
                 Some(d) => d,
                 None if schema.required.iter().any(|r| r == name) => {
-                    return Err(XrpcError::invalid_request(format!("Error: Params must have the property \"{name}\"")))
+                    return Err(XrpcError::invalid_request(format!(
+                        "Error: Params must have the property \"{name}\""
+                    )))
                 }
                 None => continue,
             },
         };
-        catalog
-            .validate_value(field, &value)
-            .map_err(|e| XrpcError::invalid_request(format!("Error: Params/{name}{} {}", e.path, e.message)))?;
+        catalog.validate_value(field, &value).map_err(|e| {
+            XrpcError::invalid_request(format!("Error: Params/{name}{} {}", e.path, e.message))
+        })?;
         out.0.insert(name.clone(), value);
     }
     Ok(out)
@@ -67,14 +88,15 @@ pub fn parse(catalog: &Catalog, nsid: &str, pairs: &[(String, String)]) -> Resul
 
 fn coerce(field: &Field, name: &str, raw: &str) -> Result<Value, XrpcError> {
     match field {
-        Field::Integer { .. } => raw
-            .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| XrpcError::invalid_request(format!("Error: Params/{name} must be an integer"))),
+        Field::Integer { .. } => raw.parse::<i64>().map(Value::from).map_err(|_| {
+            XrpcError::invalid_request(format!("Error: Params/{name} must be an integer"))
+        }),
         Field::Boolean { .. } => match raw {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
-            _ => Err(XrpcError::invalid_request(format!("Error: Params/{name} must be a boolean"))),
+            _ => Err(XrpcError::invalid_request(format!(
+                "Error: Params/{name} must be a boolean"
+            ))),
         },
         _ => Ok(Value::String(raw.to_string())),
     }
@@ -82,5 +104,6 @@ fn coerce(field: &Field, name: &str, raw: &str) -> Result<Value, XrpcError> {
 
 /// A parameter's `default`, read from the raw lexicon document.
 fn default_of(doc: Option<&Value>, name: &str) -> Option<Value> {
-    doc?.pointer(&format!("/defs/main/parameters/properties/{name}/default")).cloned()
+    doc?.pointer(&format!("/defs/main/parameters/properties/{name}/default"))
+        .cloned()
 }

@@ -60,13 +60,21 @@ async fn resolve_repo(state: &AppState, repo: &str) -> Result<String, XrpcError>
 }
 
 fn required<'a>(p: &'a Params, name: &str) -> &'a str {
-    p.str(name).expect("required by the lexicon, checked by params::parse")
+    p.str(name)
+        .expect("required by the lexicon, checked by params::parse")
 }
 
-async fn get_record(state: &AppState, nsid: &str, pairs: &[(String, String)]) -> Result<Value, XrpcError> {
+async fn get_record(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
     let p = parse(&state.catalog, nsid, pairs)?;
     let did = resolve_repo(state, required(&p, "repo")).await?;
-    let (collection, rkey) = (required(&p, "collection").to_string(), required(&p, "rkey").to_string());
+    let (collection, rkey) = (
+        required(&p, "collection").to_string(),
+        required(&p, "rkey").to_string(),
+    );
     let uri = format!("at://{did}/{collection}/{rkey}");
     let wanted_cid = p.str("cid").map(str::to_string);
     let row = state
@@ -85,11 +93,18 @@ async fn get_record(state: &AppState, nsid: &str, pairs: &[(String, String)]) ->
         Some((cid, record)) if wanted_cid.as_ref().is_none_or(|w| *w == cid) => {
             Ok(json!({ "uri": uri, "cid": cid, "value": parse_json(&record)? }))
         }
-        _ => Err(XrpcError::named("RecordNotFound", format!("Could not locate record: {uri}"))),
+        _ => Err(XrpcError::named(
+            "RecordNotFound",
+            format!("Could not locate record: {uri}"),
+        )),
     }
 }
 
-async fn list_records(state: &AppState, nsid: &str, pairs: &[(String, String)]) -> Result<Value, XrpcError> {
+async fn list_records(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
     let p = parse(&state.catalog, nsid, pairs)?;
     let did = resolve_repo(state, required(&p, "repo")).await?;
     let collection = required(&p, "collection").to_string();
@@ -108,15 +123,24 @@ async fn list_records(state: &AppState, nsid: &str, pairs: &[(String, String)]) 
             );
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt.query_map(params![did, collection, cursor, cursor, limit], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
         .await?;
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.3.clone())).flatten();
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.3.clone()))
+        .flatten();
     let records = rows
         .into_iter()
-        .map(|(uri, cid, record, _)| Ok(json!({ "uri": uri, "cid": cid, "value": parse_json(&record)? })))
+        .map(|(uri, cid, record, _)| {
+            Ok(json!({ "uri": uri, "cid": cid, "value": parse_json(&record)? }))
+        })
         .collect::<Result<Vec<_>, XrpcError>>()?;
     let mut out = json!({ "records": records });
     if let Some(c) = next {
@@ -126,5 +150,6 @@ async fn list_records(state: &AppState, nsid: &str, pairs: &[(String, String)]) 
 }
 
 fn parse_json(s: &str) -> Result<Value, XrpcError> {
-    serde_json::from_str(s).map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))
+    serde_json::from_str(s)
+        .map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))
 }

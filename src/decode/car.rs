@@ -33,10 +33,16 @@ pub struct Blocks {
 pub fn read_car(bytes: &[u8]) -> Result<Blocks, CarError> {
     // The reader is async; over a byte slice every poll is immediately ready.
     futures::executor::block_on(async {
-        let mut reader = iroh_car::CarReader::new(bytes).await.map_err(|e| CarError::Malformed(e.to_string()))?;
+        let mut reader = iroh_car::CarReader::new(bytes)
+            .await
+            .map_err(|e| CarError::Malformed(e.to_string()))?;
         let roots = reader.header().roots().to_vec();
         let mut blocks = HashMap::new();
-        while let Some((cid, data)) = reader.next_block().await.map_err(|e| CarError::Malformed(e.to_string()))? {
+        while let Some((cid, data)) = reader
+            .next_block()
+            .await
+            .map_err(|e| CarError::Malformed(e.to_string()))?
+        {
             verify_block(&cid, &data)?;
             blocks.insert(cid, data);
         }
@@ -48,7 +54,10 @@ pub fn read_car(bytes: &[u8]) -> Result<Blocks, CarError> {
 pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), CarError> {
     let mh = cid.hash();
     if mh.code() != SHA2_256 {
-        return Err(CarError::UnsupportedHash { cid: *cid, code: mh.code() });
+        return Err(CarError::UnsupportedHash {
+            cid: *cid,
+            code: mh.code(),
+        });
     }
     if Sha256::digest(data).as_slice() != mh.digest() {
         return Err(CarError::HashMismatch { cid: *cid });

@@ -116,8 +116,10 @@ pub struct ErrorFrame {
     pub message: Option<String>,
 }
 
-/// A decoded frame.
+/// A decoded frame. Frames live briefly on the stack, so the size of the
+/// commit variant is not worth a heap allocation per commit.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Frame<'a> {
     Commit(Commit<'a>),
     Identity(Identity<'a>),
@@ -127,7 +129,10 @@ pub enum Frame<'a> {
     Error(ErrorFrame),
     /// A message type this indexer does not know (`#handle`, `#tombstone`,
     /// `#migrate` from older relays, or anything newer); carries its seq if any.
-    Other { kind: String, seq: Option<i64> },
+    Other {
+        kind: String,
+        seq: Option<i64>,
+    },
 }
 
 impl Frame<'_> {
@@ -151,13 +156,18 @@ struct SeqOnly {
 }
 
 fn body<'a, T: Deserialize<'a>>(kind: &str, bytes: &'a [u8]) -> Result<T, FrameError> {
-    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| FrameError::Body { kind: kind.to_string(), message: e.to_string() })
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| FrameError::Body {
+        kind: kind.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Decodes one websocket message.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
-    let header_len = cbor_item_len(bytes).ok_or_else(|| FrameError::Header("truncated or not DAG-CBOR".into()))?;
-    let header: Header = serde_ipld_dagcbor::from_slice(&bytes[..header_len]).map_err(|e| FrameError::Header(e.to_string()))?;
+    let header_len = cbor_item_len(bytes)
+        .ok_or_else(|| FrameError::Header("truncated or not DAG-CBOR".into()))?;
+    let header: Header = serde_ipld_dagcbor::from_slice(&bytes[..header_len])
+        .map_err(|e| FrameError::Header(e.to_string()))?;
     let rest = &bytes[header_len..];
     match header.op {
         -1 => Ok(Frame::Error(body("error", rest)?)),
@@ -168,8 +178,13 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
             "#sync" => Ok(Frame::Sync(body("#sync", rest)?)),
             "#info" => Ok(Frame::Info(body("#info", rest)?)),
             other => {
-                let seq = serde_ipld_dagcbor::from_slice::<SeqOnly>(rest).ok().and_then(|s| s.seq);
-                Ok(Frame::Other { kind: other.to_string(), seq })
+                let seq = serde_ipld_dagcbor::from_slice::<SeqOnly>(rest)
+                    .ok()
+                    .and_then(|s| s.seq);
+                Ok(Frame::Other {
+                    kind: other.to_string(),
+                    seq,
+                })
             }
         },
         op => Err(FrameError::UnknownOp(op)),
@@ -191,7 +206,10 @@ pub fn cbor_item_len(b: &[u8]) -> Option<usize> {
             _ => return None,
         };
         let bytes = b.get(pos + 1..pos + 1 + n)?;
-        Some((bytes.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64), pos + 1 + n))
+        Some((
+            bytes.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64),
+            pos + 1 + n,
+        ))
     }
     fn item(b: &[u8], pos: usize, depth: usize) -> Option<usize> {
         if depth > 64 {

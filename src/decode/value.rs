@@ -32,7 +32,10 @@ struct DataModelVisitor;
 
 fn bytes_json(b: &[u8]) -> Value {
     let mut m = Map::with_capacity(1);
-    m.insert("$bytes".into(), Value::String(base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)));
+    m.insert(
+        "$bytes".into(),
+        Value::String(base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)),
+    );
     Value::Object(m)
 }
 
@@ -52,10 +55,14 @@ impl<'de> Visitor<'de> for DataModelVisitor {
         Ok(Value::Number(v.into()))
     }
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        i64::try_from(v).map(|n| Value::Number(Number::from(n))).map_err(|_| E::custom("integer out of the 64-bit range"))
+        i64::try_from(v)
+            .map(|n| Value::Number(Number::from(n)))
+            .map_err(|_| E::custom("integer out of the 64-bit range"))
     }
     fn visit_f64<E: de::Error>(self, _v: f64) -> Result<Value, E> {
-        Err(E::custom("floats are not allowed in the atproto data model"))
+        Err(E::custom(
+            "floats are not allowed in the atproto data model",
+        ))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_owned()))
@@ -104,6 +111,8 @@ impl<'de> Visitor<'de> for CidBytes {
         f.write_str("CID bytes")
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<String, E> {
-        cid::Cid::try_from(v).map(|c| c.to_string()).map_err(|e| E::custom(format!("invalid CID: {e}")))
+        cid::Cid::try_from(v)
+            .map(|c| c.to_string())
+            .map_err(|e| E::custom(format!("invalid CID: {e}")))
     }
 }

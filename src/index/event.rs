@@ -48,14 +48,23 @@ pub enum Change {
     /// Create or replace a record.
     Put(RecordWrite),
     /// Remove a record and its links.
-    Delete { did: String, collection: String, rkey: String, rev: String },
+    Delete {
+        did: String,
+        collection: String,
+        rkey: String,
+        rev: String,
+    },
     /// A record that is not valid: the old version (if any) is removed and the
     /// new one kept aside with its reason.
     Invalid(Quarantined),
     /// A DID's handle (re)asserted.
     Identity { did: String, handle: Option<String> },
     /// A DID's hosting status.
-    Account { did: String, active: bool, status: Option<String> },
+    Account {
+        did: String,
+        active: bool,
+        status: Option<String>,
+    },
 }
 
 impl Change {
@@ -63,7 +72,12 @@ impl Change {
     pub fn record_uri(&self) -> Option<String> {
         let (did, collection, rkey) = match self {
             Change::Put(w) => (&w.did, &w.collection, &w.rkey),
-            Change::Delete { did, collection, rkey, .. } => (did, collection, rkey),
+            Change::Delete {
+                did,
+                collection,
+                rkey,
+                ..
+            } => (did, collection, rkey),
             Change::Invalid(q) => (&q.did, &q.collection, &q.rkey),
             _ => return None,
         };

@@ -19,9 +19,13 @@ pub fn extract_links(record: &Value) -> Vec<Link> {
 fn walk(value: &Value, path: &mut String, out: &mut Vec<Link>) {
     match value {
         Value::String(s) => {
-            let is_link = (s.starts_with("at://") && is_valid_at_uri(s)) || (s.starts_with("did:") && is_valid_did(s));
+            let is_link = (s.starts_with("at://") && is_valid_at_uri(s))
+                || (s.starts_with("did:") && is_valid_did(s));
             if is_link && !path.is_empty() {
-                out.push(Link { path: path.clone(), target: s.clone() });
+                out.push(Link {
+                    path: path.clone(),
+                    target: s.clone(),
+                });
             }
         }
         Value::Array(items) => {

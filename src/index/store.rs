@@ -13,20 +13,26 @@ use indexmap::IndexMap;
 use super::event::{Change, IndexEvent, Link, Quarantined, RecordWrite};
 
 /// Migrations, in order. The files live in `schema/`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "001_init.sql", include_str!("../../schema/001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "001_init.sql", include_str!("../../schema/001_init.sql"))];
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DuckDB: {0}")]
     Db(#[from] duckdb::Error),
-    #[error("the store at {path} is locked by another process (is `lexview serve` running?): {message}")]
+    #[error(
+        "the store at {path} is locked by another process (is `lexview serve` running?): {message}"
+    )]
     Locked { path: PathBuf, message: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The latest identity (handle) and account (active, status) seen for a DID in a batch.
+type ActorUpdate<'a> = (Option<Option<&'a str>>, Option<(bool, Option<&'a str>)>);
 
 /// What one committed batch did, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -93,7 +99,10 @@ impl Store {
             "CREATE TEMP TABLE batch_uris (uri VARCHAR);
              CREATE TEMP TABLE batch_links AS SELECT * FROM links LIMIT 0;",
         )?;
-        let readers = Arc::new(ReadPool { base: Mutex::new(conn.try_clone()?), idle: Mutex::new(Vec::new()) });
+        let readers = Arc::new(ReadPool {
+            base: Mutex::new(conn.try_clone()?),
+            idle: Mutex::new(Vec::new()),
+        });
         Ok(Store { conn, readers })
     }
 
@@ -104,7 +113,9 @@ impl Store {
 
     /// The stored cursor of a source.
     pub fn cursor(&self, source: &str) -> Result<Option<i64>> {
-        let mut stmt = self.conn.prepare("SELECT cursor FROM cursors WHERE source = ?")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cursor FROM cursors WHERE source = ?")?;
         let mut rows = stmt.query(params![source])?;
         Ok(match rows.next()? {
             Some(row) => Some(row.get(0)?),
@@ -130,18 +141,25 @@ impl Store {
     }
 
     fn apply_in_txn(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
-        let mut stats = ApplyStats { events: events.len(), ..Default::default() };
+        let mut stats = ApplyStats {
+            events: events.len(),
+            ..Default::default()
+        };
         // The final state of every record the batch touches: later changes win.
         let mut finals: IndexMap<String, &Change> = IndexMap::new();
-        let mut actors: IndexMap<&str, (Option<Option<&str>>, Option<(bool, Option<&str>)>)> = IndexMap::new();
+        let mut actors: IndexMap<&str, ActorUpdate> = IndexMap::new();
         let mut cursors: HashMap<&str, (i64, Option<&str>)> = HashMap::new();
         for ev in events {
             for change in &ev.changes {
                 match change {
-                    Change::Identity { did, handle } => actors.entry(did).or_default().0 = Some(handle.as_deref()),
-                    Change::Account { did, active, status } => {
-                        actors.entry(did).or_default().1 = Some((*active, status.as_deref()))
+                    Change::Identity { did, handle } => {
+                        actors.entry(did).or_default().0 = Some(handle.as_deref())
                     }
+                    Change::Account {
+                        did,
+                        active,
+                        status,
+                    } => actors.entry(did).or_default().1 = Some((*active, status.as_deref())),
                     other => {
                         let uri = other.record_uri().expect("record change");
                         finals.shift_remove(&uri);
@@ -209,7 +227,8 @@ impl Store {
                 )?;
             }
             timing[2] = clock.elapsed().as_millis();
-            self.conn.execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+            self.conn
+                .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
         }
         timing[3] = clock.elapsed().as_millis();
         tracing::debug!(
@@ -227,7 +246,10 @@ impl Store {
                 params![did, identity.flatten(), now],
             )?;
             if let Some(handle) = identity {
-                self.conn.execute("UPDATE actors SET handle = ?, updated_at = ? WHERE did = ?", params![handle, now, did])?;
+                self.conn.execute(
+                    "UPDATE actors SET handle = ?, updated_at = ? WHERE did = ?",
+                    params![handle, now, did],
+                )?;
             }
             if let Some((active, status)) = account {
                 self.conn.execute(
@@ -248,18 +270,60 @@ impl Store {
     }
 }
 
-fn append_record(app: &mut duckdb::Appender, uri: &str, w: &RecordWrite, now: &DbValue) -> duckdb::Result<()> {
+fn append_record(
+    app: &mut duckdb::Appender,
+    uri: &str,
+    w: &RecordWrite,
+    now: &DbValue,
+) -> duckdb::Result<()> {
     let created_at = w.record.get("createdAt").and_then(|v| v.as_str());
-    app.append_row(params![uri, w.did, w.collection, w.rkey, w.cid, w.rev, w.record.to_string(), created_at, now])
+    app.append_row(params![
+        uri,
+        w.did,
+        w.collection,
+        w.rkey,
+        w.cid,
+        w.rev,
+        w.record.to_string(),
+        created_at,
+        now
+    ])
 }
 
-fn append_link(app: &mut duckdb::Appender, uri: &str, w: &RecordWrite, link: &Link) -> duckdb::Result<()> {
-    app.append_row(params![uri, w.did, w.collection, link.path, link.target, link.target_did()])
+fn append_link(
+    app: &mut duckdb::Appender,
+    uri: &str,
+    w: &RecordWrite,
+    link: &Link,
+) -> duckdb::Result<()> {
+    app.append_row(params![
+        uri,
+        w.did,
+        w.collection,
+        link.path,
+        link.target,
+        link.target_did()
+    ])
 }
 
-fn append_quarantine(app: &mut duckdb::Appender, uri: &str, q: &Quarantined, now: &DbValue) -> duckdb::Result<()> {
+fn append_quarantine(
+    app: &mut duckdb::Appender,
+    uri: &str,
+    q: &Quarantined,
+    now: &DbValue,
+) -> duckdb::Result<()> {
     let record = q.record.as_ref().map(|r| r.to_string());
-    app.append_row(params![uri, q.did, q.collection, q.rkey, q.cid, q.rev, q.reason, record, now])
+    app.append_row(params![
+        uri,
+        q.did,
+        q.collection,
+        q.rkey,
+        q.cid,
+        q.rev,
+        q.reason,
+        record,
+        now
+    ])
 }
 
 fn now_value() -> DbValue {
@@ -271,15 +335,22 @@ fn migrate(conn: &Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
     )?;
-    let current: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+    let current: i64 = conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
     for (version, name, sql) in MIGRATIONS {
         if *version <= current {
             continue;
         }
         conn.execute_batch("BEGIN TRANSACTION")?;
-        let applied = conn
-            .execute_batch(sql)
-            .and_then(|_| conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", params![version, name]));
+        let applied = conn.execute_batch(sql).and_then(|_| {
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                params![version, name],
+            )
+        });
         match applied {
             Ok(_) => conn.execute_batch("COMMIT")?,
             Err(e) => {
@@ -295,7 +366,10 @@ fn migrate(conn: &Connection) -> Result<()> {
 fn lock_error(path: &Path, e: duckdb::Error) -> StoreError {
     let message = e.to_string();
     if message.contains("lock") {
-        StoreError::Locked { path: path.to_path_buf(), message }
+        StoreError::Locked {
+            path: path.to_path_buf(),
+            message,
+        }
     } else {
         StoreError::Db(e)
     }
@@ -308,7 +382,10 @@ pub fn open_for_query(data_dir: &Path) -> Result<Connection> {
     if !path.exists() {
         return Err(StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("no store at {} (run `lexview serve` first, or pass --data)", path.display()),
+            format!(
+                "no store at {} (run `lexview serve` first, or pass --data)",
+                path.display()
+            ),
         )));
     }
     Connection::open(&path).map_err(|e| lock_error(&path, e))

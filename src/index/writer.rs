@@ -24,7 +24,10 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { max_events: 20_000, max_delay: Duration::from_millis(200) }
+        WriterConfig {
+            max_events: 20_000,
+            max_delay: Duration::from_millis(200),
+        }
     }
 }
 
@@ -45,7 +48,10 @@ impl Positions {
         self.0.read().expect("positions lock").clone()
     }
     pub fn set(&self, source: &str, cursor: Option<i64>, event_time: Option<String>) {
-        self.0.write().expect("positions lock").insert(source.to_string(), SourcePosition { cursor, event_time });
+        self.0
+            .write()
+            .expect("positions lock")
+            .insert(source.to_string(), SourcePosition { cursor, event_time });
     }
 }
 
@@ -92,7 +98,12 @@ pub async fn run(
     }
 }
 
-async fn commit(mut store: Store, mut batch: Vec<IndexEvent>, positions: &Positions, metrics: &Metrics) -> Store {
+async fn commit(
+    mut store: Store,
+    mut batch: Vec<IndexEvent>,
+    positions: &Positions,
+    metrics: &Metrics,
+) -> Store {
     let mut attempt = 0u32;
     loop {
         let (s, b, result) = tokio::task::spawn_blocking(move || {

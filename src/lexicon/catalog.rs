@@ -56,7 +56,10 @@ impl Catalog {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(LoadError { path, message: e.to_string() });
+                    errors.push(LoadError {
+                        path,
+                        message: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -88,8 +91,8 @@ impl Catalog {
         }
         let mut compiled = Vec::new();
         for (name, def) in &doc.defs {
-            let mut field: Field = serde_json::from_value(def.clone())
-                .map_err(|e| format!("def {:?}: {e}", name))?;
+            let mut field: Field =
+                serde_json::from_value(def.clone()).map_err(|e| format!("def {:?}: {e}", name))?;
             check_named_def(name, &field)?;
             qualify_refs(&doc.id, &mut field);
             if let Field::Record { key, .. } = &field {
@@ -98,7 +101,10 @@ impl Catalog {
                     RecordType {
                         nsid: doc.id.clone(),
                         key: key.clone().unwrap_or_else(|| "any".into()),
-                        description: def.get("description").and_then(Value::as_str).map(str::to_string),
+                        description: def
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                     },
                 );
             }
@@ -174,7 +180,10 @@ fn parse_document(raw: &Value) -> Result<LexiconDoc, String> {
         Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
         other => return Err(format!("\"lexicon\" must be 1, found {other:?}")),
     }
-    let id = raw.get("id").and_then(Value::as_str).ok_or("\"id\" must be a string")?;
+    let id = raw
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("\"id\" must be a string")?;
     if !is_valid_nsid(id) {
         return Err(format!("\"id\" is not a valid NSID: {id:?}"));
     }
@@ -183,19 +192,23 @@ fn parse_document(raw: &Value) -> Result<LexiconDoc, String> {
 
 fn check_named_def(name: &str, field: &Field) -> Result<(), String> {
     if field.is_primary() && name != "main" {
-        return Err(format!("def {name:?}: a {} may only be the main def", field.type_name()));
+        return Err(format!(
+            "def {name:?}: a {} may only be the main def",
+            field.type_name()
+        ));
     }
     match field {
         // `unknown` is allowed as a named def: the reference validator
         // (@atproto/lexicon) accepts it and real lexicons use it
         // (app.ocho.plugin.defs#pluginConfig), although the interop vector
         // "defined unknown" calls it invalid.
-        Field::Ref { .. } | Field::Union { .. } | Field::Null | Field::Params(_) => {
-            Err(format!("def {name:?}: type {} cannot be a named def", field.type_name()))
-        }
-        Field::Record { record, .. } if !matches!(record.as_ref(), Field::Object(_)) => {
-            Err(format!("def {name:?}: a record's \"record\" must be an object"))
-        }
+        Field::Ref { .. } | Field::Union { .. } | Field::Null | Field::Params(_) => Err(format!(
+            "def {name:?}: type {} cannot be a named def",
+            field.type_name()
+        )),
+        Field::Record { record, .. } if !matches!(record.as_ref(), Field::Object(_)) => Err(
+            format!("def {name:?}: a record's \"record\" must be an object"),
+        ),
         _ => Ok(()),
     }
 }
@@ -213,9 +226,10 @@ fn qualify_refs(doc_id: &str, field: &mut Field) {
         Field::Ref { target } => qualify(target),
         Field::Union { refs, .. } => refs.iter_mut().for_each(qualify),
         Field::Array { items, .. } => qualify_refs(doc_id, items),
-        Field::Object(o) | Field::Params(o) => {
-            o.properties.values_mut().for_each(|f| qualify_refs(doc_id, f))
-        }
+        Field::Object(o) | Field::Params(o) => o
+            .properties
+            .values_mut()
+            .for_each(|f| qualify_refs(doc_id, f)),
         Field::Record { record, .. } => qualify_refs(doc_id, record),
         Field::Query(m) | Field::Procedure(m) | Field::Subscription(m) => {
             if let Some(p) = m.parameters.as_mut() {

@@ -28,7 +28,10 @@ struct Failure {
 
 impl Failure {
     fn new(message: impl Into<String>) -> Failure {
-        Failure { rev_path: Vec::new(), message: message.into() }
+        Failure {
+            rev_path: Vec::new(),
+            message: message.into(),
+        }
     }
     fn at(mut self, segment: impl Into<String>) -> Failure {
         self.rev_path.push(segment.into());
@@ -47,7 +50,10 @@ impl Catalog {
             for seg in f.rev_path.iter().rev() {
                 path.push_str(seg);
             }
-            ValidationError { path, message: f.message }
+            ValidationError {
+                path,
+                message: f.message,
+            }
         };
         let Some(schema) = self.record_schema(collection) else {
             return Err(ValidationError {
@@ -55,10 +61,19 @@ impl Catalog {
                 message: format!("no record lexicon for {collection}"),
             });
         };
-        let obj = value.as_object().ok_or_else(|| finish(Failure::new("must be an object")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| finish(Failure::new("must be an object")))?;
         match obj.get("$type").and_then(Value::as_str) {
             Some(t) if t == collection => {}
-            Some(t) => return Err(finish(Failure::new(format!("$type {t:?} does not match collection {collection}")).at(".$type"))),
+            Some(t) => {
+                return Err(finish(
+                    Failure::new(format!(
+                        "$type {t:?} does not match collection {collection}"
+                    ))
+                    .at(".$type"),
+                ))
+            }
             None => return Err(finish(Failure::new("$type is required").at(".$type"))),
         }
         self.check_object(schema, obj).map_err(finish)
@@ -71,7 +86,10 @@ impl Catalog {
             for seg in f.rev_path.iter().rev() {
                 path.push_str(seg);
             }
-            ValidationError { path, message: f.message }
+            ValidationError {
+                path,
+                message: f.message,
+            }
         })
     }
 
@@ -84,12 +102,13 @@ impl Catalog {
         for (name, field) in &schema.properties {
             match obj.get(name) {
                 None => {}
-                Some(Value::Null) => {
-                    if !schema.nullable.iter().any(|n| n == name) {
-                        return Err(Failure::new("must not be null").at(format!(".{name}")));
-                    }
+                Some(Value::Null) if !schema.nullable.iter().any(|n| n == name) => {
+                    return Err(Failure::new("must not be null").at(format!(".{name}")));
                 }
-                Some(v) => self.check_field(field, v).map_err(|f| f.at(format!(".{name}")))?,
+                Some(Value::Null) => {}
+                Some(v) => self
+                    .check_field(field, v)
+                    .map_err(|f| f.at(format!(".{name}")))?,
             }
         }
         Ok(())
@@ -102,14 +121,23 @@ impl Catalog {
                 _ => Err(Failure::new("must be null")),
             },
             Field::Boolean { konst } => {
-                let b = value.as_bool().ok_or_else(|| Failure::new("must be a boolean"))?;
+                let b = value
+                    .as_bool()
+                    .ok_or_else(|| Failure::new("must be a boolean"))?;
                 match konst {
                     Some(c) if *c != b => Err(Failure::new(format!("must be {c}"))),
                     _ => Ok(()),
                 }
             }
-            Field::Integer { minimum, maximum, enumeration, konst } => {
-                let n = value.as_i64().ok_or_else(|| Failure::new("must be an integer"))?;
+            Field::Integer {
+                minimum,
+                maximum,
+                enumeration,
+                konst,
+            } => {
+                let n = value
+                    .as_i64()
+                    .ok_or_else(|| Failure::new("must be an integer"))?;
                 if let Some(c) = konst {
                     if n != *c {
                         return Err(Failure::new(format!("must be {c}")));
@@ -130,11 +158,17 @@ impl Catalog {
                 Ok(())
             }
             Field::String(s) => {
-                let text = value.as_str().ok_or_else(|| Failure::new("must be a string"))?;
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| Failure::new("must be a string"))?;
                 check_string(s, text)
             }
-            Field::Bytes { min_length, max_length } => {
-                let len = bytes_len(value).ok_or_else(|| Failure::new("must be bytes ({\"$bytes\": base64})"))?;
+            Field::Bytes {
+                min_length,
+                max_length,
+            } => {
+                let len = bytes_len(value)
+                    .ok_or_else(|| Failure::new("must be bytes ({\"$bytes\": base64})"))?;
                 check_len(len, *min_length, *max_length, "bytes")
             }
             Field::CidLink => {
@@ -145,11 +179,18 @@ impl Catalog {
                 }
             }
             Field::Blob { accept, max_size } => check_blob(value, accept.as_deref(), *max_size),
-            Field::Array { items, min_length, max_length } => {
-                let arr = value.as_array().ok_or_else(|| Failure::new("must be an array"))?;
+            Field::Array {
+                items,
+                min_length,
+                max_length,
+            } => {
+                let arr = value
+                    .as_array()
+                    .ok_or_else(|| Failure::new("must be an array"))?;
                 check_len(arr.len(), *min_length, *max_length, "items")?;
                 for (i, item) in arr.iter().enumerate() {
-                    self.check_field(items, item).map_err(|f| f.at(format!("[{i}]")))?;
+                    self.check_field(items, item)
+                        .map_err(|f| f.at(format!("[{i}]")))?;
                 }
                 Ok(())
             }
@@ -159,16 +200,23 @@ impl Catalog {
             }
             Field::Ref { target } => self.check_ref(target, value),
             Field::Union { refs, closed } => {
-                let obj = plain_object(value).ok_or_else(|| Failure::new("must be an object with $type"))?;
+                let obj = plain_object(value)
+                    .ok_or_else(|| Failure::new("must be an object with $type"))?;
                 let t = obj
                     .get("$type")
                     .and_then(Value::as_str)
                     .ok_or_else(|| Failure::new("union member must have a $type"))?;
-                let full = if t.contains('#') { std::borrow::Cow::Borrowed(t) } else { format!("{t}#main").into() };
+                let full = if t.contains('#') {
+                    std::borrow::Cow::Borrowed(t)
+                } else {
+                    format!("{t}#main").into()
+                };
                 if refs.iter().any(|r| *r == full) {
                     self.check_ref(&full, value)
                 } else if *closed {
-                    Err(Failure::new(format!("$type {t:?} is not one of the closed union's refs")))
+                    Err(Failure::new(format!(
+                        "$type {t:?} is not one of the closed union's refs"
+                    )))
                 } else {
                     Ok(())
                 }
@@ -179,9 +227,13 @@ impl Catalog {
             },
             Field::Token => Err(Failure::new("a token is not a value type")),
             Field::Record { record, .. } => self.check_field(record, value),
-            Field::Query(_) | Field::Procedure(_) | Field::Subscription(_) | Field::PermissionSet {} => {
-                Err(Failure::new(format!("a {} is not a value type", field.type_name())))
-            }
+            Field::Query(_)
+            | Field::Procedure(_)
+            | Field::Subscription(_)
+            | Field::PermissionSet {} => Err(Failure::new(format!(
+                "a {} is not a value type",
+                field.type_name()
+            ))),
         }
     }
 
@@ -200,12 +252,16 @@ impl Catalog {
 fn check_len(len: usize, min: Option<usize>, max: Option<usize>, unit: &str) -> Check {
     if let Some(m) = min {
         if len < m {
-            return Err(Failure::new(format!("{len} {unit}, fewer than the minimum {m}")));
+            return Err(Failure::new(format!(
+                "{len} {unit}, fewer than the minimum {m}"
+            )));
         }
     }
     if let Some(m) = max {
         if len > m {
-            return Err(Failure::new(format!("{len} {unit}, more than the maximum {m}")));
+            return Err(Failure::new(format!(
+                "{len} {unit}, more than the maximum {m}"
+            )));
         }
     }
     Ok(())
@@ -226,8 +282,13 @@ fn check_string(s: &StringSchema, text: &str) -> Check {
     if s.min_graphemes.is_some() || s.max_graphemes.is_some() {
         // A string has at most as many graphemes as bytes: skip the count when
         // the byte length alone already satisfies the limits.
-        let needs_count = s.min_graphemes.is_some_and(|m| text.len() >= m) || s.max_graphemes.is_some_and(|m| text.len() > m);
-        let count = if needs_count || s.min_graphemes.is_some() { text.graphemes(true).count() } else { text.len() };
+        let needs_count = s.min_graphemes.is_some_and(|m| text.len() >= m)
+            || s.max_graphemes.is_some_and(|m| text.len() > m);
+        let count = if needs_count || s.min_graphemes.is_some() {
+            text.graphemes(true).count()
+        } else {
+            text.len()
+        };
         check_len(count, s.min_graphemes, s.max_graphemes, "graphemes")?;
     }
     if let Some(name) = &s.format {
@@ -272,19 +333,30 @@ fn bytes_len(value: &Value) -> Option<usize> {
     // The length is all that is checked; decoding is lenient about trailing
     // bits, as the reference implementations are ("123" is 2 bytes).
     let trimmed = b64.trim_end_matches('=');
-    let ok = trimmed.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/') && trimmed.len() % 4 != 1;
+    let ok = trimmed
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        && trimmed.len() % 4 != 1;
     ok.then_some(trimmed.len() * 3 / 4)
 }
 
 fn check_blob(value: &Value, accept: Option<&[String]>, max_size: Option<u64>) -> Check {
-    let obj = value.as_object().ok_or_else(|| Failure::new("must be a blob"))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Failure::new("must be a blob"))?;
     let mime = if is_blob(obj) {
         if !obj.get("ref").is_some_and(is_cid_link) {
             return Err(Failure::new("blob ref must be a cid-link").at(".ref"));
         }
-        let size = obj.get("size").and_then(Value::as_i64).ok_or_else(|| Failure::new("blob size must be an integer").at(".size"))?;
+        let size = obj
+            .get("size")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| Failure::new("blob size must be an integer").at(".size"))?;
         if max_size.is_some_and(|m| size as u64 > m) {
-            return Err(Failure::new(format!("blob of {size} bytes is larger than maxSize {}", max_size.unwrap_or(0))));
+            return Err(Failure::new(format!(
+                "blob of {size} bytes is larger than maxSize {}",
+                max_size.unwrap_or(0)
+            )));
         }
         obj.get("mimeType").and_then(Value::as_str)
     } else if obj.get("cid").is_some_and(Value::is_string) {
@@ -293,10 +365,13 @@ fn check_blob(value: &Value, accept: Option<&[String]>, max_size: Option<u64>) -
     } else {
         return Err(Failure::new("must be a blob"));
     };
-    let mime = mime.ok_or_else(|| Failure::new("blob mimeType must be a string").at(".mimeType"))?;
+    let mime =
+        mime.ok_or_else(|| Failure::new("blob mimeType must be a string").at(".mimeType"))?;
     if let Some(patterns) = accept {
         if !patterns.iter().any(|p| mime_matches(p, mime)) {
-            return Err(Failure::new(format!("blob type {mime:?} is not accepted ({patterns:?})")));
+            return Err(Failure::new(format!(
+                "blob type {mime:?} is not accepted ({patterns:?})"
+            )));
         }
     }
     Ok(())

@@ -40,15 +40,21 @@ pub fn split_cursor(url: &str) -> (String, Option<i64>) {
     let mut cursor = None;
     let rest: Vec<&str> = query
         .split('&')
-        .filter(|kv| match kv.strip_prefix("cursor=").map(str::parse::<i64>) {
-            Some(Ok(c)) => {
-                cursor = Some(c);
-                false
-            }
-            _ => true,
-        })
+        .filter(
+            |kv| match kv.strip_prefix("cursor=").map(str::parse::<i64>) {
+                Some(Ok(c)) => {
+                    cursor = Some(c);
+                    false
+                }
+                _ => true,
+            },
+        )
         .collect();
-    let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
     (url, cursor)
 }
 
@@ -111,7 +117,14 @@ pub async fn run(
                                 }
                                 Err(_) => {} // counted and reported downstream
                             }
-                            if tx.send(RawFrame { source: source.clone(), bytes: bytes.to_vec() }).await.is_err() {
+                            if tx
+                                .send(RawFrame {
+                                    source: source.clone(),
+                                    bytes: bytes.to_vec(),
+                                })
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }

@@ -44,18 +44,27 @@ impl SourceSpec {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 match pair.split_once('=') {
                     Some(("rate", v)) => {
-                        rate = Some(v.parse().map_err(|_| format!("replay rate must be a positive integer, got {v:?}"))?)
+                        rate = Some(v.parse().map_err(|_| {
+                            format!("replay rate must be a positive integer, got {v:?}")
+                        })?)
                     }
                     _ => return Err(format!("unknown replay option {pair:?} (known: rate=N)")),
                 }
             }
             if path.is_empty() {
-                return Err("replay: needs a file path, e.g. replay:tests/fixtures/frames.bin".into());
+                return Err(
+                    "replay: needs a file path, e.g. replay:tests/fixtures/frames.bin".into(),
+                );
             }
-            return Ok(SourceSpec::Replay { path: PathBuf::from(path), rate });
+            return Ok(SourceSpec::Replay {
+                path: PathBuf::from(path),
+                rate,
+            });
         }
         if let Some(rest) = s.strip_prefix("jetstream+") {
-            return Ok(SourceSpec::Jetstream { url: rest.to_string() });
+            return Ok(SourceSpec::Jetstream {
+                url: rest.to_string(),
+            });
         }
         if s.starts_with("wss://") || s.starts_with("ws://") {
             return Ok(SourceSpec::Firehose { url: s.to_string() });

@@ -14,14 +14,26 @@ use super::RawFrame;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: truncated frame at byte {offset}: length prefix says {len} bytes, {available} left")]
-    Truncated { path: String, offset: usize, len: usize, available: usize },
+    Truncated {
+        path: String,
+        offset: usize,
+        len: usize,
+        available: usize,
+    },
 }
+
+/// Where a frames file ends early: the frame's offset, its announced length,
+/// and the bytes that are left.
+pub type Truncation = (usize, usize, usize);
 
 /// Splits a frames file into frames. A truncated tail is an error reported
 /// with its offset; the frames before it are still returned.
-pub fn split_frames(data: &[u8]) -> (Vec<&[u8]>, Option<(usize, usize, usize)>) {
+pub fn split_frames(data: &[u8]) -> (Vec<&[u8]>, Option<Truncation>) {
     let mut frames = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
@@ -48,7 +60,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<usize, ReplayError> {
     let display = path.display().to_string();
-    let data = tokio::fs::read(path).await.map_err(|source| ReplayError::Io { path: display.clone(), source })?;
+    let data = tokio::fs::read(path)
+        .await
+        .map_err(|source| ReplayError::Io {
+            path: display.clone(),
+            source,
+        })?;
     let (frames, truncated) = split_frames(&data);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1) as f64));
     let mut sent = 0;
@@ -56,7 +73,14 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(sent);
         }
-        if tx.send(RawFrame { source: source.clone(), bytes: frame.to_vec() }).await.is_err() {
+        if tx
+            .send(RawFrame {
+                source: source.clone(),
+                bytes: frame.to_vec(),
+            })
+            .await
+            .is_err()
+        {
             return Ok(sent);
         }
         sent += 1;
@@ -65,7 +89,12 @@ pub async fn run(
         }
     }
     if let Some((offset, len, available)) = truncated {
-        return Err(ReplayError::Truncated { path: display, offset, len, available });
+        return Err(ReplayError::Truncated {
+            path: display,
+            offset,
+            len,
+            available,
+        });
     }
     Ok(sent)
 }

@@ -8,7 +8,9 @@ use lexview::lexicon::Catalog;
 
 /// A file under `tests/fixtures`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// The lexicon catalog of a fixture directory; panics on any load error.
@@ -22,7 +24,10 @@ pub fn catalog(rel: &str) -> Arc<Catalog> {
 pub fn bundled_catalog() -> Arc<Catalog> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
     let (catalog, errors) = Catalog::load_dir(&dir).expect("read lexicon dir");
-    assert!(errors.is_empty(), "bundled lexicon load errors: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "bundled lexicon load errors: {errors:#?}"
+    );
     Arc::new(catalog)
 }
 
@@ -41,11 +46,18 @@ pub fn assert_lines_eq(expected: &str, got: &str) {
     }
     for (i, (e, g)) in expected.lines().zip(got.lines()).enumerate() {
         if e != g {
-            panic!("first difference at line {}:\n  expected: {e}\n       got: {g}", i + 1);
+            panic!(
+                "first difference at line {}:\n  expected: {e}\n       got: {g}",
+                i + 1
+            );
         }
     }
-    panic!("line counts differ: expected {} lines, got {}", expected.lines().count(), got.lines().count());
+    panic!(
+        "line counts differ: expected {} lines, got {}",
+        expected.lines().count(),
+        got.lines().count()
+    );
 }
-pub mod server;
 pub mod pds;
 pub mod relay;
+pub mod server;

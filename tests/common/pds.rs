@@ -19,7 +19,9 @@ pub struct Pds {
 impl Pds {
     pub fn start() -> Pds {
         let harness = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness");
-        let status = Command::new(harness.join("setup.sh")).status().expect("run tests/harness/setup.sh");
+        let status = Command::new(harness.join("setup.sh"))
+            .status()
+            .expect("run tests/harness/setup.sh");
         assert!(status.success(), "installing the PDS harness failed");
         let mut child = Command::new("node")
             .arg(harness.join("pds.mjs"))
@@ -32,7 +34,8 @@ impl Pds {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("ready line");
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"));
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"));
         Pds {
             child,
             stdin,
@@ -48,7 +51,8 @@ impl Pds {
         self.stdin.flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
-        let out: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"));
+        let out: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"));
         assert_eq!(out["ok"], true, "{cmd} failed: {out}");
         out
     }

@@ -2,6 +2,8 @@
 //! relay's cursor semantics (frames with seq > cursor) and closes every
 //! connection after `close_after` frames, so a consumer must reconnect.
 #![allow(dead_code)]
+// tungstenite's handshake callback type has a large error variant; not ours to change.
+#![allow(clippy::result_large_err)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +21,12 @@ pub struct Relay {
 pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
     let seqs: Vec<i64> = frames
         .iter()
-        .map(|f| lexview::decode::frame::decode_frame(f).expect("frame").seq().expect("seq"))
+        .map(|f| {
+            lexview::decode::frame::decode_frame(f)
+                .expect("frame")
+                .seq()
+                .expect("seq")
+        })
         .collect();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -29,7 +36,10 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
     let frames = Arc::new(frames);
     let seqs = Arc::new(seqs);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
@@ -38,11 +48,17 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
                 let (frames, seqs) = (frames.clone(), seqs.clone());
                 tokio::spawn(async move {
                     let mut cursor: Option<i64> = None;
-                    let ws = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
-                        let query = req.uri().query().unwrap_or("");
-                        cursor = query.split('&').find_map(|kv| kv.strip_prefix("cursor=")).and_then(|c| c.parse().ok());
-                        Ok(resp)
-                    })
+                    let ws = tokio_tungstenite::accept_hdr_async(
+                        stream,
+                        |req: &Request, resp: Response| {
+                            let query = req.uri().query().unwrap_or("");
+                            cursor = query
+                                .split('&')
+                                .find_map(|kv| kv.strip_prefix("cursor="))
+                                .and_then(|c| c.parse().ok());
+                            Ok(resp)
+                        },
+                    )
                     .await;
                     let Ok(mut ws) = ws else { return };
                     let mut sent = 0;
@@ -50,7 +66,11 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
                         if cursor.is_some_and(|c| *seq <= c) {
                             continue;
                         }
-                        if ws.send(Message::Binary(frame.clone().into())).await.is_err() {
+                        if ws
+                            .send(Message::Binary(frame.clone().into()))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         sent += 1;

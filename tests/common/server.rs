@@ -12,7 +12,11 @@ pub fn bin() -> &'static str {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `lexview serve`.
@@ -27,7 +31,12 @@ impl Server {
         let port = free_port();
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
-            .args(["--data", data.to_str().unwrap(), "--lexicons", lexicons.to_str().unwrap()])
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "--lexicons",
+                lexicons.to_str().unwrap(),
+            ])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
             .env("LEXVIEW_LOG", "info")
             .stdout(Stdio::null())
@@ -36,7 +45,11 @@ impl Server {
             cmd.args(["--source", s]);
         }
         let child = cmd.spawn().expect("spawn lexview");
-        let server = Server { child, base: format!("http://127.0.0.1:{port}"), data: data.to_path_buf() };
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data: data.to_path_buf(),
+        };
         server.wait_for(Duration::from_secs(30), |h| h["status"] == "ok");
         server
     }
@@ -59,7 +72,10 @@ impl Server {
     }
 
     pub fn health(&self) -> Option<Value> {
-        reqwest::blocking::get(format!("{}/_health", self.base)).ok()?.json().ok()
+        reqwest::blocking::get(format!("{}/_health", self.base))
+            .ok()?
+            .json()
+            .ok()
     }
 
     /// Polls `/_health` until `pred` holds.
@@ -71,7 +87,11 @@ impl Server {
                     return h;
                 }
             }
-            assert!(start.elapsed() < timeout, "timed out waiting; last health: {:?}", self.health());
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting; last health: {:?}",
+                self.health()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -79,7 +99,10 @@ impl Server {
     /// Waits until the source's committed cursor reaches `seq`.
     pub fn wait_for_cursor(&self, seq: i64) -> Value {
         self.wait_for(Duration::from_secs(60), |h| {
-            h["sources"].as_array().is_some_and(|s| s.iter().any(|s| s["cursor"].as_i64().is_some_and(|c| c >= seq)))
+            h["sources"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["cursor"].as_i64().is_some_and(|c| c >= seq))
+            })
         })
     }
 
@@ -91,7 +114,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "lexview did not exit after SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "lexview did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -110,11 +136,20 @@ impl Drop for Server {
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
 }
 
 /// `lexview sql` against a stopped server's store.
 pub fn sql(data: &Path, query: &str) -> (bool, String, String) {
-    let out = Command::new(bin()).args(["sql", query, "--data", data.to_str().unwrap()]).output().expect("run sql");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(bin())
+        .args(["sql", query, "--data", data.to_str().unwrap()])
+        .output()
+        .expect("run sql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
