@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs the pinned PDS test harness (npm), then
-# every Rust test in the release profile (the one profile this project builds).
+# every Rust test in the release profile (the one profile this project builds),
+# and closes with one line summing all test binaries: "N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lexview/target}"
 tests/harness/setup.sh
-cargo test --release --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --locked "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
