@@ -123,6 +123,27 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         "bafyreiguce4jh7kcbmof3pmcvasifqtw24b6isakj5ve5ga2b4z4alpc4i",
         "{data}"
     );
+    // Answers follow the selection order even where fields resolve concurrently
+    // (async-graphql inserts root fields in completion order).
+    let raw = reqwest::blocking::Client::new()
+        .post(format!("{}/graphql", server.base))
+        .json(&serde_json::json!({"query": format!(r#"{{ appBskyFeedLikeByUri(uri: "{uri}") {{ cid }} __typename }}"#)}))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        raw.find("appBskyFeedLikeByUri").unwrap() < raw.find("__typename").unwrap(),
+        "{raw}"
+    );
+    // GraphQL-over-HTTP: a syntax error is a 400 for clients that accept the new media type.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/graphql", server.base))
+        .header("accept", "application/graphql-response+json")
+        .json(&serde_json::json!({"query": "{ appBskyFeedLike("}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
     let data = server.graphql("{ appBskyFeedLike(first: 1000) { totalCount } }");
     assert!(
         data["errors"][0]["message"]

@@ -370,11 +370,120 @@ async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<O
 /// `POST /graphql`.
 pub async fn post(
     State(state): State<AppState>,
+    headers: HeaderMap,
     req: async_graphql_axum::GraphQLRequest,
-) -> async_graphql_axum::GraphQLResponse {
+) -> Response {
     Metrics::inc(&state.metrics.graphql_requests_total);
+    execute(&state, &headers, req.into_inner()).await
+}
+
+/// Executes a request and shapes the HTTP answer per GraphQL-over-HTTP: a
+/// request that could not run at all (syntax or validation error) is a 400
+/// when the client accepts `application/graphql-response+json`.
+async fn execute(state: &AppState, headers: &HeaderMap, req: async_graphql::Request) -> Response {
     let schema = state.graphql.load_full();
-    schema.execute(req.into_inner()).await.into()
+    let order = selection_order(&req);
+    let mut resp = schema.execute(req).await;
+    if let Some(order) = order {
+        resp.data = reorder(std::mem::take(&mut resp.data), &order);
+    }
+    let modern = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/graphql-response+json"));
+    let request_error = !resp.errors.is_empty() && matches!(resp.data, GqlValue::Null);
+    if modern {
+        let status = if request_error {
+            axum::http::StatusCode::BAD_REQUEST
+        } else {
+            axum::http::StatusCode::OK
+        };
+        let body = serde_json::to_vec(&resp).unwrap_or_default();
+        return (
+            status,
+            [(header::CONTENT_TYPE, "application/graphql-response+json")],
+            body,
+        )
+            .into_response();
+    }
+    async_graphql_axum::GraphQLResponse::from(resp).into_response()
+}
+
+/// The response keys of each selection set, in query order. async-graphql
+/// resolves a container's fields concurrently and inserts them in completion
+/// order, but GraphQL answers must follow the selection order.
+#[derive(Debug, Default)]
+struct KeyOrder {
+    keys: Vec<String>,
+    children: std::collections::HashMap<String, KeyOrder>,
+}
+
+fn selection_order(req: &async_graphql::Request) -> Option<KeyOrder> {
+    use async_graphql::parser::types::{
+        DocumentOperations, ExecutableDocument, Selection, SelectionSet,
+    };
+    let doc = async_graphql::parser::parse_query(&req.query).ok()?;
+    let op = match (&doc.operations, &req.operation_name) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str())?,
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next()?,
+        _ => return None,
+    };
+    fn walk(doc: &ExecutableDocument, set: &SelectionSet, out: &mut KeyOrder, depth: usize) {
+        if depth > 32 {
+            return;
+        }
+        for sel in &set.items {
+            match &sel.node {
+                Selection::Field(f) => {
+                    let key = f.node.response_key().node.to_string();
+                    if !out.keys.contains(&key) {
+                        out.keys.push(key.clone());
+                    }
+                    walk(
+                        doc,
+                        &f.node.selection_set.node,
+                        out.children.entry(key).or_default(),
+                        depth + 1,
+                    );
+                }
+                Selection::InlineFragment(fr) => {
+                    walk(doc, &fr.node.selection_set.node, out, depth + 1)
+                }
+                Selection::FragmentSpread(sp) => {
+                    if let Some(fr) = doc.fragments.get(&sp.node.fragment_name.node) {
+                        walk(doc, &fr.node.selection_set.node, out, depth + 1);
+                    }
+                }
+            }
+        }
+    }
+    let mut order = KeyOrder::default();
+    walk(&doc, &op.node.selection_set.node, &mut order, 0);
+    Some(order)
+}
+
+fn reorder(value: GqlValue, order: &KeyOrder) -> GqlValue {
+    match value {
+        GqlValue::Object(mut map) => {
+            let mut out = async_graphql::indexmap::IndexMap::with_capacity(map.len());
+            for key in &order.keys {
+                if let Some((k, v)) = map.shift_remove_entry(key.as_str()) {
+                    let v = match order.children.get(key) {
+                        Some(child) => reorder(v, child),
+                        None => v,
+                    };
+                    out.insert(k, v);
+                }
+            }
+            out.extend(map);
+            GqlValue::Object(out)
+        }
+        GqlValue::List(items) => {
+            GqlValue::List(items.into_iter().map(|v| reorder(v, order)).collect())
+        }
+        other => other,
+    }
 }
 
 /// `GET /graphql`: GraphiQL for a browser, otherwise a query in the URL.
@@ -401,8 +510,7 @@ pub async fn graphiql_or_get(
                     .into_response();
             }
             Metrics::inc(&state.metrics.graphql_requests_total);
-            let schema = state.graphql.load_full();
-            async_graphql_axum::GraphQLResponse::from(schema.execute(req).await).into_response()
+            execute(&state, &headers, req).await
         }
         _ => Html(
             async_graphql::http::GraphiQLSource::build()
