@@ -4,6 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc malloc: the ingest thread allocates every record
+/// and the writer frees it, and glibc's arena locks made cross-thread frees the
+/// top cost in profiles (see ARCHITECTURE.md, "Performance").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lexview::index::writer::WriterConfig;
 use lexview::serve::{ServeConfig, Verify};
 
