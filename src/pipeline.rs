@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::decode::car::read_car;
+use crate::decode::car::{read_car, verify_block};
 use crate::decode::frame::{decode_frame, Commit, Frame, FrameError};
 use crate::decode::value::dagcbor_to_json;
 use crate::index::event::{Change, IndexEvent, Quarantined, RecordWrite};
@@ -209,6 +209,8 @@ impl Ingestor {
                         }
                         continue;
                     };
+                    // The record's bytes must be what its CID says.
+                    verify_block(&cid, block).map_err(|e| reject(e.to_string()))?;
                     let cid_str = cid.to_string();
                     let record = match dagcbor_to_json(block) {
                         Ok(v) => v,
