@@ -30,6 +30,10 @@ fn dump(data: &std::path::Path) -> String {
         "SELECT source_uri, path, target FROM links ORDER BY ALL",
         "SELECT did, handle, active, status FROM actors ORDER BY did",
         "SELECT cursor FROM cursors",
+        // The materialised counts equal a recount of the links.
+        "SELECT count(*) AS counts_that_differ_from_a_recount FROM
+           (SELECT target, source_collection AS collection, path, count(*) AS n FROM links GROUP BY ALL) a
+           FULL JOIN link_counts b USING (target, collection, path) WHERE a.n IS DISTINCT FROM b.n",
     ] {
         let (ok, stdout, stderr) = sql(data, q);
         assert!(ok, "sql failed: {stderr}");
@@ -205,6 +209,8 @@ fn sigkill_mid_stream_then_restart_equals_a_clean_run() {
     server.wait_for_cursor(LAST_SEQ);
     assert!(server.stop().success());
     let expected = dump(clean.path());
+    let recount = expected.split("counts_that_differ_from_a_recount\n").nth(1).and_then(|t| t.lines().nth(1));
+    assert_eq!(recount, Some("0"), "link_counts must equal a recount of links");
 
     let crashed = tempfile::tempdir().unwrap();
     // Paced at 100 frames/s: kill it once some but not all are committed.

@@ -115,6 +115,18 @@ fn counts_follow_creates_updates_and_deletes_exactly() {
         })
         .unwrap();
     assert_eq!(rows, 0, "no zero or negative counts are kept");
+    let differ: i64 = store
+        .readers()
+        .with_blocking(|c| {
+            c.query_row(
+                "SELECT count(*) FROM (SELECT target, source_collection AS collection, path, count(*) AS n FROM links GROUP BY ALL) a
+                 FULL JOIN link_counts b USING (target, collection, path) WHERE a.n IS DISTINCT FROM b.n",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+    assert_eq!(differ, 0, "link_counts equals a recount of links");
 }
 
 #[test]

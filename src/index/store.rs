@@ -97,7 +97,7 @@ impl Store {
         conn.execute_batch("SET threads = 1; SET checkpoint_threshold = '1GB';")?;
         conn.execute_batch(
             "CREATE TEMP TABLE batch_uris (uri VARCHAR);
-             CREATE TEMP TABLE batch_links AS SELECT * FROM links LIMIT 0;",
+             CREATE TEMP TABLE count_deltas (target VARCHAR, collection VARCHAR, path VARCHAR, n BIGINT);",
         )?;
         let readers = Arc::new(ReadPool {
             base: Mutex::new(conn.try_clone()?),
@@ -181,18 +181,26 @@ impl Store {
                     app.append_row(params![uri])?;
                 }
             }
+            // Old versions go; their links come back from the DELETE, so the
+            // count deltas are computed here rather than by joining `links` again.
+            let mut deltas: HashMap<(String, String, String), i64> = HashMap::new();
+            {
+                let mut stmt = self.conn.prepare(
+                    "DELETE FROM links WHERE source_uri IN (SELECT uri FROM batch_uris)
+                     RETURNING target, source_collection, path",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    *deltas.entry((r.get(0)?, r.get(1)?, r.get(2)?)).or_default() -= 1;
+                }
+            }
             self.conn.execute_batch(
-                "INSERT INTO link_counts (target, collection, path, n)
-                   SELECT target, source_collection, path, -count(*) FROM links
-                   WHERE source_uri IN (SELECT uri FROM batch_uris) GROUP BY ALL
-                   ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n;
-                 DELETE FROM links WHERE source_uri IN (SELECT uri FROM batch_uris);
-                 DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
+                "DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
                  DELETE FROM batch_uris;",
             )?;
             timing[0] = clock.elapsed().as_millis();
             let mut records = self.conn.appender("records")?;
-            let mut links = self.conn.appender("batch_links")?;
+            let mut links = self.conn.appender("links")?;
             let mut quarantine = self.conn.appender("quarantine")?;
             for (uri, change) in &finals {
                 match change {
@@ -200,6 +208,13 @@ impl Store {
                         append_record(&mut records, uri, w, &now)?;
                         for link in &w.links {
                             append_link(&mut links, uri, w, link)?;
+                            *deltas
+                                .entry((
+                                    link.target.clone(),
+                                    w.collection.clone(),
+                                    link.path.clone(),
+                                ))
+                                .or_default() += 1;
                         }
                         stats.puts += 1;
                         stats.links += w.links.len();
@@ -217,18 +232,26 @@ impl Store {
             quarantine.flush()?;
             drop((records, links, quarantine));
             timing[1] = clock.elapsed().as_millis();
-            if stats.links > 0 {
+            deltas.retain(|_, n| *n != 0);
+            if !deltas.is_empty() {
+                {
+                    let mut app = self.conn.appender("count_deltas")?;
+                    for ((target, collection, path), n) in &deltas {
+                        app.append_row(params![target, collection, path, n])?;
+                    }
+                }
                 self.conn.execute_batch(
-                    "INSERT INTO links SELECT * FROM batch_links;
-                     INSERT INTO link_counts (target, collection, path, n)
-                       SELECT target, source_collection, path, count(*) FROM batch_links GROUP BY ALL
+                    "INSERT INTO link_counts (target, collection, path, n)
+                       SELECT target, collection, path, n FROM count_deltas
                        ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n;
-                     DELETE FROM batch_links;",
+                     DELETE FROM count_deltas;",
                 )?;
+                if deltas.values().any(|n| *n < 0) {
+                    self.conn
+                        .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+                }
             }
             timing[2] = clock.elapsed().as_millis();
-            self.conn
-                .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
         }
         timing[3] = clock.elapsed().as_millis();
         tracing::debug!(
