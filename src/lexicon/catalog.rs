@@ -73,15 +73,6 @@ impl Catalog {
         Ok(errors)
     }
 
-    /// Builds a catalog from documents already in memory.
-    pub fn from_documents(docs: impl IntoIterator<Item = Value>) -> Result<Catalog, String> {
-        let mut catalog = Catalog::default();
-        for doc in docs {
-            catalog.add_document(doc)?;
-        }
-        Ok(catalog)
-    }
-
     /// Checks one lexicon document and adds its defs. A document whose id is
     /// already loaded replaces nothing: the first one wins and this is an error.
     pub fn add_document(&mut self, raw: Value) -> Result<(), String> {
@@ -118,11 +109,6 @@ impl Catalog {
     /// A def by its fully-qualified id (`nsid#name`).
     pub fn def(&self, id: &str) -> Option<&Field> {
         self.defs.get(id)
-    }
-
-    /// The record type of a collection, if a lexicon defines one.
-    pub fn record_type(&self, nsid: &str) -> Option<&RecordType> {
-        self.records.get(nsid)
     }
 
     /// Whether records of this collection are indexed.
