@@ -209,8 +209,15 @@ fn sigkill_mid_stream_then_restart_equals_a_clean_run() {
     server.wait_for_cursor(LAST_SEQ);
     assert!(server.stop().success());
     let expected = dump(clean.path());
-    let recount = expected.split("counts_that_differ_from_a_recount\n").nth(1).and_then(|t| t.lines().nth(1));
-    assert_eq!(recount, Some("0"), "link_counts must equal a recount of links");
+    let recount = expected
+        .split("counts_that_differ_from_a_recount\n")
+        .nth(1)
+        .and_then(|t| t.lines().nth(1));
+    assert_eq!(
+        recount,
+        Some("0"),
+        "link_counts must equal a recount of links"
+    );
 
     let crashed = tempfile::tempdir().unwrap();
     // Paced at 100 frames/s: kill it once some but not all are committed.

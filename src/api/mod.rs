@@ -42,7 +42,13 @@ pub fn app(state: AppState) -> Router {
         .route("/_health", get(health::health))
         .route("/metrics", get(health::metrics))
         .with_state(state)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A 501 for an unknown method is the client's business, not an
+        // operator's error; store failures are logged where they happen.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
 }
 
 /// An XRPC error: atproto's envelope `{"error", "message"}` with a status.
