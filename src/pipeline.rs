@@ -153,7 +153,9 @@ impl Ingestor {
         };
         let mut changes = Vec::with_capacity(wanted.len());
         for (op, collection, rkey) in wanted {
+            // An invalid record: counted here, kept aside by the writer.
             let quarantine = |cid: Option<String>, reason: String, record| {
+                Metrics::inc(&m.records_invalid_total);
                 Change::Invalid(Quarantined {
                     did: c.repo.to_string(),
                     collection: collection.to_string(),
@@ -170,7 +172,6 @@ impl Ingestor {
                     format!("invalid record key {rkey:?}"),
                     None,
                 ));
-                Metrics::inc(&m.records_invalid_total);
                 continue;
             }
             match op.action {
@@ -190,7 +191,6 @@ impl Ingestor {
                             format!("{} op without a cid", op.action),
                             None,
                         ));
-                        Metrics::inc(&m.records_invalid_total);
                         continue;
                     };
                     let Some(block) = blocks.get(&cid) else {
@@ -220,13 +220,11 @@ impl Ingestor {
                                 format!("record is not valid DAG-CBOR: {e}"),
                                 None,
                             ));
-                            Metrics::inc(&m.records_invalid_total);
                             continue;
                         }
                     };
                     if let Err(e) = self.catalog.validate_record(collection, &record) {
                         changes.push(quarantine(Some(cid_str), e.to_string(), Some(record)));
-                        Metrics::inc(&m.records_invalid_total);
                         continue;
                     }
                     Metrics::inc(&m.records_indexed_total);
@@ -247,7 +245,6 @@ impl Ingestor {
                         format!("unknown op action {other:?}"),
                         None,
                     ));
-                    Metrics::inc(&m.records_invalid_total);
                 }
             }
         }

@@ -29,40 +29,37 @@ pub enum Format {
     Language,
 }
 
+/// Each format with its lexicon name.
+const FORMAT_NAMES: [(&str, Format); 11] = [
+    ("at-identifier", Format::AtIdentifier),
+    ("at-uri", Format::AtUri),
+    ("cid", Format::Cid),
+    ("datetime", Format::Datetime),
+    ("did", Format::Did),
+    ("handle", Format::Handle),
+    ("nsid", Format::Nsid),
+    ("tid", Format::Tid),
+    ("record-key", Format::RecordKey),
+    ("uri", Format::Uri),
+    ("language", Format::Language),
+];
+
 impl Format {
     /// The format named by a lexicon's `format` value, if it is a known one.
     pub fn from_name(name: &str) -> Option<Format> {
-        Some(match name {
-            "at-identifier" => Format::AtIdentifier,
-            "at-uri" => Format::AtUri,
-            "cid" => Format::Cid,
-            "datetime" => Format::Datetime,
-            "did" => Format::Did,
-            "handle" => Format::Handle,
-            "nsid" => Format::Nsid,
-            "tid" => Format::Tid,
-            "record-key" => Format::RecordKey,
-            "uri" => Format::Uri,
-            "language" => Format::Language,
-            _ => return None,
-        })
+        FORMAT_NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
     }
 
     /// The lexicon name of this format.
     pub fn name(self) -> &'static str {
-        match self {
-            Format::AtIdentifier => "at-identifier",
-            Format::AtUri => "at-uri",
-            Format::Cid => "cid",
-            Format::Datetime => "datetime",
-            Format::Did => "did",
-            Format::Handle => "handle",
-            Format::Nsid => "nsid",
-            Format::Tid => "tid",
-            Format::RecordKey => "record-key",
-            Format::Uri => "uri",
-            Format::Language => "language",
-        }
+        FORMAT_NAMES
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .expect("every format is named")
     }
 
     /// Whether `s` is a valid value of this format.
@@ -143,15 +140,13 @@ pub fn is_valid_nsid(s: &str) -> bool {
     if s.len() > 317 {
         return false;
     }
-    let segments: Vec<&str> = s.split('.').collect();
-    if segments.len() < 3 {
+    let Some((authority, name)) = s.rsplit_once('.') else {
+        return false;
+    };
+    if authority.split('.').count() < 2 || !authority.split('.').all(is_dns_label) {
         return false;
     }
-    let (name, authority) = segments.split_last().expect("three segments");
-    if !authority.iter().all(|l| is_dns_label(l)) {
-        return false;
-    }
-    if !authority[0].as_bytes()[0].is_ascii_alphabetic() {
+    if !authority.as_bytes()[0].is_ascii_alphabetic() {
         return false;
     }
     let n = name.as_bytes();

@@ -77,18 +77,18 @@ async fn get_record(
     );
     let uri = format!("at://{did}/{collection}/{rkey}");
     let wanted_cid = p.str("cid").map(str::to_string);
+    let key = uri.clone();
     let row = state
         .readers
         .with(move |c| {
             let mut stmt = c.prepare("SELECT cid, record::VARCHAR FROM records WHERE uri = ?")?;
-            let mut rows = stmt.query(params![uri])?;
+            let mut rows = stmt.query(params![key])?;
             Ok(match rows.next()? {
                 Some(r) => Some((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 None => None,
             })
         })
         .await?;
-    let uri = format!("at://{did}/{collection}/{rkey}");
     match row {
         Some((cid, record)) if wanted_cid.as_ref().is_none_or(|w| *w == cid) => {
             Ok(json!({ "uri": uri, "cid": cid, "value": parse_json(&record)? }))

@@ -23,7 +23,7 @@ pub enum CarError {
     UnsupportedHash { cid: Cid, code: u64 },
 }
 
-/// The blocks of a CAR, checked against their CIDs, and its roots.
+/// The blocks of a CAR (not yet hash-checked: see [`verify_block`]) and its roots.
 #[derive(Debug, Default)]
 pub struct Blocks {
     pub roots: Vec<Cid>,

@@ -164,11 +164,7 @@ fn body<'a, T: Deserialize<'a>>(kind: &str, bytes: &'a [u8]) -> Result<T, FrameE
 
 /// Decodes one websocket message.
 pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
-    let header_len = cbor_item_len(bytes)
-        .ok_or_else(|| FrameError::Header("truncated or not DAG-CBOR".into()))?;
-    let header: Header = serde_ipld_dagcbor::from_slice(&bytes[..header_len])
-        .map_err(|e| FrameError::Header(e.to_string()))?;
-    let rest = &bytes[header_len..];
+    let (header, rest) = split_header(bytes)?;
     match header.op {
         -1 => Ok(Frame::Error(body("error", rest)?)),
         1 => match header.t.unwrap_or("") {
@@ -189,6 +185,36 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
         },
         op => Err(FrameError::UnknownOp(op)),
     }
+}
+
+/// What a source needs from a frame, without decoding its body: the seq (for
+/// resuming), or the error of an error frame.
+#[derive(Debug)]
+pub enum Peek {
+    Seq(Option<i64>),
+    Error(ErrorFrame),
+}
+
+/// Reads a frame's header and only the `seq` of its body; everything else in
+/// the body is skipped, not built.
+pub fn peek(bytes: &[u8]) -> Result<Peek, FrameError> {
+    let (header, rest) = split_header(bytes)?;
+    match header.op {
+        -1 => Ok(Peek::Error(body("error", rest)?)),
+        1 => Ok(Peek::Seq(
+            body::<SeqOnly>(header.t.unwrap_or("?"), rest)?.seq,
+        )),
+        op => Err(FrameError::UnknownOp(op)),
+    }
+}
+
+/// The frame header and the bytes of the body after it.
+fn split_header(bytes: &[u8]) -> Result<(Header<'_>, &[u8]), FrameError> {
+    let header_len = cbor_item_len(bytes)
+        .ok_or_else(|| FrameError::Header("truncated or not DAG-CBOR".into()))?;
+    let header: Header = serde_ipld_dagcbor::from_slice(&bytes[..header_len])
+        .map_err(|e| FrameError::Header(e.to_string()))?;
+    Ok((header, &bytes[header_len..]))
 }
 
 /// The byte length of the first CBOR data item in `b` (definite lengths only,

@@ -128,16 +128,8 @@ impl Store {
     /// all of it is durable or none of it is.
     pub fn apply(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
-        match self.apply_in_txn(events) {
-            Ok(stats) => {
-                self.conn.execute_batch("COMMIT")?;
-                Ok(stats)
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        let result = self.apply_in_txn(events);
+        finish_transaction(&self.conn, result)
     }
 
     fn apply_in_txn(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
@@ -353,6 +345,20 @@ fn now_value() -> DbValue {
     DbValue::Timestamp(TimeUnit::Microsecond, chrono::Utc::now().timestamp_micros())
 }
 
+/// Commits the open transaction if `result` is Ok, rolls it back otherwise.
+fn finish_transaction<T>(conn: &Connection, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(v) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -374,13 +380,7 @@ fn migrate(conn: &Connection) -> Result<()> {
                 params![version, name],
             )
         });
-        match applied {
-            Ok(_) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e.into());
-            }
-        }
+        finish_transaction(conn, applied.map_err(StoreError::from))?;
         tracing::info!(version, name, "applied migration");
     }
     Ok(())

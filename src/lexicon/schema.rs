@@ -80,7 +80,10 @@ pub enum Field {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StringSchema {
-    pub format: Option<String>,
+    /// Resolved once at load; a format name this version does not know is
+    /// not checked (as the reference validator treats new formats).
+    #[serde(default, deserialize_with = "known_format")]
+    pub format: Option<crate::syntax::Format>,
     pub min_length: Option<usize>,
     pub max_length: Option<usize>,
     pub min_graphemes: Option<usize>,
@@ -149,4 +152,11 @@ impl Field {
                 | Field::PermissionSet {}
         )
     }
+}
+
+fn known_format<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::syntax::Format>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    Ok(name.as_deref().and_then(crate::syntax::Format::from_name))
 }

@@ -11,7 +11,6 @@ use unicode_segmentation::UnicodeSegmentation;
 
 use super::catalog::Catalog;
 use super::schema::{Field, ObjectSchema, StringSchema};
-use crate::syntax::Format;
 
 /// Why a record is invalid, with the path to the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +36,17 @@ impl Failure {
         self.rev_path.push(segment.into());
         self
     }
+    /// The public error, with the path written from `root` down.
+    fn into_error(self, root: &str) -> ValidationError {
+        let mut path = String::from(root);
+        for seg in self.rev_path.iter().rev() {
+            path.push_str(seg);
+        }
+        ValidationError {
+            path,
+            message: self.message,
+        }
+    }
 }
 
 type Check = Result<(), Failure>;
@@ -45,16 +55,7 @@ impl Catalog {
     /// Validates `value` as a record of `collection`. The record's `$type` must
     /// name the collection.
     pub fn validate_record(&self, collection: &str, value: &Value) -> Result<(), ValidationError> {
-        let finish = |f: Failure| {
-            let mut path = String::from("record");
-            for seg in f.rev_path.iter().rev() {
-                path.push_str(seg);
-            }
-            ValidationError {
-                path,
-                message: f.message,
-            }
-        };
+        let finish = |f: Failure| f.into_error("record");
         let Some(schema) = self.record_schema(collection) else {
             return Err(ValidationError {
                 path: "record".into(),
@@ -81,16 +82,7 @@ impl Catalog {
 
     /// Validates a value against a field schema (used for XRPC parameters).
     pub fn validate_value(&self, field: &Field, value: &Value) -> Result<(), ValidationError> {
-        self.check_field(field, value).map_err(|f| {
-            let mut path = String::new();
-            for seg in f.rev_path.iter().rev() {
-                path.push_str(seg);
-            }
-            ValidationError {
-                path,
-                message: f.message,
-            }
-        })
+        self.check_field(field, value).map_err(|f| f.into_error(""))
     }
 
     fn check_object(&self, schema: &ObjectSchema, obj: &Map<String, Value>) -> Check {
@@ -206,13 +198,12 @@ impl Catalog {
                     .get("$type")
                     .and_then(Value::as_str)
                     .ok_or_else(|| Failure::new("union member must have a $type"))?;
-                let full = if t.contains('#') {
-                    std::borrow::Cow::Borrowed(t)
-                } else {
-                    format!("{t}#main").into()
-                };
-                if refs.iter().any(|r| *r == full) {
-                    self.check_ref(&full, value)
+                // Refs are stored as `nsid#name`; a bare `$type` means `#main`.
+                let member = refs
+                    .iter()
+                    .find(|r| *r == t || r.strip_suffix("#main") == Some(t));
+                if let Some(r) = member {
+                    self.check_ref(r, value)
                 } else if *closed {
                     Err(Failure::new(format!(
                         "$type {t:?} is not one of the closed union's refs"
@@ -291,11 +282,9 @@ fn check_string(s: &StringSchema, text: &str) -> Check {
         };
         check_len(count, s.min_graphemes, s.max_graphemes, "graphemes")?;
     }
-    if let Some(name) = &s.format {
-        if let Some(format) = Format::from_name(name) {
-            if !format.is_valid(text) {
-                return Err(Failure::new(format!("not a valid {format}: {text:?}")));
-            }
+    if let Some(format) = s.format {
+        if !format.is_valid(text) {
+            return Err(Failure::new(format!("not a valid {format}: {text:?}")));
         }
     }
     Ok(())

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::RawFrame;
-use crate::decode::frame::{decode_frame, Frame};
+use crate::decode::frame::{peek, Peek};
 use crate::metrics::Metrics;
 
 /// The subscribeRepos endpoint for a `--source` URL: a bare host gets the
@@ -96,10 +96,10 @@ pub async fn run(
                     match msg {
                         Some(Ok(Message::Binary(bytes))) => {
                             attempt = 0;
-                            // Peek at the frame for the cursor and for error
-                            // frames; full decoding happens downstream.
-                            match decode_frame(&bytes) {
-                                Ok(Frame::Error(e)) => {
+                            // Only the seq and error frames matter here; the
+                            // body is decoded downstream, once.
+                            match peek(&bytes) {
+                                Ok(Peek::Error(e)) => {
                                     tracing::error!(error = %e.error, message = ?e.message, "firehose error frame");
                                     Metrics::inc(&metrics.error_frames_total);
                                     if e.error == "FutureCursor" {
@@ -110,12 +110,8 @@ pub async fn run(
                                     }
                                     break;
                                 }
-                                Ok(f) => {
-                                    if let Some(seq) = f.seq() {
-                                        cursor = Some(seq);
-                                    }
-                                }
-                                Err(_) => {} // counted and reported downstream
+                                Ok(Peek::Seq(Some(seq))) => cursor = Some(seq),
+                                Ok(Peek::Seq(None)) | Err(_) => {} // counted and reported downstream
                             }
                             if tx
                                 .send(RawFrame {

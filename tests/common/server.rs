@@ -108,7 +108,7 @@ impl Server {
 
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        unsafe_kill(self.child.id(), "TERM");
+        send_signal(self.child.id(), "TERM");
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -123,7 +123,7 @@ impl Server {
     }
 
     pub fn kill9(mut self) {
-        unsafe_kill(self.child.id(), "KILL");
+        send_signal(self.child.id(), "KILL");
         let _ = self.child.wait();
     }
 }
@@ -135,7 +135,7 @@ impl Drop for Server {
     }
 }
 
-fn unsafe_kill(pid: u32, signal: &str) {
+fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .status();
