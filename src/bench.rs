@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub ingest_only: bool,
     /// Writer batch size in events.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub batch: usize,
 }
 
@@ -120,32 +120,47 @@ fn measure(
     let mut store = Store::open(store_dir)?;
     let metrics = Arc::new(Metrics::default());
     let ingestor = Ingestor::new(catalog.clone(), metrics.clone());
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<IndexEvent>>(4);
+    // The producer hands over small chunks; the writer takes everything that
+    // is waiting when it becomes free, up to `batch` events, as `serve`'s
+    // writer does under load. So the first commit does not wait for a whole
+    // batch to be decoded, and batches grow to `batch` once the writer is the
+    // bottleneck.
+    const CHUNK: usize = 1000;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<IndexEvent>>(2 * batch.div_ceil(CHUNK));
     let start = Instant::now();
     let producer = std::thread::spawn(move || {
         let mut n = 0usize;
-        let mut chunk = Vec::with_capacity(batch);
+        let mut chunk = Vec::with_capacity(CHUNK);
         for frame in frames {
             n += 1;
             if let Ok(Outcome::Event(ev)) = ingestor.process("bench", &frame) {
                 chunk.push(ev);
             }
-            if chunk.len() >= batch {
-                let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(batch)));
+            if chunk.len() >= CHUNK {
+                let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
             }
         }
         let _ = tx.send(chunk);
         n
     });
     let mut apply_secs = 0.0;
-    for events in rx {
+    let mut batches = 0usize;
+    while let Ok(first) = rx.recv() {
+        let mut events = first;
+        while events.len() < batch {
+            match rx.try_recv() {
+                Ok(more) => events.extend(more),
+                Err(_) => break,
+            }
+        }
         if !ingest_only {
             let t = Instant::now();
             store.apply(&events)?;
             apply_secs += t.elapsed().as_secs_f64();
+            batches += 1;
         }
     }
-    eprintln!("writer busy {apply_secs:.2} s");
+    eprintln!("writer busy {apply_secs:.2} s in {batches} transactions");
     let events = producer.join().expect("producer thread");
     Ok(Measured {
         events,

@@ -9,7 +9,6 @@ use crate::decode::car::{read_car, verify_block};
 use crate::decode::frame::{decode_frame, Commit, Frame, FrameError};
 use crate::decode::value::dagcbor_to_json;
 use crate::index::event::{Change, IndexEvent, Quarantined, RecordWrite};
-use crate::index::links::extract_links;
 use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::syntax::{is_valid_did, is_valid_record_key};
@@ -228,16 +227,14 @@ impl Ingestor {
                         continue;
                     }
                     Metrics::inc(&m.records_indexed_total);
-                    let links = extract_links(&record);
-                    changes.push(Change::Put(RecordWrite {
-                        did: c.repo.to_string(),
-                        collection: collection.to_string(),
-                        rkey: rkey.to_string(),
-                        cid: cid_str,
-                        rev: c.rev.to_string(),
+                    changes.push(Change::Put(RecordWrite::new(
+                        c.repo.to_string(),
+                        collection.to_string(),
+                        rkey.to_string(),
+                        cid_str,
+                        c.rev.to_string(),
                         record,
-                        links,
-                    }));
+                    )));
                 }
                 other => {
                     changes.push(quarantine(

@@ -102,7 +102,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(1024);
-    let (ev_tx, ev_rx) = mpsc::channel::<IndexEvent>(8192);
+    // Room for a whole batch while the previous one commits, so decoding and
+    // writing overlap when the stream runs faster than the writer.
+    let (ev_tx, ev_rx) = mpsc::channel::<IndexEvent>(cfg.writer.max_events.max(1024));
 
     let mut source_tasks = Vec::new();
     for (id, spec) in specs {

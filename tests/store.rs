@@ -9,15 +9,14 @@ use serde_json::json;
 
 fn like(did: &str, rkey: &str, subject: &str) -> Change {
     let record = json!({"$type": "app.bsky.feed.like", "subject": {"uri": subject, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "createdAt": "2026-01-01T00:00:00Z"});
-    Change::Put(RecordWrite {
-        did: did.into(),
-        collection: "app.bsky.feed.like".into(),
-        rkey: rkey.into(),
-        cid: "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".into(),
-        rev: "3m2".into(),
-        links: lexview::index::links::extract_links(&record),
+    Change::Put(RecordWrite::new(
+        did.into(),
+        "app.bsky.feed.like".into(),
+        rkey.into(),
+        "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".into(),
+        "3m2".into(),
         record,
-    })
+    ))
 }
 
 fn event(seq: i64, changes: Vec<Change>) -> IndexEvent {

@@ -18,16 +18,54 @@ impl Link {
     }
 }
 
-/// A record version to index.
+/// A record version to index. Built by [`RecordWrite::new`], which does the
+/// per-record string work (URI, JSON text, links) on the ingest thread so the
+/// single writer only moves prepared values into DuckDB.
 #[derive(Debug, Clone)]
 pub struct RecordWrite {
+    pub uri: String,
     pub did: String,
     pub collection: String,
     pub rkey: String,
     pub cid: String,
     pub rev: String,
     pub record: Value,
+    /// `record` serialised once, as stored.
+    pub json: String,
+    /// The record's own `createdAt`, when it has one.
+    pub created_at: Option<String>,
     pub links: Vec<Link>,
+}
+
+impl RecordWrite {
+    pub fn new(
+        did: String,
+        collection: String,
+        rkey: String,
+        cid: String,
+        rev: String,
+        record: Value,
+    ) -> RecordWrite {
+        let uri = format!("at://{did}/{collection}/{rkey}");
+        let json = record.to_string();
+        let created_at = record
+            .get("createdAt")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let links = super::links::extract_links(&record);
+        RecordWrite {
+            uri,
+            did,
+            collection,
+            rkey,
+            cid,
+            rev,
+            record,
+            json,
+            created_at,
+            links,
+        }
+    }
 }
 
 /// A record that failed decoding or validation.
@@ -69,9 +107,9 @@ pub enum Change {
 
 impl Change {
     /// The AT-URI of the record this change touches, if it touches one.
-    pub fn record_uri(&self) -> Option<String> {
+    pub fn record_uri(&self) -> Option<std::borrow::Cow<'_, str>> {
         let (did, collection, rkey) = match self {
-            Change::Put(w) => (&w.did, &w.collection, &w.rkey),
+            Change::Put(w) => return Some(std::borrow::Cow::Borrowed(&w.uri)),
             Change::Delete {
                 did,
                 collection,
@@ -81,7 +119,9 @@ impl Change {
             Change::Invalid(q) => (&q.did, &q.collection, &q.rkey),
             _ => return None,
         };
-        Some(format!("at://{did}/{collection}/{rkey}"))
+        Some(std::borrow::Cow::Owned(format!(
+            "at://{did}/{collection}/{rkey}"
+        )))
     }
 }
 

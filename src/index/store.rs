@@ -2,6 +2,7 @@
 //! counts, actors and the cursor consistent in one transaction, and read
 //! connections for the API.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The latest identity (handle) and account (active, status) seen for a DID in a batch.
 type ActorUpdate<'a> = (Option<Option<&'a str>>, Option<(bool, Option<&'a str>)>);
+
+/// A hash map with a fast non-cryptographic hasher, for per-batch bookkeeping
+/// whose keys come from the batch itself.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What one committed batch did, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -129,7 +134,10 @@ impl Store {
     pub fn apply(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         let result = self.apply_in_txn(events);
-        finish_transaction(&self.conn, result)
+        let clock = std::time::Instant::now();
+        let result = finish_transaction(&self.conn, result);
+        tracing::debug!(commit_ms = clock.elapsed().as_millis(), "batch committed");
+        result
     }
 
     fn apply_in_txn(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
@@ -137,8 +145,9 @@ impl Store {
             events: events.len(),
             ..Default::default()
         };
+        let clock = std::time::Instant::now();
         // The final state of every record the batch touches: later changes win.
-        let mut finals: IndexMap<String, &Change> = IndexMap::new();
+        let mut changes: Vec<(Cow<str>, &Change)> = Vec::new();
         let mut actors: IndexMap<&str, ActorUpdate> = IndexMap::new();
         let mut cursors: HashMap<&str, (i64, Option<&str>)> = HashMap::new();
         for ev in events {
@@ -152,30 +161,37 @@ impl Store {
                         active,
                         status,
                     } => actors.entry(did).or_default().1 = Some((*active, status.as_deref())),
-                    other => {
-                        let uri = other.record_uri().expect("record change");
-                        finals.shift_remove(&uri);
-                        finals.insert(uri, other);
-                    }
+                    other => changes.push((other.record_uri().expect("record change"), other)),
                 }
             }
             if let Some(c) = ev.cursor {
                 cursors.insert(&ev.source, (c, ev.time.as_deref()));
             }
         }
+        let mut last: FastMap<&str, usize> = FastMap::default();
+        last.reserve(changes.len());
+        for (i, (uri, _)) in changes.iter().enumerate() {
+            last.insert(uri, i);
+        }
+        let finals: Vec<(&str, &Change)> = changes
+            .iter()
+            .enumerate()
+            .filter(|(i, (uri, _))| last[uri.as_ref()] == *i)
+            .map(|(_, (uri, change))| (uri.as_ref(), *change))
+            .collect();
         let now = now_value();
-        let mut timing = [0u128; 4];
-        let clock = std::time::Instant::now();
+        let mut timing = [0u128; 5];
+        timing[0] = clock.elapsed().as_millis();
         if !finals.is_empty() {
             {
                 let mut app = self.conn.appender("batch_uris")?;
-                for uri in finals.keys() {
+                for (uri, _) in &finals {
                     app.append_row(params![uri])?;
                 }
             }
             // Old versions go; their links come back from the DELETE, so the
             // count deltas are computed here rather than by joining `links` again.
-            let mut deltas: HashMap<(String, String, String), i64> = HashMap::new();
+            let mut removed: Vec<(String, String, String)> = Vec::new();
             {
                 let mut stmt = self.conn.prepare(
                     "DELETE FROM links WHERE source_uri IN (SELECT uri FROM batch_uris)
@@ -183,29 +199,29 @@ impl Store {
                 )?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    *deltas.entry((r.get(0)?, r.get(1)?, r.get(2)?)).or_default() -= 1;
+                    removed.push((r.get(0)?, r.get(1)?, r.get(2)?));
                 }
             }
             self.conn.execute_batch(
                 "DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
                  DELETE FROM batch_uris;",
             )?;
-            timing[0] = clock.elapsed().as_millis();
+            timing[1] = clock.elapsed().as_millis();
+            let mut deltas: FastMap<(&str, &str, &str), i64> = FastMap::default();
+            for (target, collection, path) in &removed {
+                *deltas.entry((target, collection, path)).or_default() -= 1;
+            }
             let mut records = self.conn.appender("records")?;
             let mut links = self.conn.appender("links")?;
             let mut quarantine = self.conn.appender("quarantine")?;
             for (uri, change) in &finals {
                 match change {
                     Change::Put(w) => {
-                        append_record(&mut records, uri, w, &now)?;
+                        append_record(&mut records, w, &now)?;
                         for link in &w.links {
-                            append_link(&mut links, uri, w, link)?;
+                            append_link(&mut links, w, link)?;
                             *deltas
-                                .entry((
-                                    link.target.clone(),
-                                    w.collection.clone(),
-                                    link.path.clone(),
-                                ))
+                                .entry((&link.target, &w.collection, &link.path))
                                 .or_default() += 1;
                         }
                         stats.puts += 1;
@@ -223,7 +239,7 @@ impl Store {
             links.flush()?;
             quarantine.flush()?;
             drop((records, links, quarantine));
-            timing[1] = clock.elapsed().as_millis();
+            timing[2] = clock.elapsed().as_millis();
             deltas.retain(|_, n| *n != 0);
             if !deltas.is_empty() {
                 {
@@ -243,17 +259,8 @@ impl Store {
                         .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
                 }
             }
-            timing[2] = clock.elapsed().as_millis();
+            timing[3] = clock.elapsed().as_millis();
         }
-        timing[3] = clock.elapsed().as_millis();
-        tracing::debug!(
-            records = finals.len(),
-            remove_ms = timing[0],
-            append_ms = timing[1],
-            links_ms = timing[2],
-            total_ms = timing[3],
-            "batch applied"
-        );
         for (did, (identity, account)) in &actors {
             self.conn.execute(
                 "INSERT INTO actors (did, handle, active, status, updated_at) VALUES (?, ?, true, NULL, ?)
@@ -281,38 +288,37 @@ impl Store {
                 params![source, cursor, time, now],
             )?;
         }
+        timing[4] = clock.elapsed().as_millis();
+        tracing::debug!(
+            records = finals.len(),
+            prepare_ms = timing[0],
+            remove_ms = timing[1],
+            append_ms = timing[2],
+            counts_ms = timing[3],
+            total_ms = timing[4],
+            "batch applied"
+        );
         Ok(stats)
     }
 }
 
-fn append_record(
-    app: &mut duckdb::Appender,
-    uri: &str,
-    w: &RecordWrite,
-    now: &DbValue,
-) -> duckdb::Result<()> {
-    let created_at = w.record.get("createdAt").and_then(|v| v.as_str());
+fn append_record(app: &mut duckdb::Appender, w: &RecordWrite, now: &DbValue) -> duckdb::Result<()> {
     app.append_row(params![
-        uri,
+        w.uri,
         w.did,
         w.collection,
         w.rkey,
         w.cid,
         w.rev,
-        w.record.to_string(),
-        created_at,
+        w.json,
+        w.created_at,
         now
     ])
 }
 
-fn append_link(
-    app: &mut duckdb::Appender,
-    uri: &str,
-    w: &RecordWrite,
-    link: &Link,
-) -> duckdb::Result<()> {
+fn append_link(app: &mut duckdb::Appender, w: &RecordWrite, link: &Link) -> duckdb::Result<()> {
     app.append_row(params![
-        uri,
+        w.uri,
         w.did,
         w.collection,
         link.path,
