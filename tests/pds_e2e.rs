@@ -140,6 +140,92 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "the invalid status is not indexed"
     );
 
+    // Constellation-compatible backlinks.
+    let mut answers: Vec<(&str, Value)> = Vec::new();
+    let enc = |s: &Value| s.as_str().unwrap().replace(':', "%3A").replace('/', "%2F");
+    let (status, body) = server.get(&format!(
+        "/xrpc/blue.microcosm.links.getBacklinks?subject={}&source=app.bsky.feed.like:subject.uri",
+        enc(&p1["uri"])
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 1, "carol's like was deleted: {body}");
+    assert_eq!(
+        body["records"],
+        json!([{"did": bob, "collection": "app.bsky.feed.like", "rkey": body["records"][0]["rkey"]}])
+    );
+    answers.push(("blue.microcosm.links.getBacklinks", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/blue.microcosm.links.getBacklinksCount?subject={}&source=app.bsky.feed.post:reply.root.uri",
+        enc(&p1["uri"])
+    ));
+    assert_eq!(body, json!({"total": 2}));
+    answers.push(("blue.microcosm.links.getBacklinksCount", body));
+    // Alice's followers, one page at a time, newest first.
+    let page = |cursor: Option<&str>| {
+        let mut q = format!(
+            "/xrpc/blue.microcosm.links.getBacklinkDids?subject={alice}&source=app.bsky.graph.follow:subject&limit=1"
+        );
+        if let Some(c) = cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        server.get(&q)
+    };
+    let (status, first) = page(None);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["total"], 2);
+    assert_eq!(
+        first["linking_dids"],
+        json!([carol]),
+        "newest first: {first}"
+    );
+    let (_, second) = page(first["cursor"].as_str());
+    assert_eq!(second["linking_dids"], json!([bob]), "{second}");
+    assert!(second.get("cursor").is_none(), "last page: {second}");
+    answers.push(("blue.microcosm.links.getBacklinkDids", first));
+    answers.push(("blue.microcosm.links.getBacklinkDids", second));
+    // The same through getBacklinks, filtered to one follower's DID.
+    let (_, body) = server.get(&format!(
+        "/xrpc/blue.microcosm.links.getBacklinks?subject={alice}&source=app.bsky.graph.follow:subject&did={bob}"
+    ));
+    assert_eq!(body["total"], 1, "{body}");
+    assert_eq!(body["records"][0]["did"], json!(bob));
+    answers.push(("blue.microcosm.links.getBacklinks", body));
+    let refs: Vec<(&str, &Value)> = answers.iter().map(|(n, v)| (*n, v)).collect();
+    common::assert_valid_outputs(&refs);
+    // Bad parameters get the envelope, naming the parameter.
+    for (query, names) in [
+        ("subject=did:plc:x&source=nocolon", "source"),
+        (
+            "subject=did:plc:x&source=app.bsky.graph.follow:subject&limit=0",
+            "limit",
+        ),
+        (
+            "subject=did:plc:x&source=app.bsky.graph.follow:subject&limit=101",
+            "limit",
+        ),
+        (
+            "subject=did:plc:x&source=app.bsky.graph.follow:subject&cursor=%21%21",
+            "cursor",
+        ),
+        ("source=app.bsky.graph.follow:subject", "subject"),
+        (
+            "subject=did:plc:x&source=app.bsky.graph.follow:subject&did=nope",
+            "did",
+        ),
+    ] {
+        let (status, body) =
+            server.get(&format!("/xrpc/blue.microcosm.links.getBacklinks?{query}"));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("InvalidRequest")),
+            "{query}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(names),
+            "{query}: {body}"
+        );
+    }
+
     assert!(server.stop().success(), "clean exit on SIGTERM");
 
     // Backlink counts, exact after the delete.

@@ -145,7 +145,7 @@ fn links_have_paths_and_target_dids() {
                 target: POST2.into()
             },
             Link {
-                path: ".facets[].features[].did".into(),
+                path: ".facets[].features[app.bsky.richtext.facet#mention].did".into(),
                 target: "did:plc:zzzz".into()
             },
         ]

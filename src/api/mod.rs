@@ -1,5 +1,6 @@
 //! The HTTP surface: XRPC, GraphQL, health and metrics, one axum router.
 
+pub mod backlinks;
 pub mod graphql;
 pub mod health;
 pub mod params;

@@ -7,6 +7,7 @@ use axum::Json;
 use duckdb::params;
 use serde_json::{json, Value};
 
+use super::backlinks;
 use super::params::{parse, Params};
 use super::{AppState, XrpcError};
 use crate::metrics::Metrics;
@@ -22,6 +23,15 @@ pub async fn dispatch(
     let result = match nsid.as_str() {
         "com.atproto.repo.getRecord" => get_record(&state, &nsid, &pairs).await,
         "com.atproto.repo.listRecords" => list_records(&state, &nsid, &pairs).await,
+        "blue.microcosm.links.getBacklinks" => {
+            backlinks::get_backlinks(&state, &nsid, &pairs).await
+        }
+        "blue.microcosm.links.getBacklinksCount" => {
+            backlinks::get_backlinks_count(&state, &nsid, &pairs).await
+        }
+        "blue.microcosm.links.getBacklinkDids" => {
+            backlinks::get_backlink_dids(&state, &nsid, &pairs).await
+        }
         _ => Err(XrpcError::not_implemented(&nsid)),
     };
     match result {

@@ -1,14 +1,19 @@
 //! Link extraction: every AT-URI and DID anywhere in a record, with its path.
 //! This is what makes replies, likes, follows, RSVPs and reviews one index for
 //! any lexicon, known in advance or not.
+//!
+//! Paths follow Constellation's convention, so its clients' `source`
+//! parameters (`app.bsky.feed.like:subject.uri`) mean the same here: `.key`
+//! for an object field, `[]` for an array element, `[type]` for an array
+//! element that is an object with a `$type`.
 
 use serde_json::Value;
 
 use super::event::Link;
 use crate::syntax::{is_valid_at_uri, is_valid_did};
 
-/// All links of a record. Paths use `.field` for object keys and `[]` for
-/// array elements: `.subject.uri`, `.reply.parent.uri`, `.facets[].features[].did`.
+/// All links of a record: `.subject.uri`, `.reply.parent.uri`,
+/// `.facets[].features[app.bsky.richtext.facet#mention].did`.
 pub fn extract_links(record: &Value) -> Vec<Link> {
     let mut out = Vec::new();
     let mut path = String::new();
@@ -30,11 +35,15 @@ fn walk(value: &Value, path: &mut String, out: &mut Vec<Link>) {
         }
         Value::Array(items) => {
             let len = path.len();
-            path.push_str("[]");
             for item in items {
+                path.push('[');
+                if let Some(t) = item.get("$type").and_then(Value::as_str) {
+                    path.push_str(t);
+                }
+                path.push(']');
                 walk(item, path, out);
+                path.truncate(len);
             }
-            path.truncate(len);
         }
         Value::Object(map) => {
             for (key, v) in map {

@@ -61,3 +61,45 @@ pub fn assert_lines_eq(expected: &str, got: &str) {
 pub mod pds;
 pub mod relay;
 pub mod server;
+
+/// Checks XRPC answers against the bundled lexicons with Bluesky's own
+/// validator (`@atproto/lexicon`, run by `tests/harness/check-xrpc.mjs`);
+/// panics naming every answer that does not conform. Needs the npm harness
+/// (`tests/harness/setup.sh`).
+pub fn assert_valid_outputs(answers: &[(&str, &serde_json::Value)]) {
+    use std::io::Write;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("node")
+        .arg(root.join("tests/harness/check-xrpc.mjs"))
+        .arg(root.join("lexicons"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js >= 20) is needed to validate XRPC answers");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for (nsid, output) in answers {
+            let line = serde_json::json!({"nsid": nsid, "output": output});
+            writeln!(stdin, "{line}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "check-xrpc.mjs failed");
+    let verdicts: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(verdicts.len(), answers.len(), "one verdict per answer");
+    let bad: Vec<String> = answers
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| v["ok"] != true)
+        .map(|((nsid, output), v)| format!("{nsid}: {} in {output}", v["error"]))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "answers that fail their lexicon:\n{}",
+        bad.join("\n")
+    );
+}
