@@ -52,6 +52,9 @@ struct ServeArgs {
     /// Directory of lexicon JSON files (searched recursively).
     #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
     lexicons: PathBuf,
+    /// Directory of SQL-defined query methods (`<nsid>.sql`, each with a query lexicon).
+    #[arg(long, env = "LEXVIEW_QUERIES", default_value = "./queries")]
+    queries: PathBuf,
     /// Directory for the DuckDB store (and later the search index).
     #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
     data: PathBuf,
@@ -106,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = ServeConfig {
                 sources: a.sources,
                 lexicons: a.lexicons,
+                queries: a.queries,
                 data: a.data,
                 listen: a.listen,
                 plc: a.plc,

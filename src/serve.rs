@@ -33,6 +33,7 @@ pub enum Verify {
 pub struct ServeConfig {
     pub sources: Vec<String>,
     pub lexicons: PathBuf,
+    pub queries: PathBuf,
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub plc: String,
@@ -150,7 +151,18 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     ));
     let schema = api::graphql::build_schema(&catalog, readers.clone())
         .context("building the GraphQL schema")?;
+    let (queries, query_errors) = api::queries::load(&cfg.queries, &catalog, &readers);
+    for e in &query_errors {
+        tracing::error!("query method not served: {e}");
+    }
+    tracing::info!(
+        methods = ?queries.names().collect::<Vec<_>>(),
+        failed = query_errors.len(),
+        "query methods loaded from {}",
+        cfg.queries.display()
+    );
     let state = AppState {
+        queries: Arc::new(queries),
         readers,
         catalog: catalog.clone(),
         metrics: metrics.clone(),

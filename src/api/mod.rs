@@ -4,6 +4,7 @@ pub mod backlinks;
 pub mod graphql;
 pub mod health;
 pub mod params;
+pub mod queries;
 pub mod xrpc;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub positions: Arc<Positions>,
     pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
+    pub queries: Arc<queries::QueryMethods>,
 }
 
 /// The router, separate from `main` so tests can drive it in-process.

@@ -32,7 +32,10 @@ pub async fn dispatch(
         "blue.microcosm.links.getBacklinkDids" => {
             backlinks::get_backlink_dids(&state, &nsid, &pairs).await
         }
-        _ => Err(XrpcError::not_implemented(&nsid)),
+        other => match state.queries.get(other) {
+            Some(method) => super::queries::run(&state, method, &pairs).await,
+            None => Err(XrpcError::not_implemented(&nsid)),
+        },
     };
     match result {
         Ok(v) => Json(v).into_response(),

@@ -106,6 +106,14 @@ impl Catalog {
         Ok(())
     }
 
+    /// Compiles a schema that sits inside document `doc_id` but is not a def
+    /// of its own (a method's output schema), with its refs qualified.
+    pub fn compile_schema(&self, doc_id: &str, schema: &Value) -> Result<Field, String> {
+        let mut field: Field = serde_json::from_value(schema.clone()).map_err(|e| e.to_string())?;
+        qualify_refs(doc_id, &mut field);
+        Ok(field)
+    }
+
     /// A def by its fully-qualified id (`nsid#name`).
     pub fn def(&self, id: &str) -> Option<&Field> {
         self.defs.get(id)

@@ -28,6 +28,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(sources: &[&str], data: &Path, lexicons: &Path) -> Server {
+        let queries = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
+        Server::start_with(sources, data, lexicons, &queries)
+    }
+
+    /// As [`Server::start`], with SQL query methods from `queries`.
+    pub fn start_with(sources: &[&str], data: &Path, lexicons: &Path, queries: &Path) -> Server {
         let port = free_port();
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
@@ -36,6 +42,8 @@ impl Server {
                 data.to_str().unwrap(),
                 "--lexicons",
                 lexicons.to_str().unwrap(),
+                "--queries",
+                queries.to_str().unwrap(),
             ])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
             .env("LEXVIEW_LOG", "info")

@@ -1,0 +1,224 @@
+//! Lexicon-defined query methods: a `type: query` lexicon plus an SQL file
+//! `queries/<nsid>.sql` is served at `GET /xrpc/<nsid>`.
+//!
+//! The contract for the SQL file:
+//! - one SELECT (a `WITH` in front is fine), no trailing statement;
+//! - parameters appear as `$name`, where `name` is one of the lexicon's
+//!   parameters; they are checked against the lexicon and bound as values,
+//!   never spliced into the text (a parameter the request omits, with no
+//!   lexicon default, is bound as NULL; an array parameter as JSON text);
+//! - the rows become the items of the output schema's one array property
+//!   (or, when the output has no array property, the first row is the output);
+//!   columns become fields by name, NULLs are left out, JSON columns are
+//!   embedded as JSON;
+//! - every answer is checked against the lexicon's output schema; one that
+//!   does not conform is a 500 naming the field, never sent.
+//!
+//! Files are checked when the server starts (lexicon present and a query,
+//! SQL that prepares, every `$name` a lexicon parameter): a bad file is
+//! reported with its path and not served; the rest are.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::params::parse;
+use super::{AppState, XrpcError};
+use crate::index::store::ReadPool;
+use crate::lexicon::{Catalog, Field};
+
+/// One SQL-backed method, checked at load.
+#[derive(Debug)]
+pub struct QueryMethod {
+    pub nsid: String,
+    pub path: PathBuf,
+    /// The statement, wrapped so that each row comes back as one JSON object.
+    wrapped: String,
+    output: Field,
+    /// The output property the rows go into, if the output has an array property.
+    list_property: Option<String>,
+}
+
+/// The methods found under `--queries`, by NSID.
+#[derive(Debug, Default)]
+pub struct QueryMethods(HashMap<String, QueryMethod>);
+
+impl QueryMethods {
+    pub fn get(&self, nsid: &str) -> Option<&QueryMethod> {
+        self.0.get(nsid)
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+/// A query file that cannot be served, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct QueryFileError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Loads every `*.sql` in `dir` (a missing directory holds no methods).
+pub fn load(
+    dir: &Path,
+    catalog: &Catalog,
+    readers: &ReadPool,
+) -> (QueryMethods, Vec<QueryFileError>) {
+    let mut methods = QueryMethods::default();
+    let mut errors = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (methods, errors);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        match load_one(&path, catalog, readers) {
+            Ok(m) => {
+                methods.0.insert(m.nsid.clone(), m);
+            }
+            Err(message) => errors.push(QueryFileError { path, message }),
+        }
+    }
+    (methods, errors)
+}
+
+fn load_one(path: &Path, catalog: &Catalog, readers: &ReadPool) -> Result<QueryMethod, String> {
+    let nsid = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("the file name is not <nsid>.sql")?
+        .to_string();
+    let Some(Field::Query(method)) = catalog.def(&format!("{nsid}#main")) else {
+        return Err(format!(
+            "no `type: query` lexicon {nsid} is loaded (the file name names the method)"
+        ));
+    };
+    let schema = method
+        .output
+        .as_ref()
+        .filter(|o| o.get("encoding").and_then(Value::as_str) == Some("application/json"))
+        .and_then(|o| o.get("schema"))
+        .ok_or("the lexicon has no application/json output schema")?;
+    let output = catalog.compile_schema(&nsid, schema)?;
+    let list_property = match &output {
+        Field::Object(o) => o
+            .properties
+            .iter()
+            .find(|(_, f)| matches!(f, Field::Array { .. }))
+            .map(|(name, _)| name.clone()),
+        _ => None,
+    };
+    let params: Vec<String> = match method.parameters.as_deref() {
+        Some(Field::Params(p)) => p.properties.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let sql = text.trim().trim_end_matches(';').trim_end();
+    if sql.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let wrapped = format!("SELECT to_json(q)::VARCHAR FROM (\n{sql}\n) AS q");
+    let names = readers
+        .with_blocking(|c| {
+            let stmt = c.prepare(&wrapped)?;
+            (1..=stmt.parameter_count())
+                .map(|i| stmt.parameter_name(i))
+                .collect::<duckdb::Result<Vec<String>>>()
+        })
+        .map_err(|e| format!("the SQL does not prepare: {e}"))?;
+    if let Some(unknown) = names.iter().find(|n| !params.contains(n)) {
+        return Err(format!(
+            "${unknown} is not a parameter of the lexicon (it has: {})",
+            params.join(", ")
+        ));
+    }
+    Ok(QueryMethod {
+        nsid,
+        path: path.to_path_buf(),
+        wrapped,
+        output,
+        list_property,
+    })
+}
+
+/// Runs a method for one request.
+pub async fn run(
+    state: &AppState,
+    method: &QueryMethod,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    let p = parse(&state.catalog, &method.nsid, pairs)?;
+    let sql = method.wrapped.clone();
+    let rows: Vec<String> = state
+        .readers
+        .with(move |c| {
+            let mut stmt = c.prepare(&sql)?;
+            for i in 1..=stmt.parameter_count() {
+                let name = stmt.parameter_name(i)?;
+                match p.0.get(&name) {
+                    None | Some(Value::Null) => stmt.raw_bind_parameter(i, duckdb::types::Null)?,
+                    Some(Value::String(s)) => stmt.raw_bind_parameter(i, s.as_str())?,
+                    Some(Value::Bool(b)) => stmt.raw_bind_parameter(i, *b)?,
+                    Some(Value::Number(n)) => match n.as_i64() {
+                        Some(n) => stmt.raw_bind_parameter(i, n)?,
+                        None => stmt.raw_bind_parameter(i, n.to_string())?,
+                    },
+                    Some(other) => stmt.raw_bind_parameter(i, other.to_string())?,
+                }
+            }
+            // duckdb's raw_query does not execute by itself (rusqlite's does).
+            stmt.raw_execute()?;
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(r.get::<_, String>(0)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            let mut v: Value = serde_json::from_str(r)
+                .map_err(|e| XrpcError::internal(format!("row is not JSON: {e}")))?;
+            if let Value::Object(o) = &mut v {
+                o.retain(|_, f| !f.is_null());
+            }
+            Ok(v)
+        })
+        .collect::<Result<Vec<Value>, XrpcError>>()?;
+    let output = match &method.list_property {
+        Some(name) => {
+            let mut o = serde_json::Map::new();
+            o.insert(name.clone(), Value::Array(items));
+            Value::Object(o)
+        }
+        None => items
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Value::Object(Default::default())),
+    };
+    state
+        .catalog
+        .validate_value(&method.output, &output)
+        .map_err(|e| {
+            tracing::error!(method = method.nsid, path = %method.path.display(), error = %e, "query method answer does not match its lexicon");
+            XrpcError::internal(format!(
+                "the answer of {} does not match its lexicon: Output{} {}",
+                method.nsid, e.path, e.message
+            ))
+        })?;
+    Ok(output)
+}
