@@ -93,7 +93,7 @@ fn commit_with_records_indexes_and_validates() {
     };
     match &ev.changes[..] {
         [Change::Put(p), Change::Invalid(q)] => {
-            assert_eq!(p.record, good);
+            assert_eq!(p.value(), good);
             assert_eq!(
                 q.reason,
                 "record.status: 2 graphemes, more than the maximum 1"

@@ -33,7 +33,7 @@ fn production_frames_match_production_jetstream() {
             let (key, value) = match change {
                 Change::Put(w) => (
                     format!("commit {} {} {} {}", w.did, w.rev, w.collection, w.rkey),
-                    json!({"cid": w.cid, "record": w.record}),
+                    json!({"cid": w.cid, "record": w.value()}),
                 ),
                 Change::Invalid(q) => (
                     format!("commit {} {} {} {}", q.did, q.rev, q.collection, q.rkey),

@@ -20,7 +20,9 @@ impl Link {
 
 /// A record version to index. Built by [`RecordWrite::new`], which does the
 /// per-record string work (URI, JSON text, links) on the ingest thread so the
-/// single writer only moves prepared values into DuckDB.
+/// single writer only moves prepared values into DuckDB. The decoded value is
+/// dropped there too: freeing its tree on the thread that allocated it is much
+/// cheaper than on the writer's.
 #[derive(Debug, Clone)]
 pub struct RecordWrite {
     pub uri: String,
@@ -29,8 +31,7 @@ pub struct RecordWrite {
     pub rkey: String,
     pub cid: String,
     pub rev: String,
-    pub record: Value,
-    /// `record` serialised once, as stored.
+    /// The record in the data model's JSON form, as stored.
     pub json: String,
     /// The record's own `createdAt`, when it has one.
     pub created_at: Option<String>,
@@ -38,6 +39,11 @@ pub struct RecordWrite {
 }
 
 impl RecordWrite {
+    /// The record parsed back from its stored JSON.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.json).expect("RecordWrite::new wrote this JSON")
+    }
+
     pub fn new(
         did: String,
         collection: String,
@@ -60,7 +66,6 @@ impl RecordWrite {
             rkey,
             cid,
             rev,
-            record,
             json,
             created_at,
             links,
