@@ -55,6 +55,15 @@ struct ServeArgs {
     /// Directory of SQL-defined query methods (`<nsid>.sql`, each with a query lexicon).
     #[arg(long, env = "LEXVIEW_QUERIES", default_value = "./queries")]
     queries: PathBuf,
+    /// Directory of feed definitions (`<rkey>.sql`) served by getFeedSkeleton.
+    #[arg(long, env = "LEXVIEW_FEEDS", default_value = "./feeds")]
+    feeds: PathBuf,
+    /// The feed generator service's DID (describeFeedGenerator's `did`).
+    #[arg(long, env = "LEXVIEW_FEEDGEN_DID", default_value = "did:web:localhost")]
+    feedgen_did: String,
+    /// The DID whose app.bsky.feed.generator records name the feeds (default: --feedgen-did).
+    #[arg(long, env = "LEXVIEW_FEED_PUBLISHER")]
+    feed_publisher: Option<String>,
     /// Directory for the DuckDB store (and later the search index).
     #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
     data: PathBuf,
@@ -110,6 +119,9 @@ fn main() -> anyhow::Result<()> {
                 sources: a.sources,
                 lexicons: a.lexicons,
                 queries: a.queries,
+                feeds: a.feeds,
+                feed_publisher: a.feed_publisher.unwrap_or_else(|| a.feedgen_did.clone()),
+                feedgen_did: a.feedgen_did,
                 data: a.data,
                 listen: a.listen,
                 plc: a.plc,

@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub sources: Vec<String>,
     pub lexicons: PathBuf,
     pub queries: PathBuf,
+    pub feeds: PathBuf,
+    pub feedgen_did: String,
+    pub feed_publisher: String,
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub plc: String,
@@ -161,8 +164,22 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         "query methods loaded from {}",
         cfg.queries.display()
     );
+    anyhow::ensure!(
+        crate::syntax::is_valid_did(&cfg.feedgen_did)
+            && crate::syntax::is_valid_did(&cfg.feed_publisher),
+        "--feedgen-did and --feed-publisher must be DIDs (got {:?} and {:?})",
+        cfg.feedgen_did,
+        cfg.feed_publisher
+    );
+    let (feeds, feed_errors) =
+        api::feeds::load(&cfg.feeds, &cfg.feedgen_did, &cfg.feed_publisher, &readers);
+    for e in &feed_errors {
+        tracing::error!("feed not served: {e}");
+    }
+    tracing::info!(feeds = ?feeds.uris(), failed = feed_errors.len(), "feeds loaded from {}", cfg.feeds.display());
     let state = AppState {
         queries: Arc::new(queries),
+        feeds: Arc::new(feeds),
         readers,
         catalog: catalog.clone(),
         metrics: metrics.clone(),

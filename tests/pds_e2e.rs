@@ -56,6 +56,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "hi both",
         Some(json!({"root": strong_ref(&p1), "parent": strong_ref(&r1)})),
     ));
+    let rust1 = pds.cmd(post(&bob, "Learning Rust today", None));
+    pds.cmd(post(&carol, "rustic bread, no crabs", None));
+    let rust2 = pds.cmd(post(&carol, "rust borrowck is my friend", None));
     let like = |did: &str, subject: &Value| json!({"op": "create", "did": did, "collection": "app.bsky.feed.like", "record": {"subject": strong_ref(subject), "createdAt": now}});
     pds.cmd(like(&bob, &p1));
     let carol_like = pds.cmd(like(&carol, &p1));
@@ -116,8 +119,13 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let (_, body) = server.get(&format!(
         "/xrpc/com.atproto.repo.listRecords?repo={bob}&collection=app.bsky.feed.post"
     ));
-    assert_eq!(body["records"].as_array().unwrap().len(), 1, "{body}");
-    assert_eq!(body["records"][0]["uri"], r1["uri"]);
+    let uris: Vec<&Value> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["uri"])
+        .collect();
+    assert_eq!(uris, [&rust1["uri"], &r1["uri"]], "newest first: {body}");
     let (_, body) = server.get(&format!(
         "/xrpc/com.atproto.repo.listRecords?repo={carol}&collection=app.bsky.feed.like"
     ));
@@ -247,6 +255,50 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("InvalidRequest")),
+        "{body}"
+    );
+
+    // The SQL-defined feed (feeds/rust.sql), one post per page, newest first.
+    let (status, body) = server.get("/xrpc/app.bsky.feed.describeFeedGenerator");
+    assert_eq!(status, 200, "{body}");
+    let feed_uri = "at://did:web:localhost/app.bsky.feed.generator/rust";
+    assert_eq!(
+        body,
+        json!({"did": "did:web:localhost", "feeds": [{"uri": feed_uri}]})
+    );
+    answers.push(("app.bsky.feed.describeFeedGenerator", body));
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = format!("/xrpc/app.bsky.feed.getFeedSkeleton?feed={feed_uri}&limit=1");
+        if let Some(c) = &cursor {
+            q.push_str(&format!(
+                "&cursor={}",
+                c.replace(' ', "%20").replace(':', "%3A")
+            ));
+        }
+        let (status, body) = server.get(&q);
+        assert_eq!(status, 200, "{body}");
+        seen.extend(
+            body["feed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["post"].clone()),
+        );
+        cursor = body["cursor"].as_str().map(str::to_string);
+        answers.push(("app.bsky.feed.getFeedSkeleton", body));
+        if cursor.is_none() || seen.len() > 5 {
+            break;
+        }
+    }
+    assert_eq!(seen, vec![rust2["uri"].clone(), rust1["uri"].clone()]);
+    let (status, body) = server.get(
+        "/xrpc/app.bsky.feed.getFeedSkeleton?feed=at://did:web:localhost/app.bsky.feed.generator/nope",
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("UnknownFeed")),
         "{body}"
     );
 

@@ -1,6 +1,7 @@
 //! The HTTP surface: XRPC, GraphQL, health and metrics, one axum router.
 
 pub mod backlinks;
+pub mod feeds;
 pub mod graphql;
 pub mod health;
 pub mod params;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub positions: Arc<Positions>,
     pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
     pub queries: Arc<queries::QueryMethods>,
+    pub feeds: Arc<feeds::Feeds>,
 }
 
 /// The router, separate from `main` so tests can drive it in-process.

@@ -20,6 +20,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
 
 use serde_json::Value;
 
@@ -125,25 +128,7 @@ fn load_one(path: &Path, catalog: &Catalog, readers: &ReadPool) -> Result<QueryM
         _ => Vec::new(),
     };
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let sql = text.trim().trim_end_matches(';').trim_end();
-    if sql.is_empty() {
-        return Err("the file is empty".into());
-    }
-    let wrapped = format!("SELECT to_json(q)::VARCHAR FROM (\n{sql}\n) AS q");
-    let names = readers
-        .with_blocking(|c| {
-            let stmt = c.prepare(&wrapped)?;
-            (1..=stmt.parameter_count())
-                .map(|i| stmt.parameter_name(i))
-                .collect::<duckdb::Result<Vec<String>>>()
-        })
-        .map_err(|e| format!("the SQL does not prepare: {e}"))?;
-    if let Some(unknown) = names.iter().find(|n| !params.contains(n)) {
-        return Err(format!(
-            "${unknown} is not a parameter of the lexicon (it has: {})",
-            params.join(", ")
-        ));
-    }
+    let wrapped = wrap_checked(readers, &text, &params)?;
     Ok(QueryMethod {
         nsid,
         path: path.to_path_buf(),
@@ -160,45 +145,7 @@ pub async fn run(
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
     let p = parse(&state.catalog, &method.nsid, pairs)?;
-    let sql = method.wrapped.clone();
-    let rows: Vec<String> = state
-        .readers
-        .with(move |c| {
-            let mut stmt = c.prepare(&sql)?;
-            for i in 1..=stmt.parameter_count() {
-                let name = stmt.parameter_name(i)?;
-                match p.0.get(&name) {
-                    None | Some(Value::Null) => stmt.raw_bind_parameter(i, duckdb::types::Null)?,
-                    Some(Value::String(s)) => stmt.raw_bind_parameter(i, s.as_str())?,
-                    Some(Value::Bool(b)) => stmt.raw_bind_parameter(i, *b)?,
-                    Some(Value::Number(n)) => match n.as_i64() {
-                        Some(n) => stmt.raw_bind_parameter(i, n)?,
-                        None => stmt.raw_bind_parameter(i, n.to_string())?,
-                    },
-                    Some(other) => stmt.raw_bind_parameter(i, other.to_string())?,
-                }
-            }
-            // duckdb's raw_query does not execute by itself (rusqlite's does).
-            stmt.raw_execute()?;
-            let mut rows = stmt.raw_query();
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(r.get::<_, String>(0)?);
-            }
-            Ok(out)
-        })
-        .await?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            let mut v: Value = serde_json::from_str(r)
-                .map_err(|e| XrpcError::internal(format!("row is not JSON: {e}")))?;
-            if let Value::Object(o) = &mut v {
-                o.retain(|_, f| !f.is_null());
-            }
-            Ok(v)
-        })
-        .collect::<Result<Vec<Value>, XrpcError>>()?;
+    let items = rows(&state.readers, method.wrapped.clone(), p.0).await?;
     let output = match &method.list_property {
         Some(name) => {
             let mut o = serde_json::Map::new();
@@ -221,4 +168,79 @@ pub async fn run(
             ))
         })?;
     Ok(output)
+}
+
+/// Wraps one SELECT so each row comes back as a JSON object, after checking
+/// that it prepares and that its `$name` placeholders are all in `allowed`.
+pub(crate) fn wrap_checked(
+    readers: &ReadPool,
+    text: &str,
+    allowed: &[String],
+) -> Result<String, String> {
+    let sql = text.trim().trim_end_matches(';').trim_end();
+    if sql.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let wrapped = format!("SELECT to_json(q)::VARCHAR FROM (\n{sql}\n) AS q");
+    let names = readers
+        .with_blocking(|c| {
+            let stmt = c.prepare(&wrapped)?;
+            (1..=stmt.parameter_count())
+                .map(|i| stmt.parameter_name(i))
+                .collect::<duckdb::Result<Vec<String>>>()
+        })
+        .map_err(|e| format!("the SQL does not prepare: {e}"))?;
+    if let Some(unknown) = names.iter().find(|n| !allowed.contains(n)) {
+        return Err(format!(
+            "${unknown} is not a parameter here (allowed: {})",
+            allowed.join(", ")
+        ));
+    }
+    Ok(wrapped)
+}
+
+/// Runs a statement made by [`wrap_checked`], binding each `$name` to
+/// `values[name]` (NULL when absent; arrays and objects as JSON text), and
+/// returns its rows as JSON objects without their NULL fields.
+pub(crate) async fn rows(
+    readers: &Arc<ReadPool>,
+    wrapped: String,
+    values: IndexMap<String, Value>,
+) -> Result<Vec<Value>, XrpcError> {
+    let rows: Vec<String> = readers
+        .with(move |c| {
+            let mut stmt = c.prepare(&wrapped)?;
+            for i in 1..=stmt.parameter_count() {
+                let name = stmt.parameter_name(i)?;
+                match values.get(&name) {
+                    None | Some(Value::Null) => stmt.raw_bind_parameter(i, duckdb::types::Null)?,
+                    Some(Value::String(s)) => stmt.raw_bind_parameter(i, s.as_str())?,
+                    Some(Value::Bool(b)) => stmt.raw_bind_parameter(i, *b)?,
+                    Some(Value::Number(n)) => match n.as_i64() {
+                        Some(n) => stmt.raw_bind_parameter(i, n)?,
+                        None => stmt.raw_bind_parameter(i, n.to_string())?,
+                    },
+                    Some(other) => stmt.raw_bind_parameter(i, other.to_string())?,
+                }
+            }
+            // duckdb's raw_query does not execute by itself (rusqlite's does).
+            stmt.raw_execute()?;
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(r.get::<_, String>(0)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let mut v: Value = serde_json::from_str(r)
+                .map_err(|e| XrpcError::internal(format!("row is not JSON: {e}")))?;
+            if let Value::Object(o) = &mut v {
+                o.retain(|_, f| !f.is_null());
+            }
+            Ok(v)
+        })
+        .collect()
 }

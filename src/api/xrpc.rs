@@ -7,8 +7,8 @@ use axum::Json;
 use duckdb::params;
 use serde_json::{json, Value};
 
-use super::backlinks;
 use super::params::{parse, Params};
+use super::{backlinks, feeds};
 use super::{AppState, XrpcError};
 use crate::metrics::Metrics;
 use crate::syntax::is_valid_did;
@@ -32,6 +32,8 @@ pub async fn dispatch(
         "blue.microcosm.links.getBacklinkDids" => {
             backlinks::get_backlink_dids(&state, &nsid, &pairs).await
         }
+        "app.bsky.feed.describeFeedGenerator" => feeds::describe(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getFeedSkeleton" => feeds::skeleton(&state, &nsid, &pairs).await,
         other => match state.queries.get(other) {
             Some(method) => super::queries::run(&state, method, &pairs).await,
             None => Err(XrpcError::not_implemented(&nsid)),

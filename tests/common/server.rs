@@ -44,6 +44,11 @@ impl Server {
                 lexicons.to_str().unwrap(),
                 "--queries",
                 queries.to_str().unwrap(),
+                "--feeds",
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("feeds")
+                    .to_str()
+                    .unwrap(),
             ])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
             .env("LEXVIEW_LOG", "info")

@@ -1,0 +1,185 @@
+//! A feed generator: `app.bsky.feed.describeFeedGenerator` and
+//! `app.bsky.feed.getFeedSkeleton` for feeds defined by SQL files.
+//!
+//! Each `feeds/<rkey>.sql` is the feed
+//! `at://<publisher>/app.bsky.feed.generator/<rkey>`. The file is one SELECT
+//! that may use `$limit` and `$cursor` (NULL on the first page), both bound,
+//! never spliced, and returns the columns `post` (an AT-URI), `cursor` (the
+//! row's position; the last row's becomes the next page's `$cursor`) and
+//! optionally `feedContext`. Answers are checked against the official
+//! lexicon's output schema before they are sent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde_json::{json, Value};
+
+use super::params::parse;
+use super::queries::{rows, wrap_checked, QueryFileError};
+use super::{AppState, XrpcError};
+use crate::index::store::ReadPool;
+use crate::lexicon::Catalog;
+use crate::syntax::is_valid_record_key;
+
+const GENERATOR: &str = "app.bsky.feed.generator";
+
+/// The feeds this server generates.
+#[derive(Debug, Default)]
+pub struct Feeds {
+    /// The feed generator service's DID (`describeFeedGenerator`'s `did`).
+    pub service_did: String,
+    /// The repo whose `app.bsky.feed.generator` records name the feeds.
+    pub publisher: String,
+    feeds: BTreeMap<String, Feed>,
+}
+
+#[derive(Debug)]
+struct Feed {
+    wrapped: String,
+}
+
+impl Feeds {
+    /// The AT-URIs of the feeds, in rkey order.
+    pub fn uris(&self) -> Vec<String> {
+        self.feeds
+            .keys()
+            .map(|rkey| format!("at://{}/{GENERATOR}/{rkey}", self.publisher))
+            .collect()
+    }
+}
+
+/// Loads every `*.sql` in `dir` (a missing directory holds no feeds).
+pub fn load(
+    dir: &Path,
+    service_did: &str,
+    publisher: &str,
+    readers: &ReadPool,
+) -> (Feeds, Vec<QueryFileError>) {
+    let mut feeds = Feeds {
+        service_did: service_did.to_string(),
+        publisher: publisher.to_string(),
+        feeds: BTreeMap::new(),
+    };
+    let mut errors = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (feeds, errors);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    let allowed = ["limit".to_string(), "cursor".to_string()];
+    for path in paths {
+        let rkey = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let loaded = if is_valid_record_key(&rkey) {
+            std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| wrap_checked(readers, &text, &allowed))
+        } else {
+            Err(format!("{rkey:?} is not a valid record key for a feed"))
+        };
+        match loaded {
+            Ok(wrapped) => {
+                feeds.feeds.insert(rkey, Feed { wrapped });
+            }
+            Err(message) => errors.push(QueryFileError { path, message }),
+        }
+    }
+    (feeds, errors)
+}
+
+pub async fn describe(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    parse(&state.catalog, nsid, pairs)?;
+    let feeds: Vec<Value> = state
+        .feeds
+        .uris()
+        .into_iter()
+        .map(|uri| json!({ "uri": uri }))
+        .collect();
+    let out = json!({ "did": state.feeds.service_did, "feeds": feeds });
+    check_output(&state.catalog, nsid, &out)?;
+    Ok(out)
+}
+
+pub async fn skeleton(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    let p = parse(&state.catalog, nsid, pairs)?;
+    let uri = p.str("feed").unwrap_or_default();
+    let unknown = || XrpcError::named("UnknownFeed", format!("Unknown feed: {uri}"));
+    let rest = uri.strip_prefix("at://").ok_or_else(unknown)?;
+    let mut parts = rest.splitn(3, '/');
+    let (Some(did), Some(collection), Some(rkey)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(unknown());
+    };
+    let feed = (did == state.feeds.publisher && collection == GENERATOR)
+        .then(|| state.feeds.feeds.get(rkey))
+        .flatten()
+        .ok_or_else(unknown)?;
+    let limit = p.int("limit").unwrap_or(50);
+    let mut values = IndexMap::new();
+    values.insert("limit".to_string(), json!(limit));
+    if let Some(c) = p.str("cursor") {
+        values.insert("cursor".to_string(), json!(c));
+    }
+    let rows = rows(&state.readers, feed.wrapped.clone(), values).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut last_cursor = None;
+    for row in &rows {
+        let post = row.get("post").and_then(Value::as_str);
+        let cursor = row.get("cursor").and_then(Value::as_str);
+        let (Some(post), Some(cursor)) = (post, cursor) else {
+            return Err(XrpcError::internal(format!(
+                "feed {rkey}: every row needs string columns `post` and `cursor`, got {row}"
+            )));
+        };
+        let mut item = json!({ "post": post });
+        if let Some(ctx) = row.get("feedContext").and_then(Value::as_str) {
+            item["feedContext"] = json!(ctx);
+        }
+        items.push(item);
+        last_cursor = Some(cursor.to_string());
+    }
+    let mut out = json!({ "feed": items });
+    if rows.len() as i64 >= limit {
+        if let Some(c) = last_cursor {
+            out["cursor"] = json!(c);
+        }
+    }
+    check_output(&state.catalog, nsid, &out)?;
+    Ok(out)
+}
+
+/// Checks an answer against the method's lexicon output schema.
+fn check_output(catalog: &Catalog, nsid: &str, out: &Value) -> Result<(), XrpcError> {
+    let schema = catalog
+        .def(&format!("{nsid}#main"))
+        .and_then(|f| match f {
+            crate::lexicon::Field::Query(m) => m.output.as_ref(),
+            _ => None,
+        })
+        .and_then(|o| o.get("schema"))
+        .ok_or_else(|| XrpcError::internal(format!("no output schema for {nsid}")))?;
+    let field = catalog
+        .compile_schema(nsid, schema)
+        .map_err(XrpcError::internal)?;
+    catalog.validate_value(&field, out).map_err(|e| {
+        XrpcError::internal(format!(
+            "the answer of {nsid} does not match its lexicon: Output{} {}",
+            e.path, e.message
+        ))
+    })
+}
