@@ -145,12 +145,15 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     // The writer owns the store; the API reads through the store's read pool.
     let readers = store.readers();
+    let profiles = Arc::new(api::views::ProfileCache::default());
+    let invalidate = profiles.clone();
     let writer = tokio::spawn(writer::run(
         store,
         ev_rx,
         cfg.writer,
         positions.clone(),
         metrics.clone(),
+        Arc::new(move |batch| invalidate.invalidate(batch)),
     ));
     let schema = api::graphql::build_schema(&catalog, readers.clone())
         .context("building the GraphQL schema")?;
@@ -180,6 +183,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let state = AppState {
         queries: Arc::new(queries),
         feeds: Arc::new(feeds),
+        profiles,
         readers,
         catalog: catalog.clone(),
         metrics: metrics.clone(),

@@ -63,6 +63,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     pds.cmd(like(&bob, &p1));
     let carol_like = pds.cmd(like(&carol, &p1));
     pds.cmd(like(&alice, &r2));
+    pds.cmd(json!({"op": "create", "did": carol, "collection": "app.bsky.feed.repost", "record": {"subject": strong_ref(&p1), "createdAt": now}}));
     let follow = |did: &str, subject: &str| json!({"op": "create", "did": did, "collection": "app.bsky.graph.follow", "record": {"subject": subject, "createdAt": now}});
     pds.cmd(follow(&bob, &alice));
     pds.cmd(follow(&carol, &alice));
@@ -301,6 +302,104 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         (400, Some("UnknownFeed")),
         "{body}"
     );
+
+    // Bluesky views, official shapes.
+    let (status, profile) = server.get("/xrpc/app.bsky.actor.getProfile?actor=alice.test");
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(
+        (
+            &profile["did"],
+            &profile["handle"],
+            &profile["displayName"],
+            &profile["followersCount"],
+            &profile["followsCount"],
+            &profile["postsCount"]
+        ),
+        (
+            &json!(alice),
+            &json!("alice.test"),
+            &json!("Alice B."),
+            &json!(2),
+            &json!(1),
+            &json!(1)
+        ),
+        "{profile}"
+    );
+    answers.push(("app.bsky.actor.getProfile", profile));
+    let (status, body) = server.get("/xrpc/app.bsky.graph.getFollowers?actor=alice.test");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subject"]["handle"], "alice.test");
+    let handles: Vec<&Value> = body["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["handle"])
+        .collect();
+    assert_eq!(
+        handles,
+        [&json!("carol.test"), &json!("bob.test")],
+        "newest first: {body}"
+    );
+    answers.push(("app.bsky.graph.getFollowers", body));
+    let (_, body) = server.get("/xrpc/app.bsky.graph.getFollowers?actor=alice.test&limit=1");
+    assert_eq!(body["followers"][0]["handle"], "carol.test");
+    let (_, next) = server.get(&format!(
+        "/xrpc/app.bsky.graph.getFollowers?actor=alice.test&limit=1&cursor={}",
+        body["cursor"].as_str().expect("a cursor after a full page")
+    ));
+    assert_eq!(next["followers"][0]["handle"], "bob.test", "{next}");
+    assert!(next.get("cursor").is_none(), "{next}");
+    let (_, body) = server.get(&format!("/xrpc/app.bsky.graph.getFollows?actor={bob}"));
+    assert_eq!(body["subject"]["did"], json!(bob));
+    assert_eq!(body["follows"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["follows"][0]["did"], json!(alice));
+    answers.push(("app.bsky.graph.getFollows", body));
+    let (status, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getLikes?uri={}",
+        p1["uri"].as_str().unwrap()
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["uri"], p1["uri"]);
+    assert_eq!(
+        body["likes"].as_array().unwrap().len(),
+        1,
+        "carol's like was deleted: {body}"
+    );
+    assert_eq!(body["likes"][0]["actor"]["handle"], "bob.test");
+    assert_eq!(body["likes"][0]["createdAt"], now);
+    answers.push(("app.bsky.feed.getLikes", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getLikes?uri={}&cid={}",
+        p1["uri"].as_str().unwrap(),
+        p1["cid"].as_str().unwrap()
+    ));
+    assert_eq!(body["likes"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["cid"], p1["cid"]);
+    answers.push(("app.bsky.feed.getLikes", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getLikes?uri={}&cid={}",
+        p1["uri"].as_str().unwrap(),
+        r1["cid"].as_str().unwrap()
+    ));
+    assert_eq!(body["likes"], json!([]), "no like of that version: {body}");
+    let (_, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getRepostedBy?uri={}",
+        p1["uri"].as_str().unwrap()
+    ));
+    assert_eq!(body["repostedBy"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["repostedBy"][0]["did"], json!(carol));
+    answers.push(("app.bsky.feed.getRepostedBy", body));
+    let (status, body) = server.get("/xrpc/app.bsky.actor.getProfile?actor=nobody.test");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("InvalidRequest")),
+        "{body}"
+    );
+    // A profile change reaches the cached view.
+    let changed = pds.cmd(json!({"op": "put", "did": alice, "collection": "app.bsky.actor.profile", "rkey": "self", "record": {"displayName": "Alice C."}}));
+    server.wait_for_cursor(changed["seq"].as_i64().unwrap());
+    let (_, profile) = server.get("/xrpc/app.bsky.actor.getProfile?actor=alice.test");
+    assert_eq!(profile["displayName"], "Alice C.", "{profile}");
 
     let refs: Vec<(&str, &Value)> = answers.iter().map(|(n, v)| (*n, v)).collect();
     common::assert_valid_outputs(&refs);

@@ -50,11 +50,11 @@ fn reverse_param(pairs: &[(String, String)]) -> Result<bool, XrpcError> {
 }
 
 /// A page position: the (rkey, did) of the last item returned.
-fn encode_cursor(rkey: &str, did: &str) -> String {
+pub(crate) fn encode_cursor(rkey: &str, did: &str) -> String {
     BASE64URL_NOPAD.encode(format!("{rkey} {did}").as_bytes())
 }
 
-fn decode_cursor(raw: Option<&str>) -> Result<Option<(String, String)>, XrpcError> {
+pub(crate) fn decode_cursor(raw: Option<&str>) -> Result<Option<(String, String)>, XrpcError> {
     let Some(raw) = raw else { return Ok(None) };
     let bad =
         || XrpcError::invalid_request("Error: Params/cursor is not a cursor this server issued");

@@ -6,6 +6,7 @@ pub mod graphql;
 pub mod health;
 pub mod params;
 pub mod queries;
+pub mod views;
 pub mod xrpc;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
     pub queries: Arc<queries::QueryMethods>,
     pub feeds: Arc<feeds::Feeds>,
+    pub profiles: Arc<views::ProfileCache>,
 }
 
 /// The router, separate from `main` so tests can drive it in-process.

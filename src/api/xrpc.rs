@@ -8,7 +8,7 @@ use duckdb::params;
 use serde_json::{json, Value};
 
 use super::params::{parse, Params};
-use super::{backlinks, feeds};
+use super::{backlinks, feeds, views};
 use super::{AppState, XrpcError};
 use crate::metrics::Metrics;
 use crate::syntax::is_valid_did;
@@ -32,6 +32,11 @@ pub async fn dispatch(
         "blue.microcosm.links.getBacklinkDids" => {
             backlinks::get_backlink_dids(&state, &nsid, &pairs).await
         }
+        "app.bsky.actor.getProfile" => views::get_profile(&state, &nsid, &pairs).await,
+        "app.bsky.graph.getFollowers" => views::get_followers(&state, &nsid, &pairs).await,
+        "app.bsky.graph.getFollows" => views::get_follows(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getLikes" => views::get_likes(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getRepostedBy" => views::get_reposted_by(&state, &nsid, &pairs).await,
         "app.bsky.feed.describeFeedGenerator" => feeds::describe(&state, &nsid, &pairs).await,
         "app.bsky.feed.getFeedSkeleton" => feeds::skeleton(&state, &nsid, &pairs).await,
         other => match state.queries.get(other) {
@@ -55,7 +60,7 @@ pub async fn dispatch_post(State(state): State<AppState>, Path(nsid): Path<Strin
 }
 
 /// The DID for an at-identifier: a DID as is, a handle through the actors table.
-async fn resolve_repo(state: &AppState, repo: &str) -> Result<String, XrpcError> {
+pub(crate) async fn resolve_repo(state: &AppState, repo: &str) -> Result<String, XrpcError> {
     if is_valid_did(repo) {
         return Ok(repo.to_string());
     }

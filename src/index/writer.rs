@@ -55,6 +55,9 @@ impl Positions {
     }
 }
 
+/// Called with each batch once it is committed (e.g. to invalidate caches).
+pub type OnCommit = Arc<dyn Fn(&[IndexEvent]) + Send + Sync>;
+
 /// Runs until the channel closes, then commits what is pending and returns the store.
 pub async fn run(
     mut store: Store,
@@ -62,6 +65,7 @@ pub async fn run(
     config: WriterConfig,
     positions: Arc<Positions>,
     metrics: Arc<Metrics>,
+    on_commit: OnCommit,
 ) -> Store {
     let mut pending: Vec<IndexEvent> = Vec::new();
     let mut deadline: Option<Instant> = None;
@@ -86,13 +90,27 @@ pub async fn run(
             Some(None) => {}
             None => {
                 if !pending.is_empty() {
-                    store = commit(store, std::mem::take(&mut pending), &positions, &metrics).await;
+                    store = commit(
+                        store,
+                        std::mem::take(&mut pending),
+                        &positions,
+                        &metrics,
+                        &on_commit,
+                    )
+                    .await;
                 }
                 return store;
             }
         }
         if !pending.is_empty() {
-            store = commit(store, std::mem::take(&mut pending), &positions, &metrics).await;
+            store = commit(
+                store,
+                std::mem::take(&mut pending),
+                &positions,
+                &metrics,
+                &on_commit,
+            )
+            .await;
         }
         deadline = None;
     }
@@ -103,6 +121,7 @@ async fn commit(
     mut batch: Vec<IndexEvent>,
     positions: &Positions,
     metrics: &Metrics,
+    on_commit: &OnCommit,
 ) -> Store {
     let mut attempt = 0u32;
     loop {
@@ -127,6 +146,7 @@ async fn commit(
                 for (source, (cursor, time)) in last {
                     positions.set(source, Some(cursor), time.cloned());
                 }
+                on_commit(&batch);
                 return store;
             }
             Err(e) => {
