@@ -64,6 +64,11 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let carol_like = pds.cmd(like(&carol, &p1));
     pds.cmd(like(&alice, &r2));
     pds.cmd(json!({"op": "create", "did": carol, "collection": "app.bsky.feed.repost", "record": {"subject": strong_ref(&p1), "createdAt": now}}));
+    let quote = pds.cmd(
+        json!({"op": "create", "did": carol, "collection": "app.bsky.feed.post", "record": {
+        "text": "look at this", "createdAt": now,
+        "embed": {"$type": "app.bsky.embed.record", "record": strong_ref(&p1)}}}),
+    );
     let follow = |did: &str, subject: &str| json!({"op": "create", "did": did, "collection": "app.bsky.graph.follow", "record": {"subject": subject, "createdAt": now}});
     pds.cmd(follow(&bob, &alice));
     pds.cmd(follow(&carol, &alice));
@@ -395,6 +400,108 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         (400, Some("InvalidRequest")),
         "{body}"
     );
+    // Post views.
+    let (status, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getPosts?uris={}&uris={}&uris=at://did:plc:nobody/app.bsky.feed.post/3kzzzzzzzzzzz",
+        p1["uri"].as_str().unwrap(),
+        r1["uri"].as_str().unwrap()
+    ));
+    assert_eq!(status, 200, "{body}");
+    let posts = body["posts"].as_array().unwrap();
+    assert_eq!(posts.len(), 2, "the unknown URI is left out: {body}");
+    assert_eq!(posts[0]["uri"], p1["uri"]);
+    assert_eq!(posts[1]["uri"], r1["uri"]);
+    assert_eq!(
+        [
+            &posts[0]["replyCount"],
+            &posts[0]["likeCount"],
+            &posts[0]["repostCount"],
+            &posts[0]["quoteCount"]
+        ],
+        [&json!(1), &json!(1), &json!(1), &json!(1)],
+        "{body}"
+    );
+    assert_eq!(posts[0]["author"]["handle"], "alice.test");
+    assert_eq!(posts[0]["record"]["text"], "Hello from alice");
+    answers.push(("app.bsky.feed.getPosts", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getQuotes?uri={}",
+        p1["uri"].as_str().unwrap()
+    ));
+    assert_eq!(body["posts"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["posts"][0]["uri"], quote["uri"]);
+    answers.push(("app.bsky.feed.getQuotes", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getQuotes?uri={}&cid={}",
+        p1["uri"].as_str().unwrap(),
+        r1["cid"].as_str().unwrap()
+    ));
+    assert_eq!(body["posts"], json!([]), "no quote of that version: {body}");
+    let (status, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getPostThread?uri={}",
+        r1["uri"].as_str().unwrap()
+    ));
+    assert_eq!(status, 200, "{body}");
+    let thread = &body["thread"];
+    assert_eq!(thread["$type"], "app.bsky.feed.defs#threadViewPost");
+    assert_eq!(thread["post"]["uri"], r1["uri"]);
+    assert_eq!(thread["parent"]["post"]["uri"], p1["uri"]);
+    assert!(
+        thread["parent"].get("parent").is_none(),
+        "p1 is the root: {body}"
+    );
+    assert_eq!(thread["replies"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(thread["replies"][0]["post"]["uri"], r2["uri"]);
+    answers.push(("app.bsky.feed.getPostThread", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getPostThread?uri={}&depth=0&parentHeight=0",
+        r1["uri"].as_str().unwrap()
+    ));
+    assert!(body["thread"].get("parent").is_none(), "{body}");
+    assert!(
+        body["thread"]["replies"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "{body}"
+    );
+    answers.push(("app.bsky.feed.getPostThread", body));
+    let (status, body) =
+        server.get("/xrpc/app.bsky.feed.getPostThread?uri=at://did:plc:nobody/app.bsky.feed.post/3kzzzzzzzzzzz");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("NotFound")),
+        "{body}"
+    );
+    let (status, body) = server.get("/xrpc/app.bsky.feed.getAuthorFeed?actor=carol.test");
+    assert_eq!(status, 200, "{body}");
+    let feed = body["feed"].as_array().unwrap();
+    assert_eq!(feed.len(), 5, "{body}");
+    assert_eq!(feed[0]["post"]["uri"], quote["uri"]);
+    assert_eq!(feed[1]["post"]["uri"], p1["uri"]);
+    assert_eq!(
+        feed[1]["reason"]["$type"],
+        "app.bsky.feed.defs#reasonRepost"
+    );
+    assert_eq!(feed[1]["reason"]["by"]["did"], json!(carol));
+    assert_eq!(feed[4]["post"]["uri"], r2["uri"]);
+    assert_eq!(feed[4]["reply"]["root"]["uri"], p1["uri"]);
+    assert_eq!(feed[4]["reply"]["parent"]["uri"], r1["uri"]);
+    assert_eq!(feed[4]["reply"]["grandparentAuthor"]["did"], json!(alice));
+    answers.push(("app.bsky.feed.getAuthorFeed", body));
+    let (_, body) = server
+        .get("/xrpc/app.bsky.feed.getAuthorFeed?actor=carol.test&filter=posts_no_replies&limit=2");
+    assert_eq!(body["feed"].as_array().unwrap().len(), 2, "{body}");
+    let (_, rest) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getAuthorFeed?actor=carol.test&filter=posts_no_replies&cursor={}",
+        body["cursor"].as_str().unwrap()
+    ));
+    assert_eq!(
+        rest["feed"].as_array().unwrap().len(),
+        2,
+        "the reply is filtered out: {rest}"
+    );
+    answers.push(("app.bsky.feed.getAuthorFeed", rest));
+
     // A profile change reaches the cached view.
     let changed = pds.cmd(json!({"op": "put", "did": alice, "collection": "app.bsky.actor.profile", "rkey": "self", "record": {"displayName": "Alice C."}}));
     server.wait_for_cursor(changed["seq"].as_i64().unwrap());

@@ -5,6 +5,7 @@ pub mod feeds;
 pub mod graphql;
 pub mod health;
 pub mod params;
+pub mod posts;
 pub mod queries;
 pub mod views;
 pub mod xrpc;

@@ -66,7 +66,7 @@ impl ProfileCache {
 }
 
 /// `profileView`s for `dids` (each DID once), from the cache or one query.
-async fn profile_views(
+pub(crate) async fn profile_views(
     state: &AppState,
     dids: &[String],
 ) -> Result<HashMap<String, Value>, XrpcError> {

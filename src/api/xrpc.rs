@@ -8,7 +8,7 @@ use duckdb::params;
 use serde_json::{json, Value};
 
 use super::params::{parse, Params};
-use super::{backlinks, feeds, views};
+use super::{backlinks, feeds, posts, views};
 use super::{AppState, XrpcError};
 use crate::metrics::Metrics;
 use crate::syntax::is_valid_did;
@@ -37,6 +37,10 @@ pub async fn dispatch(
         "app.bsky.graph.getFollows" => views::get_follows(&state, &nsid, &pairs).await,
         "app.bsky.feed.getLikes" => views::get_likes(&state, &nsid, &pairs).await,
         "app.bsky.feed.getRepostedBy" => views::get_reposted_by(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getPosts" => posts::get_posts(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getQuotes" => posts::get_quotes(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getPostThread" => posts::get_post_thread(&state, &nsid, &pairs).await,
+        "app.bsky.feed.getAuthorFeed" => posts::get_author_feed(&state, &nsid, &pairs).await,
         "app.bsky.feed.describeFeedGenerator" => feeds::describe(&state, &nsid, &pairs).await,
         "app.bsky.feed.getFeedSkeleton" => feeds::skeleton(&state, &nsid, &pairs).await,
         other => match state.queries.get(other) {

@@ -1,0 +1,411 @@
+//! Bluesky post views with the official shapes: `app.bsky.feed.getPosts`,
+//! `getQuotes`, `getPostThread` and `getAuthorFeed`.
+//!
+//! A `postView` carries the stored record, its author (a `profileViewBasic`
+//! from the profile cache) and its reply, repost, like and quote counts from
+//! the exact `link_counts`. Quotes are posts whose `.embed.record.uri`
+//! (app.bsky.embed.record) or `.embed.record.record.uri`
+//! (app.bsky.embed.recordWithMedia) points at the post.
+//!
+//! Not yet: embed views (`embed` is left out), viewer state, threadgates,
+//! labels (always `[]`), reply ranking (replies come oldest first), pins.
+
+use std::collections::HashMap;
+
+use duckdb::params;
+use serde_json::{json, Value};
+
+use super::backlinks::{decode_cursor, encode_cursor};
+use super::params::{parse, Params};
+use super::views::profile_views;
+use super::{AppState, XrpcError};
+
+const POST: &str = "app.bsky.feed.post";
+const DATETIME: &str = "'%Y-%m-%dT%H:%M:%S.%gZ'";
+
+/// A `profileViewBasic` from a `profileView` (the fields basic does not have
+/// are left out).
+fn basic(view: &Value) -> Value {
+    let mut v = view.clone();
+    if let Value::Object(o) = &mut v {
+        o.remove("description");
+        o.remove("indexedAt");
+        o.remove("pronouns");
+    }
+    v
+}
+
+/// `postView`s for the given URIs (missing or non-post URIs are absent).
+pub(crate) async fn post_views(
+    state: &AppState,
+    uris: &[String],
+) -> Result<HashMap<String, Value>, XrpcError> {
+    if uris.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // AT-URIs contain no spaces (they are checked before they get here).
+    let list = uris.join(" ");
+    let rows = state
+        .readers
+        .with(move |c| {
+            let sql = format!(
+                "WITH wanted AS (SELECT DISTINCT unnest(string_split(?, ' ')) AS uri),
+                 counts AS (
+                   SELECT target,
+                     sum(n) FILTER (WHERE collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri') AS replies,
+                     sum(n) FILTER (WHERE collection = 'app.bsky.feed.repost' AND path = '.subject.uri') AS reposts,
+                     sum(n) FILTER (WHERE collection = 'app.bsky.feed.like' AND path = '.subject.uri') AS likes,
+                     sum(n) FILTER (WHERE collection = 'app.bsky.feed.post'
+                                    AND path IN ('.embed.record.uri', '.embed.record.record.uri')) AS quotes
+                   FROM link_counts WHERE target IN (SELECT uri FROM wanted) GROUP BY target)
+                 SELECT r.uri, r.cid, r.did, r.record::VARCHAR, strftime(r.indexed_at, {DATETIME}),
+                        coalesce(c.replies, 0)::BIGINT, coalesce(c.reposts, 0)::BIGINT,
+                        coalesce(c.likes, 0)::BIGINT, coalesce(c.quotes, 0)::BIGINT
+                 FROM wanted w JOIN records r ON r.uri = w.uri AND r.collection = '{POST}'
+                 LEFT JOIN counts c ON c.target = r.uri"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(params![list], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    [
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, i64>(7)?,
+                        r.get::<_, i64>(8)?,
+                    ],
+                ))
+            })?;
+            rows.collect::<duckdb::Result<Vec<_>>>()
+        })
+        .await?;
+    let authors: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+    let profiles = profile_views(state, &authors).await?;
+    let mut out = HashMap::new();
+    for (uri, cid, did, record, indexed_at, [replies, reposts, likes, quotes]) in rows {
+        let record: Value = serde_json::from_str(&record)
+            .map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))?;
+        let view = json!({
+            "uri": uri,
+            "cid": cid,
+            "author": basic(&profiles[&did]),
+            "record": record,
+            "replyCount": replies,
+            "repostCount": reposts,
+            "likeCount": likes,
+            "quoteCount": quotes,
+            "indexedAt": indexed_at,
+            "labels": [],
+        });
+        out.insert(uri, view);
+    }
+    Ok(out)
+}
+
+fn not_found(uri: &str) -> Value {
+    json!({"$type": "app.bsky.feed.defs#notFoundPost", "uri": uri, "notFound": true})
+}
+
+fn typed(mut view: Value, t: &str) -> Value {
+    view["$type"] = json!(t);
+    view
+}
+
+pub async fn get_posts(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    let p = parse(&state.catalog, nsid, pairs)?;
+    let uris: Vec<String> =
+        p.0.get("uris")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+    let views = post_views(state, &uris).await?;
+    // In the order asked for; posts not in the index are left out.
+    let posts: Vec<Value> = uris.iter().filter_map(|u| views.get(u).cloned()).collect();
+    Ok(json!({ "posts": posts }))
+}
+
+pub async fn get_quotes(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    let p = parse(&state.catalog, nsid, pairs)?;
+    let uri = p.str("uri").unwrap_or_default().to_string();
+    let cid = p.str("cid").map(str::to_string);
+    let limit = p.int("limit").unwrap_or(50);
+    let after = decode_cursor(p.str("cursor"))?;
+    let target = uri.clone();
+    let mut rows = state
+        .readers
+        .with(move |c| {
+            let (ck, cd) = after.unzip();
+            let mut stmt = c.prepare(
+                "SELECT uri, did, rkey FROM (
+                   SELECT r.uri, r.did, r.rkey, r.record FROM links l JOIN records r ON r.uri = l.source_uri
+                   WHERE l.target = ? AND l.source_collection = 'app.bsky.feed.post'
+                     AND l.path IN ('.embed.record.uri', '.embed.record.record.uri'))
+                 WHERE (?::VARCHAR IS NULL
+                        OR coalesce(record ->> '/embed/record/cid', record ->> '/embed/record/record/cid') = ?)
+                   AND (?::VARCHAR IS NULL OR rkey < ? OR (rkey = ? AND did < ?))
+                 ORDER BY rkey DESC, did DESC LIMIT ?",
+            )?;
+            let rows = stmt.query_map(params![target, cid, cid, ck, ck, ck, cd, limit + 1], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            rows.collect::<duckdb::Result<Vec<_>>>()
+        })
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let uris: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let views = post_views(state, &uris).await?;
+    let posts: Vec<Value> = uris.iter().filter_map(|u| views.get(u).cloned()).collect();
+    let mut out = json!({ "uri": uri, "posts": posts });
+    if let Some(c) = p.str("cid") {
+        out["cid"] = json!(c);
+    }
+    if let (true, Some((_, did, rkey))) = (more, rows.last()) {
+        out["cursor"] = json!(encode_cursor(rkey, did));
+    }
+    Ok(out)
+}
+
+/// The reply parent URI of a post record, if it is a reply.
+fn parent_of(post: &Value) -> Option<String> {
+    post.pointer("/record/reply/parent/uri")?
+        .as_str()
+        .map(str::to_string)
+}
+
+pub async fn get_post_thread(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    let p = parse(&state.catalog, nsid, pairs)?;
+    let uri = p.str("uri").unwrap_or_default().to_string();
+    let depth = p.int("depth").unwrap_or(6);
+    let parent_height = p.int("parentHeight").unwrap_or(80);
+    let anchor = post_views(state, std::slice::from_ref(&uri))
+        .await?
+        .remove(&uri)
+        .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
+
+    // Replies, level by level, down to `depth`.
+    let mut children: HashMap<String, Vec<String>> = HashMap::new();
+    let mut views: HashMap<String, Value> = HashMap::new();
+    let mut level = vec![uri.clone()];
+    for _ in 0..depth {
+        if level.is_empty() {
+            break;
+        }
+        let list = level.join(" ");
+        let rows = state
+            .readers
+            .with(move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT target, source_uri FROM links
+                     WHERE target IN (SELECT unnest(string_split(?, ' ')))
+                       AND source_collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri'
+                     ORDER BY split_part(source_uri, '/', 5), source_uri",
+                )?;
+                let rows = stmt.query_map(params![list], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                rows.collect::<duckdb::Result<Vec<_>>>()
+            })
+            .await?;
+        let next: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+        for (parent, child) in rows {
+            children.entry(parent).or_default().push(child);
+        }
+        views.extend(post_views(state, &next).await?);
+        level = next;
+    }
+    fn build(
+        uri: &str,
+        view: Value,
+        left: i64,
+        children: &HashMap<String, Vec<String>>,
+        views: &HashMap<String, Value>,
+    ) -> Value {
+        let mut node = json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": view});
+        if left > 0 {
+            let replies: Vec<Value> = children
+                .get(uri)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    views
+                        .get(c)
+                        .map(|v| build(c, v.clone(), left - 1, children, views))
+                })
+                .collect();
+            node["replies"] = Value::Array(replies);
+        }
+        node
+    }
+    let mut thread = build(&uri, anchor.clone(), depth, &children, &views);
+
+    // Parents, up to `parentHeight`; a missing one is a notFoundPost.
+    let mut chain = Vec::new();
+    let mut current = parent_of(&anchor);
+    while let Some(parent) = current.take() {
+        if chain.len() as i64 >= parent_height {
+            break;
+        }
+        match post_views(state, std::slice::from_ref(&parent))
+            .await?
+            .remove(&parent)
+        {
+            Some(v) => {
+                current = parent_of(&v);
+                chain.push(typed(
+                    json!({"post": v}),
+                    "app.bsky.feed.defs#threadViewPost",
+                ));
+            }
+            None => chain.push(not_found(&parent)),
+        }
+    }
+    // Nest them: the nearest parent holds the next one up.
+    let parent = chain.into_iter().rev().reduce(|upper, mut lower| {
+        lower["parent"] = upper;
+        lower
+    });
+    if let Some(parent) = parent {
+        thread["parent"] = parent;
+    }
+    Ok(json!({ "thread": thread }))
+}
+
+pub async fn get_author_feed(
+    state: &AppState,
+    nsid: &str,
+    pairs: &[(String, String)],
+) -> Result<Value, XrpcError> {
+    let p: Params = parse(&state.catalog, nsid, pairs)?;
+    let did = super::xrpc::resolve_repo(state, p.str("actor").unwrap_or_default()).await?;
+    let limit = p.int("limit").unwrap_or(50);
+    let filter = p.str("filter").unwrap_or("posts_with_replies").to_string();
+    let after = decode_cursor(p.str("cursor"))?;
+    let key = did.clone();
+    // The author's posts and reposts, newest first by record key.
+    let mut rows = state
+        .readers
+        .with(move |c| {
+            let (ck, _) = after.unzip();
+            let mut stmt = c.prepare(&format!(
+                "SELECT uri, collection, rkey, record ->> '/subject/uri', strftime(indexed_at, {DATETIME}) FROM records
+                 WHERE did = ? AND collection IN ('app.bsky.feed.post', 'app.bsky.feed.repost')
+                   AND CASE ?
+                         WHEN 'posts_no_replies' THEN collection = 'app.bsky.feed.repost' OR (record -> 'reply') IS NULL
+                         WHEN 'posts_with_media' THEN collection = 'app.bsky.feed.post'
+                              AND (record ->> '/embed/$type') IN ('app.bsky.embed.images', 'app.bsky.embed.video',
+                                                                  'app.bsky.embed.recordWithMedia')
+                         WHEN 'posts_with_video' THEN collection = 'app.bsky.feed.post'
+                              AND ((record ->> '/embed/$type') = 'app.bsky.embed.video'
+                                   OR (record ->> '/embed/media/$type') = 'app.bsky.embed.video')
+                         WHEN 'posts_and_author_threads' THEN collection = 'app.bsky.feed.repost'
+                              OR (record -> 'reply') IS NULL
+                              OR split_part(record ->> '/reply/root/uri', '/', 3) = did
+                         ELSE true END
+                   AND (?::VARCHAR IS NULL OR rkey < ?)
+                 ORDER BY rkey DESC LIMIT ?"
+            ))?;
+            let rows = stmt.query_map(params![key, filter, ck, ck, limit + 1], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            rows.collect::<duckdb::Result<Vec<_>>>()
+        })
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    // Hydrate the posts, the reposted posts and every reply's root and parent.
+    let mut wanted: Vec<String> = Vec::new();
+    for (uri, collection, _, subject, _) in &rows {
+        match (collection.as_str(), subject) {
+            ("app.bsky.feed.repost", Some(s)) => wanted.push(s.clone()),
+            _ => wanted.push(uri.clone()),
+        }
+    }
+    let mut views = post_views(state, &wanted).await?;
+    let mut refs = Vec::new();
+    for v in views.values() {
+        for key in ["/record/reply/root/uri", "/record/reply/parent/uri"] {
+            if let Some(u) = v.pointer(key).and_then(Value::as_str) {
+                refs.push(u.to_string());
+            }
+        }
+    }
+    views.extend(post_views(state, &refs).await?);
+    let reposter = profile_views(state, std::slice::from_ref(&did)).await?;
+    let mut feed = Vec::new();
+    for (uri, collection, _, subject, indexed_at) in &rows {
+        let post_uri = if collection == "app.bsky.feed.repost" {
+            match subject {
+                Some(s) => s,
+                None => continue,
+            }
+        } else {
+            uri
+        };
+        let Some(post) = views.get(post_uri).cloned() else {
+            continue;
+        };
+        let mut item = json!({ "post": post });
+        if let (Some(root), Some(parent)) = (
+            post.pointer("/record/reply/root/uri")
+                .and_then(Value::as_str),
+            post.pointer("/record/reply/parent/uri")
+                .and_then(Value::as_str),
+        ) {
+            let view = |u: &str| match views.get(u) {
+                Some(v) => typed(v.clone(), "app.bsky.feed.defs#postView"),
+                None => not_found(u),
+            };
+            item["reply"] = json!({ "root": view(root), "parent": view(parent) });
+            if let Some(gp) = views
+                .get(parent)
+                .and_then(|pv| pv.pointer("/record/reply/parent/uri"))
+                .and_then(Value::as_str)
+                .and_then(|gp| views.get(gp))
+            {
+                item["reply"]["grandparentAuthor"] = gp["author"].clone();
+            }
+        }
+        if collection == "app.bsky.feed.repost" {
+            item["reason"] = json!({
+                "$type": "app.bsky.feed.defs#reasonRepost",
+                "by": basic(&reposter[&did]),
+                "uri": uri,
+                "indexedAt": indexed_at,
+            });
+        }
+        feed.push(item);
+    }
+    let mut out = json!({ "feed": feed });
+    if let (true, Some((_, _, rkey, _, _))) = (more, rows.last()) {
+        out["cursor"] = json!(encode_cursor(rkey, &did));
+    }
+    Ok(out)
+}
