@@ -160,6 +160,84 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "the invalid status is not indexed"
     );
 
+    // GraphQL: the author as an Actor and backlink counts, one page at a time.
+    let gql = server.graphql(&format!(
+        r#"{{ appBskyFeedPostByUri(uri: "{}") {{ author {{ did handle }}
+              likes: backlinkCount(source: "app.bsky.feed.like:subject.uri")
+              replies: backlinkCount(source: "app.bsky.feed.post:reply.parent.uri")
+              backlinkCounts {{ collection path count }} }} }}"#,
+        p1["uri"].as_str().unwrap()
+    ));
+    assert!(gql.get("errors").is_none(), "{gql}");
+    let node = &gql["data"]["appBskyFeedPostByUri"];
+    assert_eq!(
+        node["author"],
+        json!({"did": alice, "handle": "alice.test"})
+    );
+    assert_eq!(
+        (&node["likes"], &node["replies"]),
+        (&json!(1), &json!(1)),
+        "{gql}"
+    );
+    assert_eq!(
+        node["backlinkCounts"],
+        json!([
+            {"collection": "app.bsky.feed.like", "path": ".subject.uri", "count": 1},
+            {"collection": "app.bsky.feed.post", "path": ".embed.record.uri", "count": 1},
+            {"collection": "app.bsky.feed.post", "path": ".reply.parent.uri", "count": 1},
+            {"collection": "app.bsky.feed.post", "path": ".reply.root.uri", "count": 2},
+            {"collection": "app.bsky.feed.repost", "path": ".subject.uri", "count": 1},
+        ])
+    );
+    let gql = server.graphql("{ appBskyFeedPost(first: 100) { nodes { uri author { handle } likes: backlinkCount(source: \"app.bsky.feed.like:subject.uri\") } } }");
+    assert!(gql.get("errors").is_none(), "{gql}");
+    assert_eq!(
+        gql["data"]["appBskyFeedPost"]["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7,
+        "seven posts"
+    );
+    // Cost control: clear errors, no work done.
+    let gql = server.graphql("{ appBskyFeedPost(first: 101) { totalCount } }");
+    assert!(
+        gql["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("first must be between 0 and 100"),
+        "{gql}"
+    );
+    let deep = format!(
+        "{{ __schema {{ types {{ {}name{} }} }} }}",
+        "fields { type { ofType { ".repeat(6),
+        " } } }".repeat(6)
+    );
+    let gql = server.graphql(&deep);
+    assert!(
+        gql["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{gql}"
+    );
+    let wide = format!(
+        "{{ appBskyFeedPostByUri(uri: \"{}\") {{ {} }} }}",
+        p1["uri"].as_str().unwrap(),
+        (0..10_001)
+            .map(|i| format!("a{i}: uri"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let gql = server.graphql(&wide);
+    assert!(
+        gql["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too complex"),
+        "{gql}"
+    );
+
     // Constellation-compatible backlinks.
     let mut answers: Vec<(&str, Value)> = Vec::new();
     let enc = |s: &Value| s.as_str().unwrap().replace(':', "%3A").replace('/', "%2F");

@@ -22,6 +22,9 @@ use crate::index::store::ReadPool;
 use crate::lexicon::{Catalog, Field};
 use crate::metrics::Metrics;
 
+/// How long one GraphQL request may run.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest page a connection returns.
 pub const MAX_PAGE: i64 = 100;
 
@@ -34,6 +37,16 @@ pub struct RecordRow {
     pub rkey: String,
     pub indexed_at: String,
     pub record: Value,
+    /// The author's handle, when known.
+    pub handle: Option<String>,
+    /// Backlink counts of this record: (source collection, path, n).
+    pub counts: Arc<Vec<(String, String, i64)>>,
+}
+
+/// The author of a record, as GraphQL's `Actor`.
+struct Actor {
+    did: String,
+    handle: Option<String>,
 }
 
 struct Page {
@@ -159,7 +172,65 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 async move { Ok(Some(FieldValue::value(json_value(&row(&ctx)?.record)))) },
             )
         }));
-        let reserved = ["uri", "cid", "did", "rkey", "indexedAt", "record"];
+        obj = obj.field(GqlField::new("author", TypeRef::named_nn("Actor"), |ctx| {
+            FieldFuture::new(async move {
+                let r = row(&ctx)?;
+                Ok(Some(FieldValue::owned_any(Actor {
+                    did: r.did.clone(),
+                    handle: r.handle.clone(),
+                })))
+            })
+        }));
+        obj = obj.field(
+            GqlField::new(
+                "backlinkCount",
+                TypeRef::named_nn(TypeRef::INT),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let source = ctx.args.try_get("source")?.string()?.to_string();
+                        let Some((collection, path)) = source.split_once(':') else {
+                            return Err("source must be 'collection:path', e.g. 'app.bsky.feed.like:subject.uri'".into());
+                        };
+                        let path = format!(".{path}");
+                        let n: i64 = row(&ctx)?
+                            .counts
+                            .iter()
+                            .filter(|(c, p, _)| c == collection && *p == path)
+                            .map(|(_, _, n)| n)
+                            .sum();
+                        Ok(Some(FieldValue::value(n)))
+                    })
+                },
+            )
+            .argument(InputValue::new("source", TypeRef::named_nn(TypeRef::STRING)))
+            .description("Records linking here from `collection:path` (Constellation's source syntax), e.g. likes of a post: \"app.bsky.feed.like:subject.uri\"."),
+        );
+        obj = obj.field(
+            GqlField::new(
+                "backlinkCounts",
+                TypeRef::named_nn_list_nn("BacklinkCount"),
+                |ctx| {
+                    FieldFuture::new(async move {
+                        let counts = row(&ctx)?.counts.clone();
+                        Ok(Some(FieldValue::list(
+                            (0..counts.len()).map(|i| FieldValue::owned_any((counts.clone(), i))),
+                        )))
+                    })
+                },
+            )
+            .description("Every (collection, path) linking here, with its count."),
+        );
+        let reserved = [
+            "uri",
+            "cid",
+            "did",
+            "rkey",
+            "indexedAt",
+            "record",
+            "author",
+            "backlinkCount",
+            "backlinkCounts",
+        ];
         for (prop, field) in &schema.properties {
             let Some(gname) = gql_name(prop) else {
                 continue;
@@ -299,8 +370,69 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             |_| FieldFuture::new(async { Ok(Some(FieldValue::value(0))) }),
         ));
     }
+    let actor = Object::new("Actor")
+        .description("An account: its DID and, when known, its handle.")
+        .field(GqlField::new(
+            "did",
+            TypeRef::named_nn(TypeRef::STRING),
+            |ctx| {
+                FieldFuture::new(async move {
+                    Ok(Some(FieldValue::value(
+                        ctx.parent_value.try_downcast_ref::<Actor>()?.did.clone(),
+                    )))
+                })
+            },
+        ))
+        .field(GqlField::new(
+            "handle",
+            TypeRef::named(TypeRef::STRING),
+            |ctx| {
+                FieldFuture::new(async move {
+                    Ok(ctx
+                        .parent_value
+                        .try_downcast_ref::<Actor>()?
+                        .handle
+                        .clone()
+                        .map(FieldValue::value))
+                })
+            },
+        ));
+    type CountRef = (Arc<Vec<(String, String, i64)>>, usize);
+    let backlink_count = Object::new("BacklinkCount")
+        .field(GqlField::new(
+            "collection",
+            TypeRef::named_nn(TypeRef::STRING),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let (v, i) = ctx.parent_value.try_downcast_ref::<CountRef>()?;
+                    Ok(Some(FieldValue::value(v[*i].0.clone())))
+                })
+            },
+        ))
+        .field(GqlField::new(
+            "path",
+            TypeRef::named_nn(TypeRef::STRING),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let (v, i) = ctx.parent_value.try_downcast_ref::<CountRef>()?;
+                    Ok(Some(FieldValue::value(v[*i].1.clone())))
+                })
+            },
+        ))
+        .field(GqlField::new(
+            "count",
+            TypeRef::named_nn(TypeRef::INT),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let (v, i) = ctx.parent_value.try_downcast_ref::<CountRef>()?;
+                    Ok(Some(FieldValue::value(v[*i].2)))
+                })
+            },
+        ));
     let mut builder = Schema::build("Query", None, None)
         .register(Scalar::new("JSON").description("Any value of the atproto data model, as JSON."))
+        .register(actor)
+        .register(backlink_count)
         .limit_depth(16)
         .limit_complexity(10_000);
     for t in builder_types {
@@ -310,7 +442,8 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
 }
 
 const RECORD_COLUMNS: &str =
-    "uri, cid, did, rkey, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ'), record::VARCHAR";
+    "r.uri, r.cid, r.did, r.rkey, strftime(r.indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ'),
+     r.record::VARCHAR, (SELECT handle FROM actors a WHERE a.did = r.did)";
 
 fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
     let record: String = r.get(5)?;
@@ -321,7 +454,48 @@ fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
         rkey: r.get(3)?,
         indexed_at: r.get(4)?,
         record: serde_json::from_str(&record).unwrap_or(Value::Null),
+        handle: r.get(6)?,
+        counts: Arc::default(),
     })
+}
+
+/// Fills in the backlink counts of `rows` with one query.
+fn attach_counts(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // AT-URIs contain no spaces.
+    let list = rows
+        .iter()
+        .map(|r| r.uri.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut stmt = c.prepare(
+        "SELECT target, collection, path, n FROM link_counts
+         WHERE target IN (SELECT unnest(string_split(?, ' '))) ORDER BY collection, path",
+    )?;
+    let mut by_target: std::collections::HashMap<String, Vec<(String, String, i64)>> =
+        std::collections::HashMap::new();
+    for r in stmt.query_map(params![list], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })? {
+        let (target, collection, path, n) = r?;
+        by_target
+            .entry(target)
+            .or_default()
+            .push((collection, path, n));
+    }
+    for row in rows {
+        if let Some(v) = by_target.remove(&row.uri) {
+            row.counts = Arc::new(v);
+        }
+    }
+    Ok(())
 }
 
 async fn fetch_page(
@@ -339,7 +513,7 @@ async fn fetch_page(
                 |r| r.get(0),
             )?;
             let sql = format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ? AND (?::VARCHAR IS NULL OR did = ?)
+                "SELECT {RECORD_COLUMNS} FROM records r WHERE collection = ? AND (?::VARCHAR IS NULL OR did = ?)
                  AND (?::VARCHAR IS NULL OR uri > ?) ORDER BY uri LIMIT ?"
             );
             let mut stmt = c.prepare(&sql)?;
@@ -348,6 +522,7 @@ async fn fetch_page(
                 .collect::<duckdb::Result<Vec<_>>>()?;
             let has_next = rows.len() as i64 > first;
             rows.truncate(first as usize);
+            attach_counts(c, &mut rows)?;
             Ok(Page { rows, total, has_next })
         })
         .await
@@ -358,10 +533,13 @@ async fn fetch_page(
 async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<Option<RecordRow>> {
     pool.with(move |c| {
         let mut stmt = c.prepare(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE uri = ?"
+            "SELECT {RECORD_COLUMNS} FROM records r WHERE uri = ?"
         ))?;
-        let mut rows = stmt.query_map(params![uri], read_row)?;
-        rows.next().transpose()
+        let mut rows = stmt
+            .query_map(params![uri], read_row)?
+            .collect::<duckdb::Result<Vec<_>>>()?;
+        attach_counts(c, &mut rows)?;
+        Ok(rows.pop())
     })
     .await
     .map_err(|e| async_graphql::Error::new(e.to_string()))
@@ -383,7 +561,16 @@ pub async fn post(
 async fn execute(state: &AppState, headers: &HeaderMap, req: async_graphql::Request) -> Response {
     let schema = state.graphql.load_full();
     let order = selection_order(&req);
-    let mut resp = schema.execute(req).await;
+    let mut resp = match tokio::time::timeout(QUERY_TIMEOUT, schema.execute(req)).await {
+        Ok(resp) => resp,
+        Err(_) => async_graphql::Response::from_errors(vec![async_graphql::ServerError::new(
+            format!(
+                "the query took longer than {} s and was stopped",
+                QUERY_TIMEOUT.as_secs()
+            ),
+            None,
+        )]),
+    };
     if let Some(order) = order {
         resp.data = reorder(std::mem::take(&mut resp.data), &order);
     }
