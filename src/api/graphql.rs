@@ -579,21 +579,27 @@ async fn execute(state: &AppState, headers: &HeaderMap, req: async_graphql::Requ
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/graphql-response+json"));
     let request_error = !resp.errors.is_empty() && matches!(resp.data, GqlValue::Null);
-    if modern {
-        let status = if request_error {
-            axum::http::StatusCode::BAD_REQUEST
-        } else {
-            axum::http::StatusCode::OK
-        };
-        let body = serde_json::to_vec(&resp).unwrap_or_default();
-        return (
-            status,
-            [(header::CONTENT_TYPE, "application/graphql-response+json")],
-            body,
-        )
-            .into_response();
+    let mut body = serde_json::to_value(&resp).unwrap_or_default();
+    if request_error {
+        // A request error has no "data" entry at all (GraphQL over HTTP).
+        if let Some(o) = body.as_object_mut() {
+            o.remove("data");
+        }
     }
-    async_graphql_axum::GraphQLResponse::from(resp).into_response()
+    let (status, content_type) = match (modern, request_error) {
+        (true, true) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            "application/graphql-response+json",
+        ),
+        (true, false) => (axum::http::StatusCode::OK, "application/graphql-response+json"),
+        (false, _) => (axum::http::StatusCode::OK, "application/json"),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, content_type)],
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// The response keys of each selection set, in query order. async-graphql
