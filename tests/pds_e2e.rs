@@ -199,6 +199,16 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         7,
         "seven posts"
     );
+    // The schema and the operations above, checked by graphql-js.
+    common::assert_graphql_conforms(
+        &format!("{}/graphql", server.base),
+        r#"query Rsvps { communityLexiconCalendarRsvp { totalCount nodes { did status subject } } }
+           query Books { buzzBookhiveBook { nodes { title stars } } }
+           query Post($uri: String!) { appBskyFeedPostByUri(uri: $uri) { author { did handle }
+               likes: backlinkCount(source: "app.bsky.feed.like:subject.uri")
+               backlinkCounts { collection path count } } }
+           query Page { appBskyFeedPost(first: 100) { nodes { uri author { handle } } pageInfo { hasNextPage endCursor } } }"#,
+    );
     // Cost control: clear errors, no work done.
     let gql = server.graphql("{ appBskyFeedPost(first: 101) { totalCount } }");
     assert!(

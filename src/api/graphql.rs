@@ -591,7 +591,10 @@ async fn execute(state: &AppState, headers: &HeaderMap, req: async_graphql::Requ
             axum::http::StatusCode::BAD_REQUEST,
             "application/graphql-response+json",
         ),
-        (true, false) => (axum::http::StatusCode::OK, "application/graphql-response+json"),
+        (true, false) => (
+            axum::http::StatusCode::OK,
+            "application/graphql-response+json",
+        ),
         (false, _) => (axum::http::StatusCode::OK, "application/json"),
     };
     (

@@ -103,3 +103,28 @@ pub fn assert_valid_outputs(answers: &[(&str, &serde_json::Value)]) {
         bad.join("\n")
     );
 }
+
+/// Checks the server's GraphQL schema with graphql-js (introspection,
+/// `buildClientSchema`, `assertValidSchema`) and validates `operations`
+/// against it (`tests/harness/gql-check.mjs`); panics with graphql-js's errors.
+pub fn assert_graphql_conforms(url: &str, operations: &str) {
+    use std::io::Write;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("node")
+        .arg(root.join("tests/harness/gql-check.mjs"))
+        .arg(url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js >= 20) is needed for the GraphQL conformance check");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(operations.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("gql-check.mjs printed no verdict ({e}): {out:?}"));
+    assert_eq!(verdict["ok"], true, "graphql-js: {}", verdict["error"]);
+}
