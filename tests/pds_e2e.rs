@@ -199,6 +199,59 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         7,
         "seven posts"
     );
+    // where, sortBy, order and cursor pages.
+    let gql = server.graphql(
+        r#"{ a: appBskyFeedPost(where: {text: {contains: "rust"}}, sortBy: text, order: ASC) { totalCount nodes { text } }
+             b: buzzBookhiveBook(where: {stars: {gte: 7}}) { totalCount nodes { stars } }
+             c: appBskyFeedPost(where: {text: {in: ["hi alice", "hi both"]}}) { totalCount }
+             d: appBskyFeedPost(where: {text: {eq: "x' OR '1'='1"}}) { totalCount }
+             e: appBskyFeedPost(where: {author: "carol.test"}) { totalCount } }"#,
+    );
+    assert!(gql.get("errors").is_none(), "{gql}");
+    let d = &gql["data"];
+    assert_eq!(
+        d["a"],
+        json!({"totalCount": 2, "nodes": [{"text": "rust borrowck is my friend"}, {"text": "rustic bread, no crabs"}]})
+    );
+    assert_eq!(d["b"], json!({"totalCount": 1, "nodes": [{"stars": 9}]}));
+    assert_eq!(d["c"]["totalCount"], 2);
+    assert_eq!(d["d"]["totalCount"], 0, "a value is data, not SQL");
+    assert_eq!(d["e"]["totalCount"], 4);
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for _ in 0..5 {
+        let gql = server.graphql(&format!(
+            r#"{{ appBskyFeedPost(where: {{author: "carol.test"}}, sortBy: indexedAt, order: DESC, first: 3{after})
+                 {{ nodes {{ uri }} pageInfo {{ hasNextPage endCursor }} }} }}"#
+        ));
+        let conn = &gql["data"]["appBskyFeedPost"];
+        seen.extend(
+            conn["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["uri"].clone()),
+        );
+        if conn["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = format!(
+            r#", after: "{}""#,
+            conn["pageInfo"]["endCursor"].as_str().unwrap()
+        );
+    }
+    seen.sort_by_key(|v| v.to_string());
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "two pages give carol's four posts once each");
+    let gql = server.graphql(r#"{ appBskyFeedPost(after: "garbage") { totalCount } }"#);
+    assert!(
+        gql["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a cursor"),
+        "{gql}"
+    );
+
     // The schema and the operations above, checked by graphql-js.
     common::assert_graphql_conforms(
         &format!("{}/graphql", server.base),
@@ -207,7 +260,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
            query Post($uri: String!) { appBskyFeedPostByUri(uri: $uri) { author { did handle }
                likes: backlinkCount(source: "app.bsky.feed.like:subject.uri")
                backlinkCounts { collection path count } } }
-           query Page { appBskyFeedPost(first: 100) { nodes { uri author { handle } } pageInfo { hasNextPage endCursor } } }"#,
+           query Page { appBskyFeedPost(first: 100) { nodes { uri author { handle } } pageInfo { hasNextPage endCursor } } }
+           query Filtered($after: String) { appBskyFeedPost(where: {text: {contains: "rust"}, author: "carol.test"},
+               sortBy: indexedAt, order: DESC, first: 3, after: $after) { totalCount nodes { text } } }"#,
     );
     // Cost control: clear errors, no work done.
     let gql = server.graphql("{ appBskyFeedPost(first: 101) { totalCount } }");

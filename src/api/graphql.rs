@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use async_graphql::dynamic::{
-    Field as GqlField, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar,
-    Schema, SchemaError, TypeRef,
+    Enum, EnumItem, Field as GqlField, FieldFuture, FieldValue, InputObject, InputValue, Object,
+    ResolverContext, Scalar, Schema, SchemaError, TypeRef,
 };
 use async_graphql::Value as GqlValue;
 use axum::extract::State;
@@ -53,6 +53,159 @@ struct Page {
     rows: Vec<RecordRow>,
     total: i64,
     has_next: bool,
+    end_cursor: Option<String>,
+}
+
+/// A scalar lexicon field that `where` and `sortBy` can use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// The SQL expression for a field. `prop` is spliced into the SQL text, so
+/// only property names that are plain GraphQL names (letters, digits, `_`)
+/// are ever given here; request values are always bound.
+fn field_expr(prop: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Str => format!("(r.record ->> '{prop}')"),
+        Kind::Int => format!("TRY_CAST(r.record ->> '{prop}' AS BIGINT)"),
+        Kind::Bool => format!("TRY_CAST(r.record ->> '{prop}' AS BOOLEAN)"),
+    }
+}
+
+/// The filters and order of one connection request.
+#[derive(Default)]
+struct Query {
+    /// SQL conditions with `?` placeholders, and their values in order.
+    conditions: Vec<String>,
+    values: Vec<duckdb::types::Value>,
+    /// The sort key expression (never NULL) and whether it is an integer.
+    sort: Option<(String, bool)>,
+    descending: bool,
+}
+
+fn db_value(
+    v: &async_graphql::dynamic::ValueAccessor<'_>,
+    kind: Kind,
+) -> async_graphql::Result<duckdb::types::Value> {
+    Ok(match kind {
+        Kind::Str => duckdb::types::Value::Text(v.string()?.to_string()),
+        Kind::Int => duckdb::types::Value::BigInt(v.i64()?),
+        Kind::Bool => duckdb::types::Value::Boolean(v.boolean()?),
+    })
+}
+
+/// Reads `where`, `sortBy` and `order` into SQL with bound values.
+fn read_query(
+    ctx: &ResolverContext<'_>,
+    fields: &[(String, String, Kind)],
+) -> async_graphql::Result<Query> {
+    let mut q = Query::default();
+    if let Some(w) = ctx.args.get("where") {
+        let w = w.object()?;
+        for (gname, prop, kind) in fields {
+            let Some(filter) = w.get(gname) else { continue };
+            let filter = filter.object()?;
+            let expr = field_expr(prop, *kind);
+            for (op, sql) in [
+                ("eq", "="),
+                ("gt", ">"),
+                ("gte", ">="),
+                ("lt", "<"),
+                ("lte", "<="),
+            ] {
+                if let Some(v) = filter.get(op) {
+                    q.conditions.push(format!("{expr} {sql} ?"));
+                    q.values.push(db_value(&v, *kind)?);
+                }
+            }
+            if let Some(list) = filter.get("in") {
+                let list = list.list()?;
+                if list.len() > MAX_PAGE as usize {
+                    return Err(format!("where.{gname}.in takes at most {MAX_PAGE} values").into());
+                }
+                let marks = vec!["?"; list.len()].join(", ");
+                q.conditions.push(if list.is_empty() {
+                    "false".into()
+                } else {
+                    format!("{expr} IN ({marks})")
+                });
+                for v in list.iter() {
+                    q.values.push(db_value(&v, *kind)?);
+                }
+            }
+            if let Some(v) = filter.get("contains") {
+                q.conditions.push(format!("contains({expr}, ?)"));
+                q.values.push(db_value(&v, Kind::Str)?);
+            }
+        }
+        if let Some(author) = w.get("author") {
+            let author = author.string()?.to_string();
+            q.conditions.push(
+                "r.did = coalesce((SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1), ?)".into(),
+            );
+            q.values.push(duckdb::types::Value::Text(author.clone()));
+            q.values.push(duckdb::types::Value::Text(author));
+        }
+    }
+    if let Some(did) = ctx.args.get("did") {
+        q.conditions.push("r.did = ?".into());
+        q.values
+            .push(duckdb::types::Value::Text(did.string()?.to_string()));
+    }
+    if let Some(sort) = ctx.args.get("sortBy") {
+        let name = sort.enum_name()?;
+        q.sort = Some(match name {
+            "uri" => ("r.uri".to_string(), false),
+            "indexedAt" => (
+                "strftime(r.indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ')".to_string(),
+                false,
+            ),
+            _ => {
+                let (_, prop, kind) = fields
+                    .iter()
+                    .find(|(g, _, _)| g == name)
+                    .ok_or_else(|| format!("cannot sort by {name}"))?;
+                match kind {
+                    Kind::Str => (format!("coalesce({}, '')", field_expr(prop, *kind)), false),
+                    Kind::Int => (
+                        format!(
+                            "coalesce({}, -9223372036854775808)",
+                            field_expr(prop, *kind)
+                        ),
+                        true,
+                    ),
+                    Kind::Bool => (
+                        format!("coalesce({}::INTEGER, -1)", field_expr(prop, *kind)),
+                        true,
+                    ),
+                }
+            }
+        });
+    }
+    if let Some(order) = ctx.args.get("order") {
+        q.descending = order.enum_name()? == "DESC";
+    }
+    Ok(q)
+}
+
+/// An opaque page position: the sort key and URI of the last row.
+fn encode_gql_cursor(key: &Value, uri: &str) -> String {
+    data_encoding::BASE64URL_NOPAD.encode(serde_json::json!([key, uri]).to_string().as_bytes())
+}
+
+fn decode_gql_cursor(raw: &str) -> async_graphql::Result<(Value, String)> {
+    let bad = || async_graphql::Error::new("after is not a cursor this server issued");
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(raw.as_bytes())
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    match v.as_array().map(Vec::as_slice) {
+        Some([key, Value::String(uri)]) => Ok((key.clone(), uri.clone())),
+        _ => Err(bad()),
+    }
 }
 
 /// `app.bsky.feed.post` -> `AppBskyFeedPost`.
@@ -108,6 +261,22 @@ fn row<'a>(ctx: &'a ResolverContext<'a>) -> async_graphql::Result<&'a RecordRow>
     ctx.parent_value.try_downcast_ref::<RecordRow>()
 }
 
+/// `StringFilter` / `IntFilter`: comparisons on one field, all of which must hold.
+fn filter_input(name: &str, ty: &str, strings: bool) -> InputObject {
+    let mut o = InputObject::new(name);
+    for op in ["eq", "gt", "gte", "lt", "lte"] {
+        o = o.field(InputValue::new(op, TypeRef::named(ty)));
+    }
+    o = o.field(InputValue::new("in", TypeRef::named_nn_list(ty)));
+    if strings {
+        o = o.field(
+            InputValue::new("contains", TypeRef::named(TypeRef::STRING))
+                .description("Substring match."),
+        );
+    }
+    o
+}
+
 /// Builds the schema for a catalog.
 pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema, SchemaError> {
     let mut query = Object::new("Query")
@@ -138,6 +307,8 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             },
         ));
     let mut builder_types: Vec<Object> = vec![page_info];
+    let mut inputs: Vec<InputObject> = Vec::new();
+    let mut enums: Vec<Enum> = Vec::new();
     let mut count = 0;
     for rt in catalog.records() {
         let Some(schema) = catalog.record_schema(&rt.nsid) else {
@@ -231,6 +402,7 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             "backlinkCount",
             "backlinkCounts",
         ];
+        let mut scalar_fields: Vec<(String, String, Kind)> = Vec::new();
         for (prop, field) in &schema.properties {
             let Some(gname) = gql_name(prop) else {
                 continue;
@@ -244,6 +416,16 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 Field::Boolean { .. } => TypeRef::BOOLEAN,
                 _ => "JSON",
             };
+            let kind = match field {
+                Field::String(_) => Some(Kind::Str),
+                Field::Integer { .. } => Some(Kind::Int),
+                Field::Boolean { .. } => Some(Kind::Bool),
+                _ => None,
+            };
+            // Only names that need no escaping reach the SQL (see field_expr).
+            if let (Some(kind), true) = (kind, gname == *prop) {
+                scalar_fields.push((gname.clone(), prop.clone(), kind));
+            }
             let required = schema.required.contains(prop) && !schema.nullable.contains(prop);
             let tref = if required {
                 TypeRef::named_nn(ty)
@@ -292,19 +474,23 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 |ctx| {
                     FieldFuture::new(async move {
                         let page = ctx.parent_value.try_downcast_ref::<Page>()?;
-                        let end = page.rows.last().map(|r| r.uri.clone());
-                        Ok(Some(FieldValue::owned_any((page.has_next, end))))
+                        Ok(Some(FieldValue::owned_any((
+                            page.has_next,
+                            page.end_cursor.clone(),
+                        ))))
                     })
                 },
             ));
         let collection = rt.nsid.clone();
         let pool = readers.clone();
+        let fields = Arc::new(scalar_fields.clone());
         query = query.field(
             GqlField::new(
                 field_name(&rt.nsid),
                 TypeRef::named_nn(format!("{tname}Connection")),
                 move |ctx| {
-                    let (collection, pool) = (collection.clone(), pool.clone());
+                    let (collection, pool, fields) =
+                        (collection.clone(), pool.clone(), fields.clone());
                     FieldFuture::new(async move {
                         let first = ctx
                             .args
@@ -320,12 +506,8 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                             .get("after")
                             .map(|v| v.string().map(str::to_string))
                             .transpose()?;
-                        let did = ctx
-                            .args
-                            .get("did")
-                            .map(|v| v.string().map(str::to_string))
-                            .transpose()?;
-                        let page = fetch_page(&pool, collection, did, after, first).await?;
+                        let query = read_query(&ctx, &fields)?;
+                        let page = fetch_page(&pool, collection, query, after, first).await?;
                         Ok(Some(FieldValue::owned_any(page)))
                     })
                 },
@@ -342,7 +524,17 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 InputValue::new("did", TypeRef::named(TypeRef::STRING))
                     .description("Only records of this author DID."),
             )
-            .description(format!("{} records, ordered by URI.", rt.nsid)),
+            .argument(
+                InputValue::new("where", TypeRef::named(format!("{tname}Where"))).description(
+                    "Filters on the record's scalar fields and its author, all of which must hold.",
+                ),
+            )
+            .argument(
+                InputValue::new("sortBy", TypeRef::named(format!("{tname}SortField")))
+                    .description("Order by this field (default: uri); ties by uri."),
+            )
+            .argument(InputValue::new("order", TypeRef::named("SortOrder")))
+            .description(format!("{} records.", rt.nsid)),
         );
         let pool = readers.clone();
         query = query.field(
@@ -359,6 +551,26 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             )
             .argument(InputValue::new("uri", TypeRef::named_nn(TypeRef::STRING))),
         );
+        let mut where_input = InputObject::new(format!("{tname}Where")).field(
+            InputValue::new("author", TypeRef::named(TypeRef::STRING))
+                .description("The author's DID or handle."),
+        );
+        let mut sort_enum = Enum::new(format!("{tname}SortField"))
+            .item(EnumItem::new("uri"))
+            .item(EnumItem::new("indexedAt"));
+        for (gname, _, kind) in &scalar_fields {
+            let filter = match kind {
+                Kind::Str => "StringFilter",
+                Kind::Int => "IntFilter",
+                Kind::Bool => "BooleanFilter",
+            };
+            where_input = where_input.field(InputValue::new(gname, TypeRef::named(filter)));
+            if !["uri", "indexedAt"].contains(&gname.as_str()) {
+                sort_enum = sort_enum.item(EnumItem::new(gname));
+            }
+        }
+        inputs.push(where_input);
+        enums.push(sort_enum);
         builder_types.push(obj);
         builder_types.push(conn);
         count += 1;
@@ -433,9 +645,26 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
         .register(Scalar::new("JSON").description("Any value of the atproto data model, as JSON."))
         .register(actor)
         .register(backlink_count)
+        .register(filter_input("StringFilter", TypeRef::STRING, true))
+        .register(filter_input("IntFilter", TypeRef::INT, false))
+        .register(
+            InputObject::new("BooleanFilter")
+                .field(InputValue::new("eq", TypeRef::named(TypeRef::BOOLEAN))),
+        )
+        .register(
+            Enum::new("SortOrder")
+                .item(EnumItem::new("ASC"))
+                .item(EnumItem::new("DESC")),
+        )
         .limit_depth(16)
         .limit_complexity(10_000);
     for t in builder_types {
+        builder = builder.register(t);
+    }
+    for t in inputs {
+        builder = builder.register(t);
+    }
+    for t in enums {
         builder = builder.register(t);
     }
     builder.register(query).data(readers).finish()
@@ -501,32 +730,78 @@ fn attach_counts(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Resu
 async fn fetch_page(
     pool: &Arc<ReadPool>,
     collection: String,
-    did: Option<String>,
+    query: Query,
     after: Option<String>,
     first: i64,
 ) -> async_graphql::Result<Page> {
+    let after = after.as_deref().map(decode_gql_cursor).transpose()?;
+    let (key, key_is_int) = query.sort.clone().unwrap_or(("r.uri".to_string(), false));
     let page = pool
         .with(move |c| {
+            use duckdb::types::Value as V;
+            let mut filter = String::from("r.collection = ?");
+            let mut values = vec![V::Text(collection)];
+            for cond in &query.conditions {
+                filter.push_str(" AND ");
+                filter.push_str(cond);
+            }
+            values.extend(query.values.iter().cloned());
             let total: i64 = c.query_row(
-                "SELECT count(*) FROM records WHERE collection = ? AND (?::VARCHAR IS NULL OR did = ?)",
-                params![collection, did, did],
+                &format!("SELECT count(*) FROM records r WHERE {filter}"),
+                duckdb::params_from_iter(values.iter()),
                 |r| r.get(0),
             )?;
+            let (cmp, order) = if query.descending {
+                ("<", "DESC")
+            } else {
+                (">", "ASC")
+            };
+            if let Some((k, uri)) = &after {
+                filter.push_str(&format!(
+                    " AND ({key} {cmp} ? OR ({key} = ? AND r.uri {cmp} ?))"
+                ));
+                let kv = match (k, key_is_int) {
+                    (Value::Number(n), true) => V::BigInt(n.as_i64().unwrap_or_default()),
+                    (Value::String(s), false) => V::Text(s.clone()),
+                    _ => return Err(duckdb::Error::InvalidParameterName("after".into())),
+                };
+                values.push(kv.clone());
+                values.push(kv);
+                values.push(V::Text(uri.clone()));
+            }
+            values.push(V::BigInt(first + 1));
             let sql = format!(
-                "SELECT {RECORD_COLUMNS} FROM records r WHERE collection = ? AND (?::VARCHAR IS NULL OR did = ?)
-                 AND (?::VARCHAR IS NULL OR uri > ?) ORDER BY uri LIMIT ?"
+                "SELECT {RECORD_COLUMNS}, {key} AS sort_key FROM records r WHERE {filter}
+                 ORDER BY sort_key {order}, r.uri {order} LIMIT ?"
             );
             let mut stmt = c.prepare(&sql)?;
             let mut rows = stmt
-                .query_map(params![collection, did, did, after, after, first + 1], read_row)?
+                .query_map(duckdb::params_from_iter(values.iter()), |r| {
+                    let key = if key_is_int {
+                        Value::from(r.get::<_, i64>(7)?)
+                    } else {
+                        Value::from(r.get::<_, String>(7)?)
+                    };
+                    Ok((read_row(r)?, key))
+                })?
                 .collect::<duckdb::Result<Vec<_>>>()?;
             let has_next = rows.len() as i64 > first;
             rows.truncate(first as usize);
+            let end_cursor = rows.last().map(|(r, k)| encode_gql_cursor(k, &r.uri));
+            let mut rows: Vec<RecordRow> = rows.into_iter().map(|(r, _)| r).collect();
             attach_counts(c, &mut rows)?;
-            Ok(Page { rows, total, has_next })
+            Ok(Page {
+                rows,
+                total,
+                has_next,
+                end_cursor,
+            })
         })
         .await
-        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+        .map_err(|e| match e.to_string() {
+            m if m.contains("after") => async_graphql::Error::new("after does not fit this sortBy"),
+            m => async_graphql::Error::new(m),
+        })?;
     Ok(page)
 }
 
