@@ -78,6 +78,8 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "mode": "community.lexicon.calendar.event#inperson", "status": "community.lexicon.calendar.event#scheduled"}}));
     pds.cmd(json!({"op": "create", "did": bob, "collection": "community.lexicon.calendar.rsvp", "record": {
         "subject": strong_ref(&event), "status": "community.lexicon.calendar.rsvp#going", "createdAt": now}}));
+    pds.cmd(json!({"op": "create", "did": carol, "collection": "community.lexicon.calendar.rsvp", "record": {
+        "subject": strong_ref(&event), "status": "community.lexicon.calendar.rsvp#interested", "createdAt": now}}));
     pds.cmd(
         json!({"op": "create", "did": carol, "collection": "buzz.bookhive.book", "record": {
         "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": "bk_1", "stars": 9,
@@ -145,7 +147,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     );
     assert!(gql.get("errors").is_none(), "{gql}");
     let d = &gql["data"];
-    assert_eq!(d["communityLexiconCalendarRsvp"]["totalCount"], 1);
+    assert_eq!(d["communityLexiconCalendarRsvp"]["totalCount"], 2);
     assert_eq!(
         d["communityLexiconCalendarRsvp"]["nodes"][0]["subject"]["uri"],
         event["uri"]
@@ -252,6 +254,29 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "{gql}"
     );
 
+    // Aggregations: an event's RSVPs by status; posts by month.
+    let gql = server.graphql(&format!(
+        r#"{{ r: communityLexiconCalendarRsvpAggregate(groupBy: [status], where: {{linksTo: "{}"}}) {{ keys count }}
+              p: appBskyFeedPostAggregate(groupBy: [createdAt], bucket: MONTH) {{ keys count }} }}"#,
+        event["uri"].as_str().unwrap()
+    ));
+    assert!(gql.get("errors").is_none(), "{gql}");
+    assert_eq!(
+        gql["data"]["r"],
+        json!([{"keys": ["community.lexicon.calendar.rsvp#going"], "count": 1},
+               {"keys": ["community.lexicon.calendar.rsvp#interested"], "count": 1}])
+    );
+    assert_eq!(
+        gql["data"]["p"],
+        json!([{"keys": ["2026-11-01"], "count": 7}])
+    );
+    let gql = server
+        .graphql("{ appBskyFeedPostAggregate(groupBy: [text, langs, createdAt, uri]) { count } }");
+    assert!(
+        gql.get("errors").is_some(),
+        "four groupBy fields are refused: {gql}"
+    );
+
     // The schema and the operations above, checked by graphql-js.
     common::assert_graphql_conforms(
         &format!("{}/graphql", server.base),
@@ -262,7 +287,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
                backlinkCounts { collection path count } } }
            query Page { appBskyFeedPost(first: 100) { nodes { uri author { handle } } pageInfo { hasNextPage endCursor } } }
            query Filtered($after: String) { appBskyFeedPost(where: {text: {contains: "rust"}, author: "carol.test"},
-               sortBy: indexedAt, order: DESC, first: 3, after: $after) { totalCount nodes { text } } }"#,
+               sortBy: indexedAt, order: DESC, first: 3, after: $after) { totalCount nodes { text } } }
+           query ByStatus($event: String) { communityLexiconCalendarRsvpAggregate(groupBy: [status],
+               where: {linksTo: $event}, bucket: DAY) { keys count } }"#,
     );
     // Cost control: clear errors, no work done.
     let gql = server.graphql("{ appBskyFeedPost(first: 101) { totalCount } }");
@@ -366,7 +393,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     assert_eq!(
         body,
         json!({"events": [{"uri": event["uri"], "did": alice, "name": "Rust meetup",
-            "startsAt": "2026-12-01T18:00:00.000Z", "going": 1, "interested": 0, "notgoing": 0, "rsvps": 1}]})
+            "startsAt": "2026-12-01T18:00:00.000Z", "going": 1, "interested": 1, "notgoing": 0, "rsvps": 2}]})
     );
     answers.push(("dev.lexview.calendar.getUpcomingEvents", body));
     let (_, body) =
@@ -720,7 +747,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
             "community.lexicon.calendar.rsvp",
             ".subject.uri"
         ),
-        1
+        2
     );
 
     let (ok, out, err) = sql(data.path(), "SELECT collection, reason FROM quarantine");

@@ -60,6 +60,9 @@ struct Page {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Str,
+    /// A string with the `datetime` format: filtered and sorted as a string,
+    /// bucketed by day, week or month in aggregations.
+    Datetime,
     Int,
     Bool,
 }
@@ -69,7 +72,7 @@ enum Kind {
 /// are ever given here; request values are always bound.
 fn field_expr(prop: &str, kind: Kind) -> String {
     match kind {
-        Kind::Str => format!("(r.record ->> '{prop}')"),
+        Kind::Str | Kind::Datetime => format!("(r.record ->> '{prop}')"),
         Kind::Int => format!("TRY_CAST(r.record ->> '{prop}' AS BIGINT)"),
         Kind::Bool => format!("TRY_CAST(r.record ->> '{prop}' AS BOOLEAN)"),
     }
@@ -91,7 +94,7 @@ fn db_value(
     kind: Kind,
 ) -> async_graphql::Result<duckdb::types::Value> {
     Ok(match kind {
-        Kind::Str => duckdb::types::Value::Text(v.string()?.to_string()),
+        Kind::Str | Kind::Datetime => duckdb::types::Value::Text(v.string()?.to_string()),
         Kind::Int => duckdb::types::Value::BigInt(v.i64()?),
         Kind::Bool => duckdb::types::Value::Boolean(v.boolean()?),
     })
@@ -141,6 +144,12 @@ fn read_query(
                 q.values.push(db_value(&v, Kind::Str)?);
             }
         }
+        if let Some(target) = w.get("linksTo") {
+            q.conditions
+                .push("r.uri IN (SELECT source_uri FROM links WHERE target = ?)".into());
+            q.values
+                .push(duckdb::types::Value::Text(target.string()?.to_string()));
+        }
         if let Some(author) = w.get("author") {
             let author = author.string()?.to_string();
             q.conditions.push(
@@ -169,7 +178,9 @@ fn read_query(
                     .find(|(g, _, _)| g == name)
                     .ok_or_else(|| format!("cannot sort by {name}"))?;
                 match kind {
-                    Kind::Str => (format!("coalesce({}, '')", field_expr(prop, *kind)), false),
+                    Kind::Str | Kind::Datetime => {
+                        (format!("coalesce({}, '')", field_expr(prop, *kind)), false)
+                    }
                     Kind::Int => (
                         format!(
                             "coalesce({}, -9223372036854775808)",
@@ -189,6 +200,115 @@ fn read_query(
         q.descending = order.enum_name()? == "DESC";
     }
     Ok(q)
+}
+
+/// One aggregation group.
+struct Group {
+    keys: Vec<Option<String>>,
+    count: i64,
+}
+
+/// Runs a `...Aggregate` field: `count(*)` grouped by up to three fields.
+async fn aggregate(
+    ctx: &ResolverContext<'_>,
+    pool: &Arc<ReadPool>,
+    collection: String,
+    fields: &[(String, String, Kind)],
+) -> async_graphql::Result<Vec<Group>> {
+    let names: Vec<String> = ctx
+        .args
+        .try_get("groupBy")?
+        .list()?
+        .iter()
+        .map(|v| v.enum_name().map(str::to_string))
+        .collect::<async_graphql::Result<_>>()?;
+    if names.is_empty() || names.len() > 3 {
+        return Err("groupBy takes one to three fields".into());
+    }
+    let bucket = ctx
+        .args
+        .get("bucket")
+        .map(|b| b.enum_name().map(str::to_string))
+        .transpose()?;
+    let unit = match bucket.as_deref() {
+        Some("DAY") => Some("day"),
+        Some("WEEK") => Some("week"),
+        Some("MONTH") => Some("month"),
+        _ => None,
+    };
+    let first = ctx
+        .args
+        .get("first")
+        .map(|v| v.i64())
+        .transpose()?
+        .unwrap_or(MAX_PAGE);
+    if !(1..=MAX_PAGE).contains(&first) {
+        return Err(format!("first must be between 1 and {MAX_PAGE}").into());
+    }
+    let bucketed = |ts: &str| match unit {
+        Some(u) => format!("strftime(date_trunc('{u}', {ts}), '%Y-%m-%d')"),
+        None => format!("strftime({ts}, '%Y-%m-%dT%H:%M:%S.%fZ')"),
+    };
+    let mut keys = Vec::new();
+    for name in &names {
+        keys.push(match name.as_str() {
+            "uri" => "r.uri".to_string(),
+            "indexedAt" => bucketed("r.indexed_at"),
+            _ => {
+                let (_, prop, kind) = fields
+                    .iter()
+                    .find(|(g, _, _)| g == name)
+                    .ok_or_else(|| format!("cannot group by {name}"))?;
+                match (kind, unit) {
+                    (Kind::Datetime, Some(_)) => bucketed(&format!(
+                        "TRY_CAST({} AS TIMESTAMP)",
+                        field_expr(prop, *kind)
+                    )),
+                    _ => format!("CAST({} AS VARCHAR)", field_expr(prop, *kind)),
+                }
+            }
+        });
+    }
+    let query = read_query(ctx, fields)?;
+    let groups = pool
+        .with(move |c| {
+            let mut filter = String::from("r.collection = ?");
+            let mut values = vec![duckdb::types::Value::Text(collection)];
+            for cond in &query.conditions {
+                filter.push_str(" AND ");
+                filter.push_str(cond);
+            }
+            values.extend(query.values.iter().cloned());
+            values.push(duckdb::types::Value::BigInt(first));
+            let cols: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("{k} AS k{i}"))
+                .collect();
+            let group: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
+            let sql = format!(
+                "SELECT {}, count(*) AS n FROM records r WHERE {filter}
+                 GROUP BY {} ORDER BY n DESC, {} LIMIT ?",
+                cols.join(", "),
+                group.join(", "),
+                group.join(", ")
+            );
+            let n = keys.len();
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(duckdb::params_from_iter(values.iter()), |r| {
+                let keys = (0..n)
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect::<duckdb::Result<Vec<_>>>()?;
+                Ok(Group {
+                    keys,
+                    count: r.get(n)?,
+                })
+            })?;
+            rows.collect::<duckdb::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+    Ok(groups)
 }
 
 /// An opaque page position: the sort key and URI of the last row.
@@ -417,6 +537,9 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 _ => "JSON",
             };
             let kind = match field {
+                Field::String(s) if s.format == Some(crate::syntax::Format::Datetime) => {
+                    Some(Kind::Datetime)
+                }
                 Field::String(_) => Some(Kind::Str),
                 Field::Integer { .. } => Some(Kind::Int),
                 Field::Boolean { .. } => Some(Kind::Bool),
@@ -536,6 +659,47 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             .argument(InputValue::new("order", TypeRef::named("SortOrder")))
             .description(format!("{} records.", rt.nsid)),
         );
+        let (collection, pool, agg_fields) = (
+            rt.nsid.clone(),
+            readers.clone(),
+            Arc::new(scalar_fields.clone()),
+        );
+        query = query.field(
+            GqlField::new(
+                format!("{}Aggregate", field_name(&rt.nsid)),
+                TypeRef::named_nn_list_nn("AggregateGroup"),
+                move |ctx| {
+                    let (collection, pool, fields) =
+                        (collection.clone(), pool.clone(), agg_fields.clone());
+                    FieldFuture::new(async move {
+                        let groups = aggregate(&ctx, &pool, collection, &fields).await?;
+                        Ok(Some(FieldValue::list(
+                            groups.into_iter().map(FieldValue::owned_any),
+                        )))
+                    })
+                },
+            )
+            .argument(
+                InputValue::new(
+                    "groupBy",
+                    TypeRef::named_nn_list_nn(format!("{tname}SortField")),
+                )
+                .description("One to three fields to group by."),
+            )
+            .argument(InputValue::new(
+                "where",
+                TypeRef::named(format!("{tname}Where")),
+            ))
+            .argument(
+                InputValue::new("bucket", TypeRef::named("DateBucket"))
+                    .description("Group datetime fields (and indexedAt) by day, week or month."),
+            )
+            .argument(
+                InputValue::new("first", TypeRef::named(TypeRef::INT))
+                    .description("Most groups returned, at most 100 (default 100); largest first."),
+            )
+            .description(format!("Counts of {} records, grouped.", rt.nsid)),
+        );
         let pool = readers.clone();
         query = query.field(
             GqlField::new(
@@ -551,16 +715,22 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             )
             .argument(InputValue::new("uri", TypeRef::named_nn(TypeRef::STRING))),
         );
-        let mut where_input = InputObject::new(format!("{tname}Where")).field(
-            InputValue::new("author", TypeRef::named(TypeRef::STRING))
-                .description("The author's DID or handle."),
-        );
+        let mut where_input = InputObject::new(format!("{tname}Where"))
+            .field(
+                InputValue::new("author", TypeRef::named(TypeRef::STRING))
+                    .description("The author's DID or handle."),
+            )
+            .field(
+                InputValue::new("linksTo", TypeRef::named(TypeRef::STRING)).description(
+                    "Only records that link to this AT-URI or DID, anywhere in the record (the backlink index).",
+                ),
+            );
         let mut sort_enum = Enum::new(format!("{tname}SortField"))
             .item(EnumItem::new("uri"))
             .item(EnumItem::new("indexedAt"));
         for (gname, _, kind) in &scalar_fields {
             let filter = match kind {
-                Kind::Str => "StringFilter",
+                Kind::Str | Kind::Datetime => "StringFilter",
                 Kind::Int => "IntFilter",
                 Kind::Bool => "BooleanFilter",
             };
@@ -650,6 +820,40 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
         .register(
             InputObject::new("BooleanFilter")
                 .field(InputValue::new("eq", TypeRef::named(TypeRef::BOOLEAN))),
+        )
+        .register(
+            Enum::new("DateBucket")
+                .item(EnumItem::new("DAY"))
+                .item(EnumItem::new("WEEK"))
+                .item(EnumItem::new("MONTH")),
+        )
+        .register(
+            Object::new("AggregateGroup")
+                .description("One group: its key values, in groupBy order, and its size.")
+                .field(GqlField::new(
+                    "keys",
+                    TypeRef::named_nn_list(TypeRef::STRING),
+                    |ctx| {
+                        FieldFuture::new(async move {
+                            let g = ctx.parent_value.try_downcast_ref::<Group>()?;
+                            Ok(Some(FieldValue::list(g.keys.iter().map(|k| match k {
+                                Some(k) => FieldValue::value(k.clone()),
+                                None => FieldValue::NULL,
+                            }))))
+                        })
+                    },
+                ))
+                .field(GqlField::new(
+                    "count",
+                    TypeRef::named_nn(TypeRef::INT),
+                    |ctx| {
+                        FieldFuture::new(async move {
+                            Ok(Some(FieldValue::value(
+                                ctx.parent_value.try_downcast_ref::<Group>()?.count,
+                            )))
+                        })
+                    },
+                )),
         )
         .register(
             Enum::new("SortOrder")
