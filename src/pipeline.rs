@@ -45,12 +45,18 @@ pub enum Outcome {
 
 /// Turns frames into index events, given the loaded lexicons.
 pub struct Ingestor {
-    catalog: Arc<Catalog>,
+    /// Swapped whole when the lexicons are reloaded (SIGHUP).
+    catalog: Arc<arc_swap::ArcSwap<Catalog>>,
     metrics: Arc<Metrics>,
 }
 
 impl Ingestor {
     pub fn new(catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Ingestor {
+        Ingestor::shared(Arc::new(arc_swap::ArcSwap::new(catalog)), metrics)
+    }
+
+    /// An ingestor that follows `catalog` as it is swapped.
+    pub fn shared(catalog: Arc<arc_swap::ArcSwap<Catalog>>, metrics: Arc<Metrics>) -> Ingestor {
         Ingestor { catalog, metrics }
     }
 
@@ -124,13 +130,14 @@ impl Ingestor {
             repo: c.repo.to_string(),
             reason,
         };
+        let catalog = self.catalog.load();
         // Filter by collection before anything expensive.
         let wanted: Vec<_> = c
             .ops
             .iter()
             .filter_map(|op| {
                 let (collection, rkey) = op.split_path()?;
-                self.catalog
+                catalog
                     .has_record(collection)
                     .then_some((op, collection, rkey))
             })
@@ -222,7 +229,7 @@ impl Ingestor {
                             continue;
                         }
                     };
-                    if let Err(e) = self.catalog.validate_record(collection, &record) {
+                    if let Err(e) = catalog.validate_record(collection, &record) {
                         changes.push(quarantine(Some(cid_str), e.to_string(), Some(record)));
                         continue;
                     }

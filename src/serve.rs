@@ -137,8 +137,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     drop(raw_tx);
 
+    let shared_catalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
     let ingest = {
-        let ingestor = Ingestor::new(catalog.clone(), metrics.clone());
+        let ingestor = Ingestor::shared(shared_catalog.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("lexview-ingest".into())
             .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, resume))?
@@ -157,16 +158,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     ));
     let schema = api::graphql::build_schema(&catalog, readers.clone())
         .context("building the GraphQL schema")?;
-    let (queries, query_errors) = api::queries::load(&cfg.queries, &catalog, &readers);
-    for e in &query_errors {
-        tracing::error!("query method not served: {e}");
-    }
-    tracing::info!(
-        methods = ?queries.names().collect::<Vec<_>>(),
-        failed = query_errors.len(),
-        "query methods loaded from {}",
-        cfg.queries.display()
-    );
     anyhow::ensure!(
         crate::syntax::is_valid_did(&cfg.feedgen_did)
             && crate::syntax::is_valid_did(&cfg.feed_publisher),
@@ -174,18 +165,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.feedgen_did,
         cfg.feed_publisher
     );
-    let (feeds, feed_errors) =
-        api::feeds::load(&cfg.feeds, &cfg.feedgen_did, &cfg.feed_publisher, &readers);
-    for e in &feed_errors {
-        tracing::error!("feed not served: {e}");
-    }
-    tracing::info!(feeds = ?feeds.uris(), failed = feed_errors.len(), "feeds loaded from {}", cfg.feeds.display());
+    let (queries, feeds) = load_methods(&cfg, &catalog, &readers);
     let state = AppState {
-        queries: Arc::new(queries),
-        feeds: Arc::new(feeds),
+        queries: Arc::new(arc_swap::ArcSwap::from_pointee(queries)),
+        feeds: Arc::new(arc_swap::ArcSwap::from_pointee(feeds)),
         profiles,
         readers,
-        catalog: catalog.clone(),
+        catalog: shared_catalog,
         metrics: metrics.clone(),
         positions,
         graphql: Arc::new(arc_swap::ArcSwap::from_pointee(schema)),
@@ -194,6 +180,27 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("serving on http://{}", listener.local_addr()?);
+    {
+        let (cfg, state) = (cfg.clone(), state.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("no SIGHUP handler: lexicons reload only on restart");
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading lexicons, query methods and feeds");
+                let (cfg, state) = (cfg.clone(), state.clone());
+                match tokio::task::spawn_blocking(move || reload(&cfg, &state)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!("reload failed; still serving the previous lexicons: {e:#}")
+                    }
+                    Err(e) => tracing::error!("reload panicked: {e}"),
+                }
+            }
+        });
+    }
     let token = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -247,6 +254,53 @@ fn ingest_loop(
             Err(e) => tracing::warn!(source = %frame.source, "frame skipped: {e}"),
         }
     }
+}
+
+/// Query methods and feeds for `catalog`, each bad file logged with its path.
+fn load_methods(
+    cfg: &ServeConfig,
+    catalog: &Catalog,
+    readers: &crate::index::store::ReadPool,
+) -> (api::queries::QueryMethods, api::feeds::Feeds) {
+    let (queries, query_errors) = api::queries::load(&cfg.queries, catalog, readers);
+    for e in &query_errors {
+        tracing::error!("query method not served: {e}");
+    }
+    tracing::info!(
+        methods = ?queries.names().collect::<Vec<_>>(),
+        failed = query_errors.len(),
+        "query methods loaded from {}",
+        cfg.queries.display()
+    );
+    let (feeds, feed_errors) =
+        api::feeds::load(&cfg.feeds, &cfg.feedgen_did, &cfg.feed_publisher, readers);
+    for e in &feed_errors {
+        tracing::error!("feed not served: {e}");
+    }
+    tracing::info!(feeds = ?feeds.uris(), failed = feed_errors.len(), "feeds loaded from {}", cfg.feeds.display());
+    (queries, feeds)
+}
+
+/// Reloads the lexicon directory and swaps in the new catalog (for ingest and
+/// the API), GraphQL schema, query methods and feeds. Nothing is swapped if
+/// the directory cannot be read or the schema cannot be built; records
+/// already indexed stay, and newly known collections are indexed from the
+/// next event on.
+fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
+    let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
+    let schema = api::graphql::build_schema(&catalog, state.readers.clone())
+        .context("building the GraphQL schema")?;
+    let (queries, feeds) = load_methods(cfg, &catalog, &state.readers);
+    state.catalog.store(catalog.clone());
+    state.graphql.store(Arc::new(schema));
+    state.queries.store(Arc::new(queries));
+    state.feeds.store(Arc::new(feeds));
+    tracing::info!(
+        documents = catalog.len(),
+        record_types = catalog.records().count(),
+        "lexicons reloaded"
+    );
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -78,7 +78,7 @@ pub async fn get_backlinks(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let subject = p.str("subject").unwrap_or_default().to_string();
     let (collection, path) = split_source(p.str("source").unwrap_or_default())?;
     let limit = p.int("limit").unwrap_or(16);
@@ -139,7 +139,7 @@ pub async fn get_backlinks_count(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let subject = p.str("subject").unwrap_or_default().to_string();
     let (collection, path) = split_source(p.str("source").unwrap_or_default())?;
     let total: i64 = state
@@ -161,7 +161,7 @@ pub async fn get_backlink_dids(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let subject = p.str("subject").unwrap_or_default().to_string();
     let (collection, path) = split_source(p.str("source").unwrap_or_default())?;
     let limit = p.int("limit").unwrap_or(16);

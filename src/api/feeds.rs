@@ -99,15 +99,15 @@ pub async fn describe(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    parse(&state.catalog, nsid, pairs)?;
-    let feeds: Vec<Value> = state
-        .feeds
+    parse(&state.catalog(), nsid, pairs)?;
+    let generator = state.feeds();
+    let feeds: Vec<Value> = generator
         .uris()
         .into_iter()
         .map(|uri| json!({ "uri": uri }))
         .collect();
-    let out = json!({ "did": state.feeds.service_did, "feeds": feeds });
-    check_output(&state.catalog, nsid, &out)?;
+    let out = json!({ "did": generator.service_did, "feeds": feeds });
+    check_output(&state.catalog(), nsid, &out)?;
     Ok(out)
 }
 
@@ -116,7 +116,7 @@ pub async fn skeleton(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let uri = p.str("feed").unwrap_or_default();
     let unknown = || XrpcError::named("UnknownFeed", format!("Unknown feed: {uri}"));
     let rest = uri.strip_prefix("at://").ok_or_else(unknown)?;
@@ -125,8 +125,9 @@ pub async fn skeleton(
     else {
         return Err(unknown());
     };
-    let feed = (did == state.feeds.publisher && collection == GENERATOR)
-        .then(|| state.feeds.feeds.get(rkey))
+    let generator = state.feeds();
+    let feed = (did == generator.publisher && collection == GENERATOR)
+        .then(|| generator.feeds.get(rkey))
         .flatten()
         .ok_or_else(unknown)?;
     let limit = p.int("limit").unwrap_or(50);
@@ -159,7 +160,7 @@ pub async fn skeleton(
             out["cursor"] = json!(c);
         }
     }
-    check_output(&state.catalog, nsid, &out)?;
+    check_output(&state.catalog(), nsid, &out)?;
     Ok(out)
 }
 

@@ -27,13 +27,27 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct AppState {
     pub readers: Arc<ReadPool>,
-    pub catalog: Arc<Catalog>,
+    /// The catalog, query methods, feeds and GraphQL schema are each swapped
+    /// whole when the lexicons are reloaded (SIGHUP).
+    pub catalog: Arc<arc_swap::ArcSwap<Catalog>>,
     pub metrics: Arc<Metrics>,
     pub positions: Arc<Positions>,
     pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
-    pub queries: Arc<queries::QueryMethods>,
-    pub feeds: Arc<feeds::Feeds>,
+    pub queries: Arc<arc_swap::ArcSwap<queries::QueryMethods>>,
+    pub feeds: Arc<arc_swap::ArcSwap<feeds::Feeds>>,
     pub profiles: Arc<views::ProfileCache>,
+}
+
+impl AppState {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+    pub fn queries(&self) -> Arc<queries::QueryMethods> {
+        self.queries.load_full()
+    }
+    pub fn feeds(&self) -> Arc<feeds::Feeds> {
+        self.feeds.load_full()
+    }
 }
 
 /// The router, separate from `main` so tests can drive it in-process.

@@ -120,7 +120,7 @@ pub async fn get_posts(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let uris: Vec<String> =
         p.0.get("uris")
             .and_then(Value::as_array)
@@ -142,7 +142,7 @@ pub async fn get_quotes(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let uri = p.str("uri").unwrap_or_default().to_string();
     let cid = p.str("cid").map(str::to_string);
     let limit = p.int("limit").unwrap_or(50);
@@ -195,7 +195,7 @@ pub async fn get_post_thread(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let uri = p.str("uri").unwrap_or_default().to_string();
     let depth = p.int("depth").unwrap_or(6);
     let parent_height = p.int("parentHeight").unwrap_or(80);
@@ -297,7 +297,7 @@ pub async fn get_author_feed(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p: Params = parse(&state.catalog, nsid, pairs)?;
+    let p: Params = parse(&state.catalog(), nsid, pairs)?;
     let did = super::xrpc::resolve_repo(state, p.str("actor").unwrap_or_default()).await?;
     let limit = p.int("limit").unwrap_or(50);
     let filter = p.str("filter").unwrap_or("posts_with_replies").to_string();

@@ -144,7 +144,7 @@ pub async fn run(
     method: &QueryMethod,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, &method.nsid, pairs)?;
+    let p = parse(&state.catalog(), &method.nsid, pairs)?;
     let items = rows(&state.readers, method.wrapped.clone(), p.0).await?;
     let output = match &method.list_property {
         Some(name) => {
@@ -158,7 +158,7 @@ pub async fn run(
             .unwrap_or_else(|| Value::Object(Default::default())),
     };
     state
-        .catalog
+        .catalog()
         .validate_value(&method.output, &output)
         .map_err(|e| {
             tracing::error!(method = method.nsid, path = %method.path.display(), error = %e, "query method answer does not match its lexicon");

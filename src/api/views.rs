@@ -162,7 +162,7 @@ pub async fn get_profile(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let did = actor_did(state, &p).await.map_err(|_| {
         XrpcError::invalid_request(format!(
             "Profile not found: {}",
@@ -302,7 +302,7 @@ async fn graph_list(
     sql: &'static str,
     field: &str,
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let subject = actor_did(state, &p).await?;
     let page = page(state, &p, sql, vec![Some(subject.clone())]).await?;
     let subject_view = profile_views(state, std::slice::from_ref(&subject)).await?;
@@ -351,7 +351,7 @@ pub async fn get_likes(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let (uri, page) = subject_list(state, &p, "app.bsky.feed.like").await?;
     let likes: Vec<Value> = page
         .rows
@@ -377,7 +377,7 @@ pub async fn get_reposted_by(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let (uri, page) = subject_list(state, &p, "app.bsky.feed.repost").await?;
     let list: Vec<Value> = page.rows.iter().map(|r| page.views[&r.0].clone()).collect();
     let mut out = json!({ "uri": uri, "repostedBy": list });

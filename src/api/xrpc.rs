@@ -43,10 +43,13 @@ pub async fn dispatch(
         "app.bsky.feed.getAuthorFeed" => posts::get_author_feed(&state, &nsid, &pairs).await,
         "app.bsky.feed.describeFeedGenerator" => feeds::describe(&state, &nsid, &pairs).await,
         "app.bsky.feed.getFeedSkeleton" => feeds::skeleton(&state, &nsid, &pairs).await,
-        other => match state.queries.get(other) {
-            Some(method) => super::queries::run(&state, method, &pairs).await,
-            None => Err(XrpcError::not_implemented(&nsid)),
-        },
+        other => {
+            let queries = state.queries();
+            match queries.get(other) {
+                Some(method) => super::queries::run(&state, method, &pairs).await,
+                None => Err(XrpcError::not_implemented(&nsid)),
+            }
+        }
     };
     match result {
         Ok(v) => Json(v).into_response(),
@@ -93,7 +96,7 @@ async fn get_record(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let did = resolve_repo(state, required(&p, "repo")).await?;
     let (collection, rkey) = (
         required(&p, "collection").to_string(),
@@ -129,7 +132,7 @@ async fn list_records(
     nsid: &str,
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
-    let p = parse(&state.catalog, nsid, pairs)?;
+    let p = parse(&state.catalog(), nsid, pairs)?;
     let did = resolve_repo(state, required(&p, "repo")).await?;
     let collection = required(&p, "collection").to_string();
     let limit = p.int("limit").unwrap_or(50);

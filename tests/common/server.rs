@@ -67,6 +67,15 @@ impl Server {
         server
     }
 
+    /// Sends SIGHUP (reload lexicons, query methods and feeds).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         let resp = reqwest::blocking::get(format!("{}{}", self.base, path)).expect("GET");
         let status = resp.status().as_u16();
