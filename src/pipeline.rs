@@ -234,14 +234,16 @@ impl Ingestor {
                         continue;
                     }
                     Metrics::inc(&m.records_indexed_total);
-                    changes.push(Change::Put(RecordWrite::new(
+                    let mut write = RecordWrite::new(
                         c.repo.to_string(),
                         collection.to_string(),
                         rkey.to_string(),
                         cid_str,
                         c.rev.to_string(),
                         record,
-                    )));
+                    );
+                    write.update = op.action == "update";
+                    changes.push(Change::Put(write));
                 }
                 other => {
                     changes.push(quarantine(

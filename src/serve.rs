@@ -148,15 +148,25 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let readers = store.readers();
     let profiles = Arc::new(api::views::ProfileCache::default());
     let invalidate = profiles.clone();
+    let (events, _) = tokio::sync::broadcast::channel(4096);
+    let publish: api::graphql::Events = events.clone();
     let writer = tokio::spawn(writer::run(
         store,
         ev_rx,
         cfg.writer,
         positions.clone(),
         metrics.clone(),
-        Arc::new(move |batch| invalidate.invalidate(batch)),
+        Arc::new(move |batch| {
+            invalidate.invalidate(batch);
+            // Built only while someone is subscribed.
+            if publish.receiver_count() > 0 {
+                for ev in api::graphql::record_events(batch) {
+                    let _ = publish.send(Arc::new(ev));
+                }
+            }
+        }),
     ));
-    let schema = api::graphql::build_schema(&catalog, readers.clone())
+    let schema = api::graphql::build_schema(&catalog, readers.clone(), events.clone())
         .context("building the GraphQL schema")?;
     anyhow::ensure!(
         crate::syntax::is_valid_did(&cfg.feedgen_did)
@@ -170,6 +180,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         queries: Arc::new(arc_swap::ArcSwap::from_pointee(queries)),
         feeds: Arc::new(arc_swap::ArcSwap::from_pointee(feeds)),
         profiles,
+        events,
         readers,
         catalog: shared_catalog,
         metrics: metrics.clone(),
@@ -288,7 +299,7 @@ fn load_methods(
 /// next event on.
 fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
-    let schema = api::graphql::build_schema(&catalog, state.readers.clone())
+    let schema = api::graphql::build_schema(&catalog, state.readers.clone(), state.events.clone())
         .context("building the GraphQL schema")?;
     let (queries, feeds) = load_methods(cfg, &catalog, &state.readers);
     state.catalog.store(catalog.clone());

@@ -672,6 +672,36 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     );
     answers.push(("app.bsky.feed.getAuthorFeed", rest));
 
+    // A GraphQL subscription (graphql-ws) receives a post created through the PDS,
+    // filtered by its where; the post that does not match is not delivered.
+    {
+        use std::io::BufRead;
+        let ws = server.base.replace("http://", "ws://") + "/graphql";
+        let mut sub = std::process::Command::new("node")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/gql-subscribe.mjs"))
+            .args([
+                ws.as_str(),
+                r#"subscription { appBskyFeedPostCreated(where: {text: {contains: "crab"}}) { uri text did } }"#,
+                "1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node");
+        let mut lines = std::io::BufReader::new(sub.stdout.take().unwrap()).lines();
+        let ready = lines.next().unwrap().unwrap();
+        assert!(ready.contains("ready"), "{ready}");
+        pds.cmd(post(&bob, "no match here", None));
+        let crab = pds.cmd(post(&bob, "a crab walks sideways", None));
+        let event: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(
+            event["data"]["appBskyFeedPostCreated"],
+            json!({"uri": crab["uri"], "text": "a crab walks sideways", "did": bob}),
+            "{event}"
+        );
+        assert!(sub.wait().unwrap().success());
+        server.wait_for_cursor(crab["seq"].as_i64().unwrap());
+    }
+
     // A profile change reaches the cached view.
     let changed = pds.cmd(json!({"op": "put", "did": alice, "collection": "app.bsky.actor.profile", "rkey": "self", "record": {"displayName": "Alice C."}}));
     server.wait_for_cursor(changed["seq"].as_i64().unwrap());

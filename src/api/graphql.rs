@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use async_graphql::dynamic::{
     Enum, EnumItem, Field as GqlField, FieldFuture, FieldValue, InputObject, InputValue, Object,
-    ResolverContext, Scalar, Schema, SchemaError, TypeRef,
+    ResolverContext, Scalar, Schema, SchemaError, Subscription, SubscriptionField,
+    SubscriptionFieldFuture, TypeRef,
 };
 use async_graphql::Value as GqlValue;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 use duckdb::params;
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::AppState;
@@ -27,6 +29,173 @@ pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Largest page a connection returns.
 pub const MAX_PAGE: i64 = 100;
+
+/// What happened to a record, for subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+/// A committed change of one record, published to GraphQL subscriptions.
+#[derive(Debug, Clone)]
+pub struct RecordEvent {
+    pub kind: EventKind,
+    pub uri: String,
+    pub did: String,
+    pub collection: String,
+    pub rkey: String,
+    pub cid: String,
+    /// The new record (null for a delete).
+    pub record: Value,
+}
+
+/// Where committed changes are published (the writer's `on_commit` sends).
+pub type Events = tokio::sync::broadcast::Sender<Arc<RecordEvent>>;
+
+/// The changes of a committed batch as subscription events.
+pub fn record_events(batch: &[crate::index::event::IndexEvent]) -> Vec<RecordEvent> {
+    use crate::index::event::Change;
+    let mut out = Vec::new();
+    for ev in batch {
+        for change in &ev.changes {
+            match change {
+                Change::Put(w) => out.push(RecordEvent {
+                    kind: if w.update {
+                        EventKind::Updated
+                    } else {
+                        EventKind::Created
+                    },
+                    uri: w.uri.clone(),
+                    did: w.did.clone(),
+                    collection: w.collection.clone(),
+                    rkey: w.rkey.clone(),
+                    cid: w.cid.clone(),
+                    record: w.value(),
+                }),
+                Change::Delete {
+                    did,
+                    collection,
+                    rkey,
+                    ..
+                } => out.push(RecordEvent {
+                    kind: EventKind::Deleted,
+                    uri: format!("at://{did}/{collection}/{rkey}"),
+                    did: did.clone(),
+                    collection: collection.clone(),
+                    rkey: rkey.clone(),
+                    cid: String::new(),
+                    record: Value::Null,
+                }),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// A record row for a created or updated record event.
+fn row_from_event(ev: &RecordEvent) -> RecordRow {
+    RecordRow {
+        uri: ev.uri.clone(),
+        cid: ev.cid.clone(),
+        did: ev.did.clone(),
+        rkey: ev.rkey.clone(),
+        indexed_at: chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string(),
+        record: ev.record.clone(),
+        handle: None,
+        counts: Arc::default(),
+    }
+}
+
+/// A subscription's `where`, checked in memory against each event.
+struct EventFilter {
+    conditions: Vec<(String, Kind, &'static str, Vec<Value>)>,
+    author: Option<String>,
+}
+
+impl EventFilter {
+    fn read(
+        ctx: &ResolverContext<'_>,
+        fields: &[(String, String, Kind)],
+    ) -> async_graphql::Result<EventFilter> {
+        let mut f = EventFilter {
+            conditions: Vec::new(),
+            author: None,
+        };
+        let Some(w) = ctx.args.get("where") else {
+            return Ok(f);
+        };
+        let w = w.object()?;
+        for (gname, prop, kind) in fields {
+            let Some(filter) = w.get(gname) else { continue };
+            let filter = filter.object()?;
+            for op in ["eq", "gt", "gte", "lt", "lte", "contains"] {
+                if let Some(v) = filter.get(op) {
+                    f.conditions.push((
+                        prop.clone(),
+                        *kind,
+                        op,
+                        vec![v.as_value().clone().into_json()?],
+                    ));
+                }
+            }
+            if let Some(list) = filter.get("in") {
+                let values = list
+                    .list()?
+                    .iter()
+                    .map(|v| v.as_value().clone().into_json())
+                    .collect::<Result<Vec<_>, _>>()?;
+                f.conditions.push((prop.clone(), *kind, "in", values));
+            }
+        }
+        if w.get("linksTo").is_some() {
+            return Err("subscriptions do not take linksTo".into());
+        }
+        f.author = w
+            .get("author")
+            .map(|a| a.string().map(str::to_string))
+            .transpose()?;
+        Ok(f)
+    }
+
+    fn matches(&self, ev: &RecordEvent) -> bool {
+        if let Some(a) = &self.author {
+            if *a != ev.did {
+                return false;
+            }
+        }
+        self.conditions.iter().all(|(prop, kind, op, values)| {
+            let Some(v) = ev.record.get(prop) else {
+                return false;
+            };
+            let cmp = |want: &Value| -> Option<std::cmp::Ordering> {
+                match kind {
+                    Kind::Int => Some(v.as_i64()?.cmp(&want.as_i64()?)),
+                    Kind::Bool => Some(v.as_bool()?.cmp(&want.as_bool()?)),
+                    _ => Some(v.as_str()?.cmp(want.as_str()?)),
+                }
+            };
+            use std::cmp::Ordering::*;
+            match *op {
+                "eq" => cmp(&values[0]) == Some(Equal),
+                "gt" => cmp(&values[0]) == Some(Greater),
+                "gte" => matches!(cmp(&values[0]), Some(Greater | Equal)),
+                "lt" => cmp(&values[0]) == Some(Less),
+                "lte" => matches!(cmp(&values[0]), Some(Less | Equal)),
+                "in" => values.iter().any(|w| cmp(w) == Some(Equal)),
+                "contains" => match (v.as_str(), values[0].as_str()) {
+                    (Some(s), Some(w)) => s.contains(w),
+                    _ => false,
+                },
+                _ => false,
+            }
+        })
+    }
+}
 
 /// One stored record, as resolvers see it.
 #[derive(Debug, Clone)]
@@ -398,7 +567,12 @@ fn filter_input(name: &str, ty: &str, strings: bool) -> InputObject {
 }
 
 /// Builds the schema for a catalog.
-pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema, SchemaError> {
+pub fn build_schema(
+    catalog: &Catalog,
+    readers: Arc<ReadPool>,
+    events: Events,
+) -> Result<Schema, SchemaError> {
+    let mut subscriptions: Vec<SubscriptionField> = Vec::new();
     let mut query = Object::new("Query")
         .description("Records indexed by lexview, one entry point per record lexicon.");
     let page_info = Object::new("PageInfo")
@@ -659,6 +833,77 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
             .argument(InputValue::new("order", TypeRef::named("SortOrder")))
             .description(format!("{} records.", rt.nsid)),
         );
+        for (suffix, kind) in [
+            ("Created", EventKind::Created),
+            ("Updated", EventKind::Updated),
+            ("Deleted", EventKind::Deleted),
+        ] {
+            let (collection, events, fields) = (
+                rt.nsid.clone(),
+                events.clone(),
+                Arc::new(scalar_fields.clone()),
+            );
+            let ty = if kind == EventKind::Deleted {
+                TypeRef::named_nn("DeletedRecord")
+            } else {
+                TypeRef::named_nn(&tname)
+            };
+            let mut field = SubscriptionField::new(
+                format!("{}{suffix}", field_name(&rt.nsid)),
+                ty,
+                move |ctx| {
+                    let (collection, events, fields) =
+                        (collection.clone(), events.clone(), fields.clone());
+                    SubscriptionFieldFuture::new(async move {
+                        let filter = EventFilter::read(&ctx, &fields)?;
+                        let stream =
+                            futures::stream::unfold(events.subscribe(), |mut rx| async move {
+                                loop {
+                                    match rx.recv().await {
+                                        Ok(ev) => return Some((ev, rx)),
+                                        Err(tokio::sync::broadcast::error::RecvError::Lagged(
+                                            n,
+                                        )) => {
+                                            tracing::warn!(
+                                                skipped = n,
+                                                "GraphQL subscriber too slow; events skipped"
+                                            );
+                                        }
+                                        Err(_) => return None,
+                                    }
+                                }
+                            })
+                            .filter(move |ev| {
+                                futures::future::ready(
+                                    ev.collection == collection
+                                        && ev.kind == kind
+                                        && filter.matches(ev),
+                                )
+                            })
+                            .map(|ev| {
+                                Ok(if ev.kind == EventKind::Deleted {
+                                    FieldValue::owned_any((*ev).clone())
+                                } else {
+                                    FieldValue::owned_any(row_from_event(&ev))
+                                })
+                            });
+                        Ok(stream)
+                    })
+                },
+            )
+            .description(format!(
+                "{} records {}, as they are committed.",
+                rt.nsid,
+                suffix.to_lowercase()
+            ));
+            if kind != EventKind::Deleted {
+                field = field.argument(InputValue::new(
+                    "where",
+                    TypeRef::named(format!("{tname}Where")),
+                ));
+            }
+            subscriptions.push(field);
+        }
         let (collection, pool, agg_fields) = (
             rt.nsid.clone(),
             readers.clone(),
@@ -811,7 +1056,8 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
                 })
             },
         ));
-    let mut builder = Schema::build("Query", None, None)
+    let subscription_root = (!subscriptions.is_empty()).then_some("Subscription");
+    let mut builder = Schema::build("Query", None, subscription_root)
         .register(Scalar::new("JSON").description("Any value of the atproto data model, as JSON."))
         .register(actor)
         .register(backlink_count)
@@ -867,6 +1113,28 @@ pub fn build_schema(catalog: &Catalog, readers: Arc<ReadPool>) -> Result<Schema,
     }
     for t in inputs {
         builder = builder.register(t);
+    }
+    if !subscriptions.is_empty() {
+        let mut root = Subscription::new("Subscription");
+        for f in subscriptions {
+            root = root.field(f);
+        }
+        let deleted = |name: &'static str, get: fn(&RecordEvent) -> String| {
+            GqlField::new(name, TypeRef::named_nn(TypeRef::STRING), move |ctx| {
+                FieldFuture::new(async move {
+                    Ok(Some(FieldValue::value(get(ctx
+                        .parent_value
+                        .try_downcast_ref::<RecordEvent>()?))))
+                })
+            })
+        };
+        builder = builder.register(root).register(
+            Object::new("DeletedRecord")
+                .description("A record that was deleted.")
+                .field(deleted("uri", |e| e.uri.clone()))
+                .field(deleted("did", |e| e.did.clone()))
+                .field(deleted("rkey", |e| e.rkey.clone())),
+        );
     }
     for t in enums {
         builder = builder.register(t);
@@ -1162,6 +1430,44 @@ fn reorder(value: GqlValue, order: &KeyOrder) -> GqlValue {
 }
 
 /// `GET /graphql`: GraphiQL for a browser, otherwise a query in the URL.
+/// `GET /graphql`: a WebSocket upgrade serves subscriptions (graphql-ws and
+/// the older subscriptions-transport-ws); otherwise a query in the URL, or
+/// GraphiQL for a browser.
+pub async fn get_or_subscribe(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+) -> Response {
+    use axum::extract::{FromRequest, FromRequestParts, WebSocketUpgrade};
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade {
+        let (mut parts, _) = req.into_parts();
+        let protocol =
+            match async_graphql_axum::GraphQLProtocol::from_request_parts(&mut parts, &state).await
+            {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
+        let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(ws) => ws,
+            Err(e) => return e.into_response(),
+        };
+        let schema = (*state.graphql.load_full()).clone();
+        return ws
+            .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+            .on_upgrade(move |stream| {
+                async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol).serve()
+            })
+            .into_response();
+    }
+    let headers = req.headers().clone();
+    let gql = async_graphql_axum::GraphQLRequest::from_request(req, &state).await;
+    graphiql_or_get(State(state), headers, gql).await
+}
+
 pub async fn graphiql_or_get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1190,6 +1496,7 @@ pub async fn graphiql_or_get(
         _ => Html(
             async_graphql::http::GraphiQLSource::build()
                 .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
                 .finish(),
         )
         .into_response(),

@@ -36,6 +36,8 @@ pub struct AppState {
     pub queries: Arc<arc_swap::ArcSwap<queries::QueryMethods>>,
     pub feeds: Arc<arc_swap::ArcSwap<feeds::Feeds>>,
     pub profiles: Arc<views::ProfileCache>,
+    /// Committed record changes, for GraphQL subscriptions.
+    pub events: graphql::Events,
 }
 
 impl AppState {
@@ -59,7 +61,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/graphql",
-            get(graphql::graphiql_or_get).post(graphql::post),
+            get(graphql::get_or_subscribe).post(graphql::post),
         )
         .route("/_health", get(health::health))
         .route("/metrics", get(health::metrics))

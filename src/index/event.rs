@@ -36,6 +36,8 @@ pub struct RecordWrite {
     /// The record's own `createdAt`, when it has one.
     pub created_at: Option<String>,
     pub links: Vec<Link>,
+    /// The op was an update of an existing record (a create otherwise).
+    pub update: bool,
 }
 
 impl RecordWrite {
@@ -69,6 +71,7 @@ impl RecordWrite {
             json,
             created_at,
             links,
+            update: false,
         }
     }
 }
