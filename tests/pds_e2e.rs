@@ -141,7 +141,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
 
     // GraphQL per collection, names from the full NSID.
     let gql = server.graphql(
-        r#"{ communityLexiconCalendarRsvp { totalCount nodes { did status subject } }
+        r#"{ communityLexiconCalendarRsvp { totalCount nodes { did status subject { uri cid } } }
              buzzBookhiveBook { nodes { title stars } }
              xyzStatusphereStatus { totalCount nodes { status } } }"#,
     );
@@ -201,6 +201,23 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         7,
         "seven posts"
     );
+    // Typed nested values: strongRefs as objects, the embed union by $type.
+    let gql = server.graphql(&format!(
+        r#"{{ r: appBskyFeedPostByUri(uri: "{}") {{ reply {{ root {{ uri }} parent {{ uri cid }} }} }}
+              q: appBskyFeedPostByUri(uri: "{}") {{ embed {{ __typename ... on AppBskyEmbedRecord {{ record {{ uri }} }} }} }} }}"#,
+        r2["uri"].as_str().unwrap(),
+        quote["uri"].as_str().unwrap()
+    ));
+    assert!(gql.get("errors").is_none(), "{gql}");
+    assert_eq!(
+        gql["data"]["r"]["reply"],
+        json!({"root": {"uri": p1["uri"]}, "parent": {"uri": r1["uri"], "cid": r1["cid"]}})
+    );
+    assert_eq!(
+        gql["data"]["q"]["embed"],
+        json!({"__typename": "AppBskyEmbedRecord", "record": {"uri": p1["uri"]}})
+    );
+
     // where, sortBy, order and cursor pages.
     let gql = server.graphql(
         r#"{ a: appBskyFeedPost(where: {text: {contains: "rust"}}, sortBy: text, order: ASC) { totalCount nodes { text } }
@@ -280,7 +297,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     // The schema and the operations above, checked by graphql-js.
     common::assert_graphql_conforms(
         &format!("{}/graphql", server.base),
-        r#"query Rsvps { communityLexiconCalendarRsvp { totalCount nodes { did status subject } } }
+        r#"query Rsvps { communityLexiconCalendarRsvp { totalCount nodes { did status subject { uri cid } } } }
            query Books { buzzBookhiveBook { nodes { title stars } } }
            query Post($uri: String!) { appBskyFeedPostByUri(uri: $uri) { author { did handle }
                likes: backlinkCount(source: "app.bsky.feed.like:subject.uri")

@@ -111,7 +111,7 @@ fn serves_xrpc_and_graphql_from_a_replay() {
 
     // GraphQL: list and by-URI.
     let data = server.graphql(
-        r#"{ appBskyFeedLike(first: 2) { totalCount nodes { uri did createdAt subject } pageInfo { hasNextPage endCursor } } }"#,
+        r#"{ appBskyFeedLike(first: 2) { totalCount nodes { uri did createdAt subject { uri cid } } pageInfo { hasNextPage endCursor } } }"#,
     );
     assert!(data.get("errors").is_none(), "{data}");
     let conn = &data["data"]["appBskyFeedLike"];
@@ -120,12 +120,17 @@ fn serves_xrpc_and_graphql_from_a_replay() {
     assert_eq!(conn["pageInfo"]["hasNextPage"], true);
     let uri = format!("at://{did}/app.bsky.feed.like/3mptbyplj5d2a");
     let data = server.graphql(&format!(
-        r#"{{ appBskyFeedLikeByUri(uri: "{uri}") {{ cid subject }} }}"#
+        r#"{{ appBskyFeedLikeByUri(uri: "{uri}") {{ cid subject {{ uri cid }} }} }}"#
     ));
     assert_eq!(
         data["data"]["appBskyFeedLikeByUri"]["cid"],
         "bafyreiguce4jh7kcbmof3pmcvasifqtw24b6isakj5ve5ga2b4z4alpc4i",
         "{data}"
+    );
+    let subject = &data["data"]["appBskyFeedLikeByUri"]["subject"];
+    assert!(
+        subject["uri"].as_str().unwrap().starts_with("at://") && subject["cid"].is_string(),
+        "the strongRef is a typed object: {data}"
     );
     // Answers follow the selection order even where fields resolve concurrently
     // (async-graphql inserts root fields in completion order).

@@ -524,7 +524,7 @@ pub fn field_name(nsid: &str) -> String {
     }
 }
 
-fn gql_name(name: &str) -> Option<String> {
+pub(crate) fn gql_name(name: &str) -> Option<String> {
     let clean: String = name
         .chars()
         .map(|c| {
@@ -604,6 +604,8 @@ pub fn build_schema(
     let mut inputs: Vec<InputObject> = Vec::new();
     let mut enums: Vec<Enum> = Vec::new();
     let mut count = 0;
+    let mut nested =
+        super::graphql_types::Nested::new(catalog, catalog.records().map(|rt| type_name(&rt.nsid)));
     for rt in catalog.records() {
         let Some(schema) = catalog.record_schema(&rt.nsid) else {
             continue;
@@ -724,20 +726,38 @@ pub fn build_schema(
                 scalar_fields.push((gname.clone(), prop.clone(), kind));
             }
             let required = schema.required.contains(prop) && !schema.nullable.contains(prop);
-            let tref = if required {
-                TypeRef::named_nn(ty)
-            } else {
-                TypeRef::named(ty)
-            };
             let key = prop.clone();
+            if kind.is_some() {
+                let tref = if required {
+                    TypeRef::named_nn(ty)
+                } else {
+                    TypeRef::named(ty)
+                };
+                obj = obj.field(GqlField::new(gname, tref, move |ctx| {
+                    let key = key.clone();
+                    FieldFuture::new(async move {
+                        Ok(row(&ctx)?
+                            .record
+                            .get(&key)
+                            .filter(|v| !v.is_null())
+                            .map(|v| FieldValue::value(json_value(v))))
+                    })
+                }));
+                continue;
+            }
+            // Objects, arrays, unions and blobs: typed from the lexicon.
+            let mut hint = tname.clone();
+            let mut chars = gname.chars();
+            if let Some(c) = chars.next() {
+                hint.push(c.to_ascii_uppercase());
+                hint.push_str(chars.as_str());
+            }
+            let (tref, shape) = nested.output(field, &hint);
+            let shape = Arc::new(shape);
             obj = obj.field(GqlField::new(gname, tref, move |ctx| {
-                let key = key.clone();
+                let (key, shape) = (key.clone(), shape.clone());
                 FieldFuture::new(async move {
-                    Ok(row(&ctx)?
-                        .record
-                        .get(&key)
-                        .filter(|v| !v.is_null())
-                        .map(|v| FieldValue::value(json_value(v))))
+                    Ok(row(&ctx)?.record.get(&key).and_then(|v| shape.value(v)))
                 })
             }));
         }
@@ -1112,6 +1132,12 @@ pub fn build_schema(
         builder = builder.register(t);
     }
     for t in inputs {
+        builder = builder.register(t);
+    }
+    for t in nested.objects {
+        builder = builder.register(t);
+    }
+    for t in nested.unions {
         builder = builder.register(t);
     }
     if !subscriptions.is_empty() {

@@ -3,6 +3,7 @@
 pub mod backlinks;
 pub mod feeds;
 pub mod graphql;
+pub mod graphql_types;
 pub mod health;
 pub mod params;
 pub mod posts;
