@@ -262,6 +262,39 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     seen.sort_by_key(|v| v.to_string());
     seen.dedup();
     assert_eq!(seen.len(), 4, "two pages give carol's four posts once each");
+    // Backward: the last two by indexedAt, then the page before them.
+    let order = r#"where: {author: "carol.test"}, sortBy: text, order: ASC"#;
+    let all = server.graphql(&format!(
+        "{{ appBskyFeedPost({order}) {{ nodes {{ text }} }} }}"
+    ));
+    let texts: Vec<Value> = all["data"]["appBskyFeedPost"]["nodes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(texts.len(), 4, "{all}");
+    let tail = server.graphql(&format!(
+        "{{ appBskyFeedPost({order}, last: 2) {{ nodes {{ text }} pageInfo {{ hasPreviousPage hasNextPage startCursor }} }} }}"
+    ));
+    let conn = &tail["data"]["appBskyFeedPost"];
+    assert_eq!(conn["nodes"].as_array().unwrap()[..], texts[2..], "{tail}");
+    assert_eq!(conn["pageInfo"]["hasPreviousPage"], true);
+    assert_eq!(conn["pageInfo"]["hasNextPage"], false);
+    let head = server.graphql(&format!(
+        r#"{{ appBskyFeedPost({order}, last: 2, before: "{}") {{ nodes {{ text }} pageInfo {{ hasPreviousPage hasNextPage }} }} }}"#,
+        conn["pageInfo"]["startCursor"].as_str().unwrap()
+    ));
+    let conn = &head["data"]["appBskyFeedPost"];
+    assert_eq!(conn["nodes"].as_array().unwrap()[..], texts[..2], "{head}");
+    assert_eq!(conn["pageInfo"]["hasPreviousPage"], false);
+    assert_eq!(conn["pageInfo"]["hasNextPage"], true);
+    let gql = server.graphql("{ appBskyFeedPost(first: 1, last: 1) { totalCount } }");
+    assert!(
+        gql["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not both"),
+        "{gql}"
+    );
     let gql = server.graphql(r#"{ appBskyFeedPost(after: "garbage") { totalCount } }"#);
     assert!(
         gql["errors"][0]["message"]

@@ -221,7 +221,15 @@ struct Actor {
 struct Page {
     rows: Vec<RecordRow>,
     total: i64,
+    info: PageInfo,
+}
+
+/// Relay's page info.
+#[derive(Clone, Default)]
+struct PageInfo {
     has_next: bool,
+    has_previous: bool,
+    start_cursor: Option<String>,
     end_cursor: Option<String>,
 }
 
@@ -575,16 +583,34 @@ pub fn build_schema(
     let mut subscriptions: Vec<SubscriptionField> = Vec::new();
     let mut query = Object::new("Query")
         .description("Records indexed by lexview, one entry point per record lexicon.");
+    let page_info_field =
+        |name: &'static str, ty: TypeRef, get: fn(&PageInfo) -> FieldValue<'static>| {
+            GqlField::new(name, ty, move |ctx| {
+                FieldFuture::new(async move {
+                    Ok(Some(get(ctx
+                        .parent_value
+                        .try_downcast_ref::<PageInfo>()?)))
+                })
+            })
+        };
     let page_info = Object::new("PageInfo")
-        .field(GqlField::new(
+        .field(page_info_field(
             "hasNextPage",
             TypeRef::named_nn(TypeRef::BOOLEAN),
+            |p| FieldValue::value(p.has_next),
+        ))
+        .field(page_info_field(
+            "hasPreviousPage",
+            TypeRef::named_nn(TypeRef::BOOLEAN),
+            |p| FieldValue::value(p.has_previous),
+        ))
+        .field(GqlField::new(
+            "startCursor",
+            TypeRef::named(TypeRef::STRING),
             |ctx| {
                 FieldFuture::new(async move {
-                    let p = ctx
-                        .parent_value
-                        .try_downcast_ref::<(bool, Option<String>)>()?;
-                    Ok(Some(FieldValue::value(p.0)))
+                    let p = ctx.parent_value.try_downcast_ref::<PageInfo>()?;
+                    Ok(p.start_cursor.clone().map(FieldValue::value))
                 })
             },
         ))
@@ -593,10 +619,8 @@ pub fn build_schema(
             TypeRef::named(TypeRef::STRING),
             |ctx| {
                 FieldFuture::new(async move {
-                    let p = ctx
-                        .parent_value
-                        .try_downcast_ref::<(bool, Option<String>)>()?;
-                    Ok(p.1.clone().map(FieldValue::value))
+                    let p = ctx.parent_value.try_downcast_ref::<PageInfo>()?;
+                    Ok(p.end_cursor.clone().map(FieldValue::value))
                 })
             },
         ));
@@ -791,10 +815,7 @@ pub fn build_schema(
                 |ctx| {
                     FieldFuture::new(async move {
                         let page = ctx.parent_value.try_downcast_ref::<Page>()?;
-                        Ok(Some(FieldValue::owned_any((
-                            page.has_next,
-                            page.end_cursor.clone(),
-                        ))))
+                        Ok(Some(FieldValue::owned_any(page.info.clone())))
                     })
                 },
             ));
@@ -809,22 +830,33 @@ pub fn build_schema(
                     let (collection, pool, fields) =
                         (collection.clone(), pool.clone(), fields.clone());
                     FieldFuture::new(async move {
-                        let first = ctx
-                            .args
-                            .get("first")
-                            .map(|v| v.i64())
-                            .transpose()?
-                            .unwrap_or(20);
-                        if !(0..=MAX_PAGE).contains(&first) {
-                            return Err(format!("first must be between 0 and {MAX_PAGE}").into());
+                        let int = |name: &str| ctx.args.get(name).map(|v| v.i64()).transpose();
+                        let text = |name: &str| {
+                            ctx.args
+                                .get(name)
+                                .map(|v| v.string().map(str::to_string))
+                                .transpose()
+                        };
+                        let (first, last, after, before) =
+                            (int("first")?, int("last")?, text("after")?, text("before")?);
+                        let (n, cursor, backward) = match (first, last, &after, &before) {
+                            (Some(_), Some(_), _, _) => {
+                                return Err("give first or last, not both".into())
+                            }
+                            (_, Some(_), Some(_), _) | (Some(_), _, _, Some(_)) => {
+                                return Err("after goes with first, before with last".into())
+                            }
+                            (_, Some(n), _, _) => (n, before, true),
+                            (_, None, _, Some(_)) => (20, before, true),
+                            (n, None, _, None) => (n.unwrap_or(20), after, false),
+                        };
+                        if !(0..=MAX_PAGE).contains(&n) {
+                            let which = if backward { "last" } else { "first" };
+                            return Err(format!("{which} must be between 0 and {MAX_PAGE}").into());
                         }
-                        let after = ctx
-                            .args
-                            .get("after")
-                            .map(|v| v.string().map(str::to_string))
-                            .transpose()?;
                         let query = read_query(&ctx, &fields)?;
-                        let page = fetch_page(&pool, collection, query, after, first).await?;
+                        let page =
+                            fetch_page(&pool, collection, query, cursor, n, backward).await?;
                         Ok(Some(FieldValue::owned_any(page)))
                     })
                 },
@@ -836,6 +868,15 @@ pub fn build_schema(
             .argument(
                 InputValue::new("after", TypeRef::named(TypeRef::STRING))
                     .description("endCursor of the previous page."),
+            )
+            .argument(
+                InputValue::new("last", TypeRef::named(TypeRef::INT)).description(
+                    "Page size counting back from `before` (or from the end), at most 100.",
+                ),
+            )
+            .argument(
+                InputValue::new("before", TypeRef::named(TypeRef::STRING))
+                    .description("startCursor of the following page."),
             )
             .argument(
                 InputValue::new("did", TypeRef::named(TypeRef::STRING))
@@ -1229,10 +1270,14 @@ async fn fetch_page(
     pool: &Arc<ReadPool>,
     collection: String,
     query: Query,
-    after: Option<String>,
+    cursor: Option<String>,
     first: i64,
+    backward: bool,
 ) -> async_graphql::Result<Page> {
-    let after = after.as_deref().map(decode_gql_cursor).transpose()?;
+    let after = cursor.as_deref().map(decode_gql_cursor).transpose()?;
+    let had_cursor = after.is_some();
+    // Going backward reads in the opposite order and turns the page around.
+    let descending = query.descending != backward;
     let (key, key_is_int) = query.sort.clone().unwrap_or(("r.uri".to_string(), false));
     let page = pool
         .with(move |c| {
@@ -1249,7 +1294,7 @@ async fn fetch_page(
                 duckdb::params_from_iter(values.iter()),
                 |r| r.get(0),
             )?;
-            let (cmp, order) = if query.descending {
+            let (cmp, order) = if descending {
                 ("<", "DESC")
             } else {
                 (">", "ASC")
@@ -1283,17 +1328,20 @@ async fn fetch_page(
                     Ok((read_row(r)?, key))
                 })?
                 .collect::<duckdb::Result<Vec<_>>>()?;
-            let has_next = rows.len() as i64 > first;
+            let more = rows.len() as i64 > first;
             rows.truncate(first as usize);
-            let end_cursor = rows.last().map(|(r, k)| encode_gql_cursor(k, &r.uri));
+            if backward {
+                rows.reverse();
+            }
+            let info = PageInfo {
+                has_next: if backward { had_cursor } else { more },
+                has_previous: if backward { more } else { had_cursor },
+                start_cursor: rows.first().map(|(r, k)| encode_gql_cursor(k, &r.uri)),
+                end_cursor: rows.last().map(|(r, k)| encode_gql_cursor(k, &r.uri)),
+            };
             let mut rows: Vec<RecordRow> = rows.into_iter().map(|(r, _)| r).collect();
             attach_counts(c, &mut rows)?;
-            Ok(Page {
-                rows,
-                total,
-                has_next,
-                end_cursor,
-            })
+            Ok(Page { rows, total, info })
         })
         .await
         .map_err(|e| match e.to_string() {
