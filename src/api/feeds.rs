@@ -10,13 +10,13 @@
 //! lexicon's output schema before they are sent.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use indexmap::IndexMap;
 use serde_json::{json, Value};
 
 use super::params::parse;
-use super::queries::{rows, wrap_checked, QueryFileError};
+use super::queries::{rows, sql_files, wrap_checked, QueryFileError};
 use super::{AppState, XrpcError};
 use crate::index::store::ReadPool;
 use crate::lexicon::Catalog;
@@ -62,16 +62,8 @@ pub fn load(
         feeds: BTreeMap::new(),
     };
     let mut errors = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (feeds, errors);
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    paths.sort();
     let allowed = ["limit".to_string(), "cursor".to_string()];
-    for path in paths {
+    for path in sql_files(dir) {
         let rkey = path
             .file_stem()
             .and_then(|s| s.to_str())

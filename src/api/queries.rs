@@ -78,15 +78,7 @@ pub fn load(
 ) -> (QueryMethods, Vec<QueryFileError>) {
     let mut methods = QueryMethods::default();
     let mut errors = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (methods, errors);
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    paths.sort();
-    for path in paths {
+    for path in sql_files(dir) {
         match load_one(&path, catalog, readers) {
             Ok(m) => {
                 methods.0.insert(m.nsid.clone(), m);
@@ -168,6 +160,19 @@ pub async fn run(
             ))
         })?;
     Ok(output)
+}
+
+/// The `*.sql` files directly in `dir`, sorted (none if it does not exist).
+pub(crate) fn sql_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    paths
 }
 
 /// Wraps one SELECT so each row comes back as a JSON object, after checking
