@@ -196,3 +196,27 @@ fn the_production_corpus_indexes() {
         .unwrap();
     assert_eq!(actors, 1);
 }
+
+#[test]
+fn a_create_replayed_after_a_reopen_is_not_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store
+            .apply(&[event(1, vec![like("did:plc:b", "1", POST)])])
+            .unwrap();
+    }
+    // A new process: the same create arrives again (a rewind, a second source).
+    let mut store = Store::open(dir.path()).unwrap();
+    store
+        .apply(&[event(2, vec![like("did:plc:b", "1", POST)])])
+        .unwrap();
+    assert_eq!(count(&store, POST), 1);
+    assert_eq!(records(&store), 1);
+    // And in the same process once more.
+    store
+        .apply(&[event(3, vec![like("did:plc:b", "1", POST)])])
+        .unwrap();
+    assert_eq!(count(&store, POST), 1);
+    assert_eq!(records(&store), 1);
+}
