@@ -218,6 +218,39 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         json!({"__typename": "AppBskyEmbedRecord", "record": {"uri": p1["uri"]}})
     );
 
+    // Forward joins: a strongRef's target record, typed, with its own counts.
+    let gql = server.graphql(
+        r#"{ communityLexiconCalendarRsvp { nodes { status subject { target {
+               __typename ... on CommunityLexiconCalendarEvent { name author { handle } } } } } }
+             appBskyFeedLike { nodes { subject { target { ... on AppBskyFeedPost {
+               text likes: backlinkCount(source: "app.bsky.feed.like:subject.uri") } } } } } }"#,
+    );
+    assert!(gql.get("errors").is_none(), "{gql}");
+    for node in gql["data"]["communityLexiconCalendarRsvp"]["nodes"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(
+            node["subject"]["target"],
+            json!({"__typename": "CommunityLexiconCalendarEvent", "name": "Rust meetup", "author": {"handle": "alice.test"}}),
+            "{gql}"
+        );
+    }
+    let mut liked: Vec<Value> = gql["data"]["appBskyFeedLike"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["subject"]["target"].clone())
+        .collect();
+    liked.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        liked,
+        [
+            json!({"text": "Hello from alice", "likes": 1}),
+            json!({"text": "hi both", "likes": 1})
+        ]
+    );
+
     // where, sortBy, order and cursor pages.
     let gql = server.graphql(
         r#"{ a: appBskyFeedPost(where: {text: {contains: "rust"}}, sortBy: text, order: ASC) { totalCount nodes { text } }

@@ -108,6 +108,7 @@ fn row_from_event(ev: &RecordEvent) -> RecordRow {
         record: ev.record.clone(),
         handle: None,
         counts: Arc::default(),
+        targets: Arc::default(),
     }
 }
 
@@ -210,6 +211,8 @@ pub struct RecordRow {
     pub handle: Option<String>,
     /// Backlink counts of this record: (source collection, path, n).
     pub counts: Arc<Vec<(String, String, i64)>>,
+    /// The records this page's records link to (forward joins).
+    pub targets: Arc<super::graphql_types::Targets>,
 }
 
 /// The author of a record, as GraphQL's `Actor`.
@@ -781,7 +784,8 @@ pub fn build_schema(
             obj = obj.field(GqlField::new(gname, tref, move |ctx| {
                 let (key, shape) = (key.clone(), shape.clone());
                 FieldFuture::new(async move {
-                    Ok(row(&ctx)?.record.get(&key).and_then(|v| shape.value(v)))
+                    let r = row(&ctx)?;
+                    Ok(r.record.get(&key).and_then(|v| shape.value(v, &r.targets)))
                 })
             }));
         }
@@ -1175,6 +1179,9 @@ pub fn build_schema(
     for t in inputs {
         builder = builder.register(t);
     }
+    if let Some(any) = nested.any_record() {
+        builder = builder.register(any);
+    }
     for t in nested.objects {
         builder = builder.register(t);
     }
@@ -1224,7 +1231,37 @@ fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
         record: serde_json::from_str(&record).unwrap_or(Value::Null),
         handle: r.get(6)?,
         counts: Arc::default(),
+        targets: Arc::default(),
     })
+}
+
+/// Loads the records that `rows` link to (with their counts) in two queries
+/// and shares them with every row, for forward joins.
+fn attach_targets(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // AT-URIs contain no spaces.
+    let list = rows
+        .iter()
+        .map(|r| r.uri.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut stmt = c.prepare(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.uri IN (
+           SELECT target FROM links
+           WHERE source_uri IN (SELECT unnest(string_split(?, ' '))) AND target LIKE 'at://%')"
+    ))?;
+    let mut found = stmt
+        .query_map(params![list], read_row)?
+        .collect::<duckdb::Result<Vec<_>>>()?;
+    attach_counts(c, &mut found)?;
+    let targets: Arc<super::graphql_types::Targets> =
+        Arc::new(found.into_iter().map(|r| (r.uri.clone(), r)).collect());
+    for row in rows {
+        row.targets = targets.clone();
+    }
+    Ok(())
 }
 
 /// Fills in the backlink counts of `rows` with one query.
@@ -1341,6 +1378,7 @@ async fn fetch_page(
             };
             let mut rows: Vec<RecordRow> = rows.into_iter().map(|(r, _)| r).collect();
             attach_counts(c, &mut rows)?;
+            attach_targets(c, &mut rows)?;
             Ok(Page { rows, total, info })
         })
         .await
@@ -1360,6 +1398,7 @@ async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<O
             .query_map(params![uri], read_row)?
             .collect::<duckdb::Result<Vec<_>>>()?;
         attach_counts(c, &mut rows)?;
+        attach_targets(c, &mut rows)?;
         Ok(rows.pop())
     })
     .await

@@ -10,7 +10,17 @@ use std::sync::Arc;
 use async_graphql::dynamic::{Field as GqlField, FieldFuture, FieldValue, Object, TypeRef, Union};
 use serde_json::Value;
 
+use super::graphql::RecordRow;
 use crate::lexicon::{Catalog, Field, ObjectSchema};
+
+/// The records a page's records link to, by AT-URI, for forward joins.
+pub type Targets = HashMap<String, RecordRow>;
+
+/// A nested value and the page's join targets.
+pub struct Node {
+    pub value: Value,
+    pub targets: Arc<Targets>,
+}
 
 /// How a JSON value becomes a GraphQL value.
 #[derive(Debug)]
@@ -29,22 +39,26 @@ pub enum Shape {
 impl Shape {
     /// The GraphQL value of `v`, or None where the value does not fit (an
     /// open union's member this server has no lexicon for).
-    pub fn value(&self, v: &Value) -> Option<FieldValue<'static>> {
+    pub fn value(&self, v: &Value, targets: &Arc<Targets>) -> Option<FieldValue<'static>> {
         if v.is_null() {
             return None;
         }
+        let node = || Node {
+            value: v.clone(),
+            targets: targets.clone(),
+        };
         match self {
             Shape::Scalar | Shape::Json => Some(FieldValue::value(
                 async_graphql::Value::from_json(v.clone()).unwrap_or(async_graphql::Value::Null),
             )),
-            Shape::Object => v.is_object().then(|| FieldValue::owned_any(v.clone())),
+            Shape::Object => v.is_object().then(|| FieldValue::owned_any(node())),
             Shape::List(inner) => Some(FieldValue::list(
-                v.as_array()?.iter().filter_map(|x| inner.value(x)),
+                v.as_array()?.iter().filter_map(|x| inner.value(x, targets)),
             )),
             Shape::Union(members) => {
                 let t = v.get("$type")?.as_str()?;
                 let name = members.get(t)?;
-                Some(FieldValue::owned_any(v.clone()).with_type(name.clone()))
+                Some(FieldValue::owned_any(node()).with_type(name.clone()))
             }
         }
     }
@@ -55,6 +69,10 @@ pub struct Nested<'a> {
     catalog: &'a Catalog,
     /// Names already used (record types, registered or in-progress types).
     taken: HashSet<String>,
+    /// The record types' GraphQL names (members of `AnyRecord`).
+    taken_names: Vec<String>,
+    /// The record collections.
+    collections: HashSet<String>,
     pub objects: Vec<Object>,
     pub unions: Vec<Union>,
     /// Def id -> object type name, for defs already built.
@@ -77,9 +95,12 @@ fn def_type_name(id: &str) -> String {
 
 impl<'a> Nested<'a> {
     pub fn new(catalog: &'a Catalog, record_types: impl IntoIterator<Item = String>) -> Self {
+        let taken_names: Vec<String> = record_types.into_iter().collect();
         Nested {
             catalog,
-            taken: record_types.into_iter().collect(),
+            taken: taken_names.iter().cloned().collect(),
+            collections: catalog.records().map(|r| r.nsid.clone()).collect(),
+            taken_names,
             objects: Vec::new(),
             unions: Vec::new(),
             built: HashMap::new(),
@@ -140,8 +161,8 @@ impl<'a> Nested<'a> {
         let get = |name: &'static str, ty: &'static str, f: fn(&Value) -> Option<Value>| {
             GqlField::new(name, TypeRef::named(ty), move |ctx| {
                 FieldFuture::new(async move {
-                    let v = ctx.parent_value.try_downcast_ref::<Value>()?;
-                    Ok(f(v).and_then(|x| Shape::Scalar.value(&x)))
+                    let n = ctx.parent_value.try_downcast_ref::<Node>()?;
+                    Ok(f(&n.value).and_then(|x| Shape::Scalar.value(&x, &n.targets)))
                 })
             })
         };
@@ -181,11 +202,45 @@ impl<'a> Nested<'a> {
             obj = obj.field(GqlField::new(gname, ty, move |ctx| {
                 let (key, shape) = (key.clone(), shape.clone());
                 FieldFuture::new(async move {
-                    let v = ctx.parent_value.try_downcast_ref::<Value>()?;
-                    Ok(v.get(&key).and_then(|x| shape.value(x)))
+                    let n = ctx.parent_value.try_downcast_ref::<Node>()?;
+                    Ok(n.value.get(&key).and_then(|x| shape.value(x, &n.targets)))
                 })
             }));
             any = true;
+        }
+        let links_by_uri = matches!(
+            o.properties.get("uri"),
+            Some(Field::String(s)) if s.format == Some(crate::syntax::Format::AtUri)
+        );
+        if links_by_uri && !o.properties.contains_key("target") && !self.taken_names.is_empty() {
+            let records: Arc<HashSet<String>> = Arc::new(self.collections.clone());
+            obj = obj.field(
+                GqlField::new("target", TypeRef::named("AnyRecord"), move |ctx| {
+                    let records = records.clone();
+                    FieldFuture::new(async move {
+                        let n = ctx.parent_value.try_downcast_ref::<Node>()?;
+                        let Some(row) = n
+                            .value
+                            .get("uri")
+                            .and_then(Value::as_str)
+                            .and_then(|u| n.targets.get(u))
+                        else {
+                            return Ok(None);
+                        };
+                        let collection = row.uri.split('/').nth(3).unwrap_or_default();
+                        if !records.contains(collection) {
+                            return Ok(None);
+                        }
+                        Ok(Some(
+                            FieldValue::owned_any(row.clone())
+                                .with_type(super::graphql::type_name(collection)),
+                        ))
+                    })
+                })
+                .description(
+                    "The record `uri` points at, when it is indexed here (one level per page).",
+                ),
+            );
         }
         if !any {
             // GraphQL objects need a field; an empty lexicon object gets its `$type`.
@@ -194,8 +249,10 @@ impl<'a> Nested<'a> {
                 TypeRef::named(TypeRef::STRING),
                 |ctx| {
                     FieldFuture::new(async move {
-                        let v = ctx.parent_value.try_downcast_ref::<Value>()?;
-                        Ok(v.get("$type").and_then(|x| Shape::Scalar.value(x)))
+                        let n = ctx.parent_value.try_downcast_ref::<Node>()?;
+                        Ok(n.value
+                            .get("$type")
+                            .and_then(|x| Shape::Scalar.value(x, &n.targets)))
                     })
                 },
             ));
@@ -230,6 +287,20 @@ impl<'a> Nested<'a> {
         }
         self.unions.push(u);
         (TypeRef::named(union_name), Shape::Union(members))
+    }
+}
+
+impl Nested<'_> {
+    /// `AnyRecord`: the union of every record type, for forward joins.
+    pub fn any_record(&self) -> Option<Union> {
+        if self.taken_names.is_empty() {
+            return None;
+        }
+        let mut u = Union::new("AnyRecord").description("Any record type this server indexes.");
+        for n in &self.taken_names {
+            u = u.possible_type(n);
+        }
+        Some(u)
     }
 }
 
