@@ -283,8 +283,13 @@ fn load_methods(
         "query methods loaded from {}",
         cfg.queries.display()
     );
-    let (feeds, feed_errors) =
-        api::feeds::load(&cfg.feeds, &cfg.feedgen_did, &cfg.feed_publisher, readers);
+    let (feeds, feed_errors) = api::feeds::load(
+        &cfg.feeds,
+        &cfg.feedgen_did,
+        &cfg.feed_publisher,
+        catalog,
+        readers,
+    );
     for e in &feed_errors {
         tracing::error!("feed not served: {e}");
     }

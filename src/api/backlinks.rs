@@ -64,6 +64,18 @@ pub(crate) fn decode_cursor(raw: Option<&str>) -> Result<Option<(String, String)
     Ok(Some((rkey.to_string(), did.to_string())))
 }
 
+/// Cuts `rows` (fetched with `limit + 1`) to the page and returns the cursor
+/// of the next page, if there is one: `cursor` of the page's last row.
+pub(crate) fn cut_page<T>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    more.then(|| rows.last().map(cursor)).flatten()
+}
+
 /// The keyset condition for a page after `cursor`, in the given order.
 fn keyset(reverse: bool) -> &'static str {
     if reverse {
@@ -121,15 +133,15 @@ pub async fn get_backlinks(
         })
         .await?;
     let collection = source_collection;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let records: Vec<Value> = page
+    let mut rows = rows;
+    let next = cut_page(&mut rows, limit, |(did, rkey)| encode_cursor(rkey, did));
+    let records: Vec<Value> = rows
         .iter()
         .map(|(did, rkey)| json!({"did": did, "collection": collection, "rkey": rkey}))
         .collect();
     let mut out = json!({ "total": total, "records": records });
-    if let (true, Some((did, rkey))) = (more, page.last()) {
-        out["cursor"] = Value::String(encode_cursor(rkey, did));
+    if let Some(c) = next {
+        out["cursor"] = Value::String(c);
     }
     Ok(out)
 }
@@ -194,12 +206,12 @@ pub async fn get_backlink_dids(
             Ok((rows, total))
         })
         .await?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let dids: Vec<&str> = page.iter().map(|(d, _)| d.as_str()).collect();
+    let mut rows = rows;
+    let next = cut_page(&mut rows, limit, |(did, rkey)| encode_cursor(rkey, did));
+    let dids: Vec<&str> = rows.iter().map(|(d, _)| d.as_str()).collect();
     let mut out = json!({ "total": total, "linking_dids": dids });
-    if let (true, Some((did, rkey))) = (more, page.last()) {
-        out["cursor"] = Value::String(encode_cursor(rkey, did));
+    if let Some(c) = next {
+        out["cursor"] = Value::String(c);
     }
     Ok(out)
 }

@@ -16,13 +16,15 @@ use indexmap::IndexMap;
 use serde_json::{json, Value};
 
 use super::params::parse;
-use super::queries::{rows, sql_files, wrap_checked, QueryFileError};
+use super::queries::{check_answer, output_schema, rows, sql_files, wrap_checked, QueryFileError};
 use super::{AppState, XrpcError};
 use crate::index::store::ReadPool;
-use crate::lexicon::Catalog;
+use crate::lexicon::{Catalog, Field};
 use crate::syntax::is_valid_record_key;
 
 const GENERATOR: &str = "app.bsky.feed.generator";
+const DESCRIBE: &str = "app.bsky.feed.describeFeedGenerator";
+const SKELETON: &str = "app.bsky.feed.getFeedSkeleton";
 
 /// The feeds this server generates.
 #[derive(Debug, Default)]
@@ -32,6 +34,8 @@ pub struct Feeds {
     /// The repo whose `app.bsky.feed.generator` records name the feeds.
     pub publisher: String,
     feeds: BTreeMap<String, Feed>,
+    /// The output schemas of the two methods, compiled at load.
+    outputs: BTreeMap<&'static str, Field>,
 }
 
 #[derive(Debug)]
@@ -54,12 +58,17 @@ pub fn load(
     dir: &Path,
     service_did: &str,
     publisher: &str,
+    catalog: &Catalog,
     readers: &ReadPool,
 ) -> (Feeds, Vec<QueryFileError>) {
     let mut feeds = Feeds {
         service_did: service_did.to_string(),
         publisher: publisher.to_string(),
         feeds: BTreeMap::new(),
+        outputs: [DESCRIBE, SKELETON]
+            .into_iter()
+            .filter_map(|nsid| Some((nsid, output_schema(catalog, nsid).ok()?)))
+            .collect(),
     };
     let mut errors = Vec::new();
     let allowed = ["limit".to_string(), "cursor".to_string()];
@@ -99,7 +108,7 @@ pub async fn describe(
         .map(|uri| json!({ "uri": uri }))
         .collect();
     let out = json!({ "did": generator.service_did, "feeds": feeds });
-    check_output(&state.catalog(), nsid, &out)?;
+    check_output(state, &generator, nsid, &out)?;
     Ok(out)
 }
 
@@ -152,27 +161,15 @@ pub async fn skeleton(
             out["cursor"] = json!(c);
         }
     }
-    check_output(&state.catalog(), nsid, &out)?;
+    check_output(state, &generator, nsid, &out)?;
     Ok(out)
 }
 
 /// Checks an answer against the method's lexicon output schema.
-fn check_output(catalog: &Catalog, nsid: &str, out: &Value) -> Result<(), XrpcError> {
-    let schema = catalog
-        .def(&format!("{nsid}#main"))
-        .and_then(|f| match f {
-            crate::lexicon::Field::Query(m) => m.output.as_ref(),
-            _ => None,
-        })
-        .and_then(|o| o.get("schema"))
+fn check_output(state: &AppState, feeds: &Feeds, nsid: &str, out: &Value) -> Result<(), XrpcError> {
+    let schema = feeds
+        .outputs
+        .get(nsid)
         .ok_or_else(|| XrpcError::internal(format!("no output schema for {nsid}")))?;
-    let field = catalog
-        .compile_schema(nsid, schema)
-        .map_err(XrpcError::internal)?;
-    catalog.validate_value(&field, out).map_err(|e| {
-        XrpcError::internal(format!(
-            "the answer of {nsid} does not match its lexicon: Output{} {}",
-            e.path, e.message
-        ))
-    })
+    check_answer(&state.catalog(), nsid, schema, out)
 }

@@ -561,6 +561,17 @@ fn row<'a>(ctx: &'a ResolverContext<'a>) -> async_graphql::Result<&'a RecordRow>
     ctx.parent_value.try_downcast_ref::<RecordRow>()
 }
 
+/// A field read from a parent value of type `T` by `get` (None is null).
+fn field_of<T: Send + Sync + 'static>(
+    name: &str,
+    ty: TypeRef,
+    get: fn(&T) -> Option<FieldValue<'static>>,
+) -> GqlField {
+    GqlField::new(name, ty, move |ctx| {
+        FieldFuture::new(async move { Ok(get(ctx.parent_value.try_downcast_ref::<T>()?)) })
+    })
+}
+
 /// `StringFilter` / `IntFilter`: comparisons on one field, all of which must hold.
 fn filter_input(name: &str, ty: &str, strings: bool) -> InputObject {
     let mut o = InputObject::new(name);
@@ -586,47 +597,24 @@ pub fn build_schema(
     let mut subscriptions: Vec<SubscriptionField> = Vec::new();
     let mut query = Object::new("Query")
         .description("Records indexed by lexview, one entry point per record lexicon.");
-    let page_info_field =
-        |name: &'static str, ty: TypeRef, get: fn(&PageInfo) -> FieldValue<'static>| {
-            GqlField::new(name, ty, move |ctx| {
-                FieldFuture::new(async move {
-                    Ok(Some(get(ctx
-                        .parent_value
-                        .try_downcast_ref::<PageInfo>()?)))
-                })
-            })
-        };
+    let string = || TypeRef::named(TypeRef::STRING);
     let page_info = Object::new("PageInfo")
-        .field(page_info_field(
+        .field(field_of::<PageInfo>(
             "hasNextPage",
             TypeRef::named_nn(TypeRef::BOOLEAN),
-            |p| FieldValue::value(p.has_next),
+            |p| Some(FieldValue::value(p.has_next)),
         ))
-        .field(page_info_field(
+        .field(field_of::<PageInfo>(
             "hasPreviousPage",
             TypeRef::named_nn(TypeRef::BOOLEAN),
-            |p| FieldValue::value(p.has_previous),
+            |p| Some(FieldValue::value(p.has_previous)),
         ))
-        .field(GqlField::new(
-            "startCursor",
-            TypeRef::named(TypeRef::STRING),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let p = ctx.parent_value.try_downcast_ref::<PageInfo>()?;
-                    Ok(p.start_cursor.clone().map(FieldValue::value))
-                })
-            },
-        ))
-        .field(GqlField::new(
-            "endCursor",
-            TypeRef::named(TypeRef::STRING),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let p = ctx.parent_value.try_downcast_ref::<PageInfo>()?;
-                    Ok(p.end_cursor.clone().map(FieldValue::value))
-                })
-            },
-        ));
+        .field(field_of::<PageInfo>("startCursor", string(), |p| {
+            p.start_cursor.clone().map(FieldValue::value)
+        }))
+        .field(field_of::<PageInfo>("endCursor", string(), |p| {
+            p.end_cursor.clone().map(FieldValue::value)
+        }));
     let mut builder_types: Vec<Object> = vec![page_info];
     let mut inputs: Vec<InputObject> = Vec::new();
     let mut enums: Vec<Enum> = Vec::new();
@@ -1064,62 +1052,30 @@ pub fn build_schema(
     }
     let actor = Object::new("Actor")
         .description("An account: its DID and, when known, its handle.")
-        .field(GqlField::new(
+        .field(field_of::<Actor>(
             "did",
             TypeRef::named_nn(TypeRef::STRING),
-            |ctx| {
-                FieldFuture::new(async move {
-                    Ok(Some(FieldValue::value(
-                        ctx.parent_value.try_downcast_ref::<Actor>()?.did.clone(),
-                    )))
-                })
-            },
+            |a| Some(FieldValue::value(a.did.clone())),
         ))
-        .field(GqlField::new(
-            "handle",
-            TypeRef::named(TypeRef::STRING),
-            |ctx| {
-                FieldFuture::new(async move {
-                    Ok(ctx
-                        .parent_value
-                        .try_downcast_ref::<Actor>()?
-                        .handle
-                        .clone()
-                        .map(FieldValue::value))
-                })
-            },
-        ));
+        .field(field_of::<Actor>("handle", string(), |a| {
+            a.handle.clone().map(FieldValue::value)
+        }));
     type CountRef = (Arc<Vec<(String, String, i64)>>, usize);
     let backlink_count = Object::new("BacklinkCount")
-        .field(GqlField::new(
+        .field(field_of::<CountRef>(
             "collection",
             TypeRef::named_nn(TypeRef::STRING),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let (v, i) = ctx.parent_value.try_downcast_ref::<CountRef>()?;
-                    Ok(Some(FieldValue::value(v[*i].0.clone())))
-                })
-            },
+            |(v, i)| Some(FieldValue::value(v[*i].0.clone())),
         ))
-        .field(GqlField::new(
+        .field(field_of::<CountRef>(
             "path",
             TypeRef::named_nn(TypeRef::STRING),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let (v, i) = ctx.parent_value.try_downcast_ref::<CountRef>()?;
-                    Ok(Some(FieldValue::value(v[*i].1.clone())))
-                })
-            },
+            |(v, i)| Some(FieldValue::value(v[*i].1.clone())),
         ))
-        .field(GqlField::new(
+        .field(field_of::<CountRef>(
             "count",
             TypeRef::named_nn(TypeRef::INT),
-            |ctx| {
-                FieldFuture::new(async move {
-                    let (v, i) = ctx.parent_value.try_downcast_ref::<CountRef>()?;
-                    Ok(Some(FieldValue::value(v[*i].2)))
-                })
-            },
+            |(v, i)| Some(FieldValue::value(v[*i].2)),
         ));
     let subscription_root = (!subscriptions.is_empty()).then_some("Subscription");
     let mut builder = Schema::build("Query", None, subscription_root)
@@ -1193,21 +1149,15 @@ pub fn build_schema(
         for f in subscriptions {
             root = root.field(f);
         }
-        let deleted = |name: &'static str, get: fn(&RecordEvent) -> String| {
-            GqlField::new(name, TypeRef::named_nn(TypeRef::STRING), move |ctx| {
-                FieldFuture::new(async move {
-                    Ok(Some(FieldValue::value(get(ctx
-                        .parent_value
-                        .try_downcast_ref::<RecordEvent>()?))))
-                })
-            })
+        let deleted = |name: &str, get: fn(&RecordEvent) -> Option<FieldValue<'static>>| {
+            field_of::<RecordEvent>(name, TypeRef::named_nn(TypeRef::STRING), get)
         };
         builder = builder.register(root).register(
             Object::new("DeletedRecord")
                 .description("A record that was deleted.")
-                .field(deleted("uri", |e| e.uri.clone()))
-                .field(deleted("did", |e| e.did.clone()))
-                .field(deleted("rkey", |e| e.rkey.clone())),
+                .field(deleted("uri", |e| Some(FieldValue::value(e.uri.clone()))))
+                .field(deleted("did", |e| Some(FieldValue::value(e.did.clone()))))
+                .field(deleted("rkey", |e| Some(FieldValue::value(e.rkey.clone())))),
         );
     }
     for t in enums {

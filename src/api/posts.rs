@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use duckdb::params;
 use serde_json::{json, Value};
 
-use super::backlinks::{decode_cursor, encode_cursor};
+use super::backlinks::{cut_page, decode_cursor, encode_cursor};
 use super::params::{parse, Params};
 use super::views::profile_views;
 use super::{AppState, XrpcError};
@@ -168,8 +168,7 @@ pub async fn get_quotes(
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
         .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
+    let next = cut_page(&mut rows, limit, |(_, did, rkey)| encode_cursor(rkey, did));
     let uris: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let views = post_views(state, &uris).await?;
     let posts: Vec<Value> = uris.iter().filter_map(|u| views.get(u).cloned()).collect();
@@ -177,8 +176,8 @@ pub async fn get_quotes(
     if let Some(c) = p.str("cid") {
         out["cid"] = json!(c);
     }
-    if let (true, Some((_, did, rkey))) = (more, rows.last()) {
-        out["cursor"] = json!(encode_cursor(rkey, did));
+    if let Some(c) = next {
+        out["cursor"] = json!(c);
     }
     Ok(out)
 }
@@ -338,8 +337,9 @@ pub async fn get_author_feed(
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
         .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
+    let next = cut_page(&mut rows, limit, |(_, _, rkey, _, _)| {
+        encode_cursor(rkey, &did)
+    });
     // Hydrate the posts, the reposted posts and every reply's root and parent.
     let mut wanted: Vec<String> = Vec::new();
     for (uri, collection, _, subject, _) in &rows {
@@ -404,8 +404,8 @@ pub async fn get_author_feed(
         feed.push(item);
     }
     let mut out = json!({ "feed": feed });
-    if let (true, Some((_, _, rkey, _, _))) = (more, rows.last()) {
-        out["cursor"] = json!(encode_cursor(rkey, &did));
+    if let Some(c) = next {
+        out["cursor"] = json!(c);
     }
     Ok(out)
 }

@@ -100,13 +100,7 @@ fn load_one(path: &Path, catalog: &Catalog, readers: &ReadPool) -> Result<QueryM
             "no `type: query` lexicon {nsid} is loaded (the file name names the method)"
         ));
     };
-    let schema = method
-        .output
-        .as_ref()
-        .filter(|o| o.get("encoding").and_then(Value::as_str) == Some("application/json"))
-        .and_then(|o| o.get("schema"))
-        .ok_or("the lexicon has no application/json output schema")?;
-    let output = catalog.compile_schema(&nsid, schema)?;
+    let output = output_schema(catalog, &nsid)?;
     let list_property = match &output {
         Field::Object(o) => o
             .properties
@@ -149,17 +143,40 @@ pub async fn run(
             .next()
             .unwrap_or_else(|| Value::Object(Default::default())),
     };
-    state
-        .catalog()
-        .validate_value(&method.output, &output)
-        .map_err(|e| {
-            tracing::error!(method = method.nsid, path = %method.path.display(), error = %e, "query method answer does not match its lexicon");
-            XrpcError::internal(format!(
-                "the answer of {} does not match its lexicon: Output{} {}",
-                method.nsid, e.path, e.message
-            ))
-        })?;
+    check_answer(&state.catalog(), &method.nsid, &method.output, &output).inspect_err(|e| {
+        tracing::error!(method = method.nsid, path = %method.path.display(), error = %e.message, "query method answer does not match its lexicon");
+    })?;
     Ok(output)
+}
+
+/// The compiled JSON output schema of query `nsid`.
+pub(crate) fn output_schema(catalog: &Catalog, nsid: &str) -> Result<Field, String> {
+    let Some(Field::Query(method)) = catalog.def(&format!("{nsid}#main")) else {
+        return Err(format!("no `type: query` lexicon {nsid} is loaded"));
+    };
+    let schema = method
+        .output
+        .as_ref()
+        .filter(|o| o.get("encoding").and_then(Value::as_str) == Some("application/json"))
+        .and_then(|o| o.get("schema"))
+        .ok_or("the lexicon has no application/json output schema")?;
+    catalog.compile_schema(nsid, schema)
+}
+
+/// Checks an answer of `nsid` against its compiled output schema: a 500
+/// naming the field if it does not match.
+pub(crate) fn check_answer(
+    catalog: &Catalog,
+    nsid: &str,
+    schema: &Field,
+    answer: &Value,
+) -> Result<(), XrpcError> {
+    catalog.validate_value(schema, answer).map_err(|e| {
+        XrpcError::internal(format!(
+            "the answer of {nsid} does not match its lexicon: Output{} {}",
+            e.path, e.message
+        ))
+    })
 }
 
 /// The `*.sql` files directly in `dir`, sorted (none if it does not exist).

@@ -19,7 +19,7 @@ use duckdb::params;
 use lru::LruCache;
 use serde_json::{json, Value};
 
-use super::backlinks::{decode_cursor, encode_cursor};
+use super::backlinks::{cut_page, decode_cursor, encode_cursor};
 use super::params::{parse, Params};
 use super::{AppState, XrpcError};
 use crate::index::event::{Change, IndexEvent};
@@ -274,11 +274,7 @@ async fn page(
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
         .await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let cursor = more
-        .then(|| rows.last().map(|(did, rkey, ..)| encode_cursor(rkey, did)))
-        .flatten();
+    let cursor = cut_page(&mut rows, limit, |(did, rkey, ..)| encode_cursor(rkey, did));
     let dids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let views = profile_views(state, &dids).await?;
     Ok(Page {

@@ -77,7 +77,7 @@ pub async fn run(
             },
             None => rx.recv().await.map(Some),
         };
-        match next {
+        let closed = match next {
             Some(Some(ev)) => {
                 if pending.is_empty() {
                     deadline = Some(Instant::now() + config.max_delay);
@@ -86,31 +86,17 @@ pub async fn run(
                 if pending.len() < config.max_events {
                     continue;
                 }
+                false
             }
-            Some(None) => {}
-            None => {
-                if !pending.is_empty() {
-                    store = commit(
-                        store,
-                        std::mem::take(&mut pending),
-                        &positions,
-                        &metrics,
-                        &on_commit,
-                    )
-                    .await;
-                }
-                return store;
-            }
-        }
+            Some(None) => false,
+            None => true,
+        };
         if !pending.is_empty() {
-            store = commit(
-                store,
-                std::mem::take(&mut pending),
-                &positions,
-                &metrics,
-                &on_commit,
-            )
-            .await;
+            let batch = std::mem::take(&mut pending);
+            store = commit(store, batch, &positions, &metrics, &on_commit).await;
+        }
+        if closed {
+            return store;
         }
         deadline = None;
     }
