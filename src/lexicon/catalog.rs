@@ -30,7 +30,8 @@ pub struct RecordType {
 /// Every loaded lexicon, compiled.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    defs: HashMap<String, Field>,
+    // foldhash: looked up for every record validated and every ref it follows.
+    defs: HashMap<String, Field, foldhash::fast::RandomState>,
     docs: BTreeMap<String, Value>,
     records: BTreeMap<String, RecordType>,
 }
