@@ -77,7 +77,7 @@ struct ServeArgs {
     #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "none")]
     verify: Verify,
     /// Writer batch: commit after this many events...
-    #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 50_000)]
+    #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
     batch_events: usize,
     /// ...or after this many milliseconds.
     #[arg(long, env = "LEXVIEW_BATCH_MS", default_value_t = 200)]

@@ -25,7 +25,7 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
-            max_events: 50_000,
+            max_events: 130_000,
             max_delay: Duration::from_millis(200),
         }
     }
