@@ -80,6 +80,21 @@ fn split_section(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (len > 0 && len <= rest.len()).then(|| rest.split_at(len))
 }
 
+/// Checks that `data` hashes to `cid`.
+pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), CarError> {
+    let mh = cid.hash();
+    if mh.code() != SHA2_256 {
+        return Err(CarError::UnsupportedHash {
+            cid: *cid,
+            code: mh.code(),
+        });
+    }
+    if Sha256::digest(data).as_slice() != mh.digest() {
+        return Err(CarError::HashMismatch { cid: *cid });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,19 +154,4 @@ mod tests {
         assert!(matches!(read_car(&[0xff; 8]), Err(CarError::Malformed(_))));
         assert!(matches!(read_car(&[]), Err(CarError::Malformed(_))));
     }
-}
-
-/// Checks that `data` hashes to `cid`.
-pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), CarError> {
-    let mh = cid.hash();
-    if mh.code() != SHA2_256 {
-        return Err(CarError::UnsupportedHash {
-            cid: *cid,
-            code: mh.code(),
-        });
-    }
-    if Sha256::digest(data).as_slice() != mh.digest() {
-        return Err(CarError::HashMismatch { cid: *cid });
-    }
-    Ok(())
 }
