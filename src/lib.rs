@@ -11,6 +11,7 @@ pub mod index;
 pub mod lexicon;
 pub mod metrics;
 pub mod pipeline;
+pub mod search;
 pub mod serve;
 pub mod source;
 pub mod sql;

@@ -35,6 +35,18 @@ enum Command {
         #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
         data: PathBuf,
     },
+    /// Rebuild derived indexes from the store (stop `lexview serve` first).
+    Reindex {
+        /// Rebuild the full-text search index from DuckDB.
+        #[arg(long)]
+        search: bool,
+        #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+        data: PathBuf,
+        #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
+        lexicons: PathBuf,
+        #[arg(long, env = "LEXVIEW_SEARCH_CONFIG", default_value = "./search.json")]
+        search_config: PathBuf,
+    },
     /// Measure decode + validate + index throughput (see README, "Benchmarks").
     Bench(lexview::bench::BenchArgs),
 }
@@ -58,13 +70,16 @@ struct ServeArgs {
     /// Directory of feed definitions (`<rkey>.sql`) served by getFeedSkeleton.
     #[arg(long, env = "LEXVIEW_FEEDS", default_value = "./feeds")]
     feeds: PathBuf,
+    /// Search config (JSON): which record fields are searched, per field (optional).
+    #[arg(long, env = "LEXVIEW_SEARCH_CONFIG", default_value = "./search.json")]
+    search_config: PathBuf,
     /// The feed generator service's DID (describeFeedGenerator's `did`).
     #[arg(long, env = "LEXVIEW_FEEDGEN_DID", default_value = "did:web:localhost")]
     feedgen_did: String,
     /// The DID whose app.bsky.feed.generator records name the feeds (default: --feedgen-did).
     #[arg(long, env = "LEXVIEW_FEED_PUBLISHER")]
     feed_publisher: Option<String>,
-    /// Directory for the DuckDB store (and later the search index).
+    /// Directory for the DuckDB store and the search index.
     #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
     data: PathBuf,
     /// Address for the HTTP API.
@@ -120,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                 lexicons: a.lexicons,
                 queries: a.queries,
                 feeds: a.feeds,
+                search_config: a.search_config,
                 feed_publisher: a.feed_publisher.unwrap_or_else(|| a.feedgen_did.clone()),
                 feedgen_did: a.feedgen_did,
                 data: a.data,
@@ -138,6 +154,18 @@ fn main() -> anyhow::Result<()> {
             let out = lexview::sql::run_query(&conn, &query)
                 .map_err(|e| anyhow::anyhow!("query failed: {e}"))?;
             print!("{out}");
+            Ok(())
+        }
+        Command::Reindex {
+            search,
+            data,
+            lexicons,
+            search_config,
+        } => {
+            anyhow::ensure!(search, "nothing to rebuild: pass --search");
+            let catalog = lexview::serve::load_catalog(&lexicons)?;
+            let n = lexview::search::reindex(&data, &catalog, &search_config)?;
+            println!("search index rebuilt: {n} records");
             Ok(())
         }
         Command::Bench(args) => lexview::bench::run(args),

@@ -35,6 +35,9 @@ pub struct ServeConfig {
     pub lexicons: PathBuf,
     pub queries: PathBuf,
     pub feeds: PathBuf,
+    /// The search config (JSON, optional): per-field overrides of which
+    /// record fields are searched.
+    pub search_config: PathBuf,
     pub feedgen_did: String,
     pub feed_publisher: String,
     pub data: PathBuf,
@@ -146,6 +149,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     // The writer owns the store; the API reads through the store's read pool.
     let readers = store.readers();
+    // Search catches up with the store before the writer moves it on.
+    let search = start_search(&cfg, &catalog, &readers)?;
     let profiles = Arc::new(api::views::ProfileCache::default());
     let invalidate = profiles.clone();
     let (events, _) = tokio::sync::broadcast::channel(4096);
@@ -156,18 +161,27 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.writer,
         positions.clone(),
         metrics.clone(),
-        Arc::new(move |batch| {
-            invalidate.invalidate(batch);
-            // Built only while someone is subscribed.
-            if publish.receiver_count() > 0 {
-                for ev in api::graphql::record_events(batch) {
-                    let _ = publish.send(Arc::new(ev));
+        Arc::new({
+            let search = search.clone();
+            move |batch| {
+                invalidate.invalidate(batch);
+                search.on_commit(batch);
+                // Built only while someone is subscribed.
+                if publish.receiver_count() > 0 {
+                    for ev in api::graphql::record_events(batch) {
+                        let _ = publish.send(Arc::new(ev));
+                    }
                 }
             }
         }),
     ));
-    let schema = api::graphql::build_schema(&catalog, readers.clone(), events.clone())
-        .context("building the GraphQL schema")?;
+    let schema = api::graphql::build_schema(
+        &catalog,
+        readers.clone(),
+        events.clone(),
+        Some(search.clone()),
+    )
+    .context("building the GraphQL schema")?;
     anyhow::ensure!(
         crate::syntax::is_valid_did(&cfg.feedgen_did)
             && crate::syntax::is_valid_did(&cfg.feed_publisher),
@@ -181,6 +195,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         feeds: Arc::new(arc_swap::ArcSwap::from_pointee(feeds)),
         profiles,
         events,
+        search: Some(search.clone()),
         readers,
         catalog: shared_catalog,
         metrics: metrics.clone(),
@@ -233,6 +248,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
     let _store = writer.await.context("writer task")?;
     tracing::info!("writer drained; all received events are committed");
+    let _ = tokio::task::spawn_blocking(move || search.close()).await;
     let _ = server.await;
     Ok(())
 }
@@ -304,8 +320,21 @@ fn load_methods(
 /// next event on.
 fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
-    let schema = api::graphql::build_schema(&catalog, state.readers.clone(), state.events.clone())
-        .context("building the GraphQL schema")?;
+    let schema = api::graphql::build_schema(
+        &catalog,
+        state.readers.clone(),
+        state.events.clone(),
+        state.search.clone(),
+    )
+    .context("building the GraphQL schema")?;
+    if let Some(search) = &state.search {
+        let config = crate::search::SearchConfig::load(&cfg.search_config)?;
+        search
+            .fields
+            .store(Arc::new(crate::search::SearchFields::new(
+                &catalog, &config,
+            )));
+    }
     let (queries, feeds) = load_methods(cfg, &catalog, &state.readers);
     state.catalog.store(catalog.clone());
     state.graphql.store(Arc::new(schema));
@@ -317,6 +346,24 @@ fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
         "lexicons reloaded"
     );
     Ok(())
+}
+
+/// Opens the search index, fills it from the store where it lags, and starts
+/// its indexer thread.
+fn start_search(
+    cfg: &ServeConfig,
+    catalog: &Catalog,
+    readers: &crate::index::store::ReadPool,
+) -> anyhow::Result<Arc<crate::search::Search>> {
+    use crate::search::{Search, SearchConfig, SearchFields};
+    let config = SearchConfig::load(&cfg.search_config)?;
+    let fields = SearchFields::new(catalog, &config);
+    for (collection, props) in fields.iter() {
+        tracing::info!(collection, fields = ?props, "searched");
+    }
+    readers
+        .with_blocking(|c| Ok(Search::start(&cfg.data, fields, c)))?
+        .context("opening the search index")
 }
 
 async fn wait_for_signal() {

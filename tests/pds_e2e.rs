@@ -372,7 +372,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
            query Filtered($after: String) { appBskyFeedPost(where: {text: {contains: "rust"}, author: "carol.test"},
                sortBy: indexedAt, order: DESC, first: 3, after: $after) { totalCount nodes { text } } }
            query ByStatus($event: String) { communityLexiconCalendarRsvpAggregate(groupBy: [status],
-               where: {linksTo: $event}, bucket: DAY) { keys count } }"#,
+               where: {linksTo: $event}, bucket: DAY) { keys count } }
+           query Search($q: String!) { search(query: $q, collection: "app.bsky.feed.post", first: 10) {
+               totalCount hits { score record { ... on AppBskyFeedPost { uri text author { handle } } } } } }"#,
     );
     // Cost control: clear errors, no work done.
     let gql = server.graphql("{ appBskyFeedPost(first: 101) { totalCount } }");
@@ -521,9 +523,10 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let (status, body) = server.get("/xrpc/app.bsky.feed.describeFeedGenerator");
     assert_eq!(status, 200, "{body}");
     let feed_uri = "at://did:web:localhost/app.bsky.feed.generator/rust";
+    let ranked_uri = "at://did:web:localhost/app.bsky.feed.generator/rust-ranked";
     assert_eq!(
         body,
-        json!({"did": "did:web:localhost", "feeds": [{"uri": feed_uri}]})
+        json!({"did": "did:web:localhost", "feeds": [{"uri": feed_uri}, {"uri": ranked_uri}]})
     );
     answers.push(("app.bsky.feed.describeFeedGenerator", body));
     let mut seen = Vec::new();
@@ -552,6 +555,97 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         }
     }
     assert_eq!(seen, vec![rust2["uri"].clone(), rust1["uri"].clone()]);
+
+    // Full-text search over XRPC and GraphQL, and the saved-search feed
+    // (feeds/rust-ranked.json): "rust" is a word, so "rustic" does not match;
+    // case does not matter; the "Rust meetup" event matches too.
+    let (status, body) = server.get("/xrpc/dev.lexview.search.searchRecords?q=rust&limit=5");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hitsTotal"], 3, "{body}");
+    assert_eq!(
+        body["records"][0]["value"]["name"], "Rust meetup",
+        "the shortest text ranks first: {body}"
+    );
+    answers.push(("dev.lexview.search.searchRecords", body));
+    let (status, body) = server
+        .get("/xrpc/dev.lexview.search.searchRecords?q=RUST&collection=app.bsky.feed.post&limit=1");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hitsTotal"], 2, "{body}");
+    assert_eq!(
+        body["records"][0]["uri"], rust1["uri"],
+        "the shorter text ranks first: {body}"
+    );
+    assert_eq!(body["records"][0]["author"]["handle"], "bob.test", "{body}");
+    let next = body["cursor"].as_str().expect("a second page").to_string();
+    answers.push(("dev.lexview.search.searchRecords", body));
+    let (_, body) = server.get(&format!(
+        "/xrpc/dev.lexview.search.searchRecords?q=rust&collection=app.bsky.feed.post&limit=1&cursor={next}"
+    ));
+    assert_eq!(body["records"][0]["uri"], rust2["uri"], "{body}");
+    assert!(body.get("cursor").is_none(), "{body}");
+    answers.push(("dev.lexview.search.searchRecords", body));
+    let (_, body) = server.get(
+        "/xrpc/dev.lexview.search.searchRecords?q=rust&author=carol.test&collection=app.bsky.feed.post",
+    );
+    let uris: Vec<&Value> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["uri"])
+        .collect();
+    assert_eq!(uris, [&rust2["uri"]], "{body}");
+    answers.push(("dev.lexview.search.searchRecords", body));
+    for (query, name) in [
+        ("limit=5", "q"),
+        ("q=rust&limit=0", "limit"),
+        ("q=rust&cursor=x", "cursor"),
+        ("q=rust&collection=not%20an%20nsid", "collection"),
+    ] {
+        let (status, body) = server.get(&format!("/xrpc/dev.lexview.search.searchRecords?{query}"));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("InvalidRequest")),
+            "{query}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(name),
+            "{query}: {body}"
+        );
+    }
+    let gql = server.graphql(
+        r#"{ search(query: "Rust", collection: "app.bsky.feed.post") { totalCount
+             hits { record { ... on AppBskyFeedPost { uri text author { handle } } } } } }"#,
+    );
+    assert!(gql.get("errors").is_none(), "{gql}");
+    assert_eq!(
+        gql["data"]["search"],
+        json!({"totalCount": 2, "hits": [
+            {"record": {"uri": rust1["uri"], "text": "Learning Rust today", "author": {"handle": "bob.test"}}},
+            {"record": {"uri": rust2["uri"], "text": "rust borrowck is my friend", "author": {"handle": "carol.test"}}}]})
+    );
+    let mut ranked = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = format!("/xrpc/app.bsky.feed.getFeedSkeleton?feed={ranked_uri}&limit=1");
+        if let Some(c) = &cursor {
+            q.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = server.get(&q);
+        assert_eq!(status, 200, "{body}");
+        ranked.extend(
+            body["feed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["post"].clone()),
+        );
+        cursor = body["cursor"].as_str().map(str::to_string);
+        answers.push(("app.bsky.feed.getFeedSkeleton", body));
+        if cursor.is_none() || ranked.len() > 5 {
+            break;
+        }
+    }
+    assert_eq!(ranked, vec![rust1["uri"].clone(), rust2["uri"].clone()]);
     let (status, body) = server.get(
         "/xrpc/app.bsky.feed.getFeedSkeleton?feed=at://did:web:localhost/app.bsky.feed.generator/nope",
     );

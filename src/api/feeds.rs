@@ -6,8 +6,11 @@
 //! that may use `$limit` and `$cursor` (NULL on the first page), both bound,
 //! never spliced, and returns the columns `post` (an AT-URI), `cursor` (the
 //! row's position; the last row's becomes the next page's `$cursor`) and
-//! optionally `feedContext`. Answers are checked against the official
-//! lexicon's output schema before they are sent.
+//! optionally `feedContext`. Each `feeds/<rkey>.json` is a saved search:
+//! `{"query": "...", "collection": "app.bsky.feed.post", "recency": true}`
+//! (collection and recency optional), answered from the full-text index, best
+//! match first. Answers are checked against the official lexicon's output
+//! schema before they are sent.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,8 +42,26 @@ pub struct Feeds {
 }
 
 #[derive(Debug)]
-struct Feed {
-    wrapped: String,
+enum Feed {
+    /// An SQL file, wrapped to return JSON rows.
+    Sql { wrapped: String },
+    /// A saved search.
+    Search(SavedSearch),
+}
+
+/// A `feeds/<rkey>.json` file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedSearch {
+    query: String,
+    #[serde(default = "default_feed_collection")]
+    collection: String,
+    #[serde(default)]
+    recency: bool,
+}
+
+fn default_feed_collection() -> String {
+    "app.bsky.feed.post".to_string()
 }
 
 impl Feeds {
@@ -87,7 +108,40 @@ pub fn load(
         };
         match loaded {
             Ok(wrapped) => {
-                feeds.feeds.insert(rkey, Feed { wrapped });
+                feeds.feeds.insert(rkey, Feed::Sql { wrapped });
+            }
+            Err(message) => errors.push(QueryFileError { path, message }),
+        }
+    }
+    for path in super::queries::files_with_extension(dir, "json") {
+        let rkey = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let loaded = if !is_valid_record_key(&rkey) {
+            Err(format!("{rkey:?} is not a valid record key for a feed"))
+        } else if feeds.feeds.contains_key(&rkey) {
+            Err(format!("feed {rkey:?} is defined twice (.sql and .json)"))
+        } else {
+            std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_str::<SavedSearch>(&text).map_err(|e| e.to_string())
+                })
+                .and_then(|s| {
+                    if crate::search::terms(&s.query).is_empty() {
+                        Err("the saved search's query has no words".to_string())
+                    } else if !crate::syntax::is_valid_nsid(&s.collection) {
+                        Err(format!("collection {:?} is not an NSID", s.collection))
+                    } else {
+                        Ok(s)
+                    }
+                })
+        };
+        match loaded {
+            Ok(search) => {
+                feeds.feeds.insert(rkey, Feed::Search(search));
             }
             Err(message) => errors.push(QueryFileError { path, message }),
         }
@@ -132,12 +186,20 @@ pub async fn skeleton(
         .flatten()
         .ok_or_else(unknown)?;
     let limit = p.int("limit").unwrap_or(50);
+    let wrapped = match feed {
+        Feed::Sql { wrapped } => wrapped.clone(),
+        Feed::Search(saved) => {
+            let out = search_skeleton(state, nsid, saved, limit, p.str("cursor")).await?;
+            check_output(state, &generator, nsid, &out)?;
+            return Ok(out);
+        }
+    };
     let mut values = IndexMap::new();
     values.insert("limit".to_string(), json!(limit));
     if let Some(c) = p.str("cursor") {
         values.insert("cursor".to_string(), json!(c));
     }
-    let rows = rows(&state.readers, feed.wrapped.clone(), values).await?;
+    let rows = rows(&state.readers, wrapped, values).await?;
     let mut items = Vec::with_capacity(rows.len());
     let mut last_cursor = None;
     for row in &rows {
@@ -162,6 +224,38 @@ pub async fn skeleton(
         }
     }
     check_output(state, &generator, nsid, &out)?;
+    Ok(out)
+}
+
+/// A page of a saved-search feed; the cursor is the offset of the next page.
+async fn search_skeleton(
+    state: &AppState,
+    nsid: &str,
+    saved: &SavedSearch,
+    limit: i64,
+    cursor: Option<&str>,
+) -> Result<Value, XrpcError> {
+    let search = super::search::service(state, nsid)?;
+    let offset = match cursor {
+        None => 0,
+        Some(c) => c.parse::<usize>().map_err(|_| {
+            XrpcError::invalid_request("Error: cursor is not a cursor of this feed")
+        })?,
+    };
+    let q = crate::search::SearchQuery {
+        text: saved.query.clone(),
+        collection: Some(saved.collection.clone()),
+        author: None,
+        limit: limit as usize,
+        offset,
+        recency: saved.recency,
+    };
+    let (found, total) = super::search::run(&search, &state.readers, q).await?;
+    let items: Vec<Value> = found.iter().map(|f| json!({ "post": f.uri })).collect();
+    let mut out = json!({ "feed": items });
+    if offset + (limit as usize) < total {
+        out["cursor"] = json!((offset + limit as usize).to_string());
+    }
     Ok(out)
 }
 

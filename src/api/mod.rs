@@ -8,6 +8,7 @@ pub mod health;
 pub mod params;
 pub mod posts;
 pub mod queries;
+pub mod search;
 pub mod views;
 pub mod xrpc;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub profiles: Arc<views::ProfileCache>,
     /// Committed record changes, for GraphQL subscriptions.
     pub events: graphql::Events,
+    /// Full-text search (None when the server runs without it).
+    pub search: Option<Arc<crate::search::Search>>,
 }
 
 impl AppState {

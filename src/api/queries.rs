@@ -181,12 +181,17 @@ pub(crate) fn check_answer(
 
 /// The `*.sql` files directly in `dir`, sorted (none if it does not exist).
 pub(crate) fn sql_files(dir: &Path) -> Vec<PathBuf> {
+    files_with_extension(dir, "sql")
+}
+
+/// The files `*.<ext>` directly in `dir`, sorted (none when it is missing).
+pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
         .collect();
     paths.sort();
     paths

@@ -8,7 +8,7 @@ use duckdb::params;
 use serde_json::{json, Value};
 
 use super::params::{parse, Params};
-use super::{backlinks, feeds, posts, views};
+use super::{backlinks, feeds, posts, search, views};
 use super::{AppState, XrpcError};
 use crate::metrics::Metrics;
 use crate::syntax::is_valid_did;
@@ -43,6 +43,7 @@ pub async fn dispatch(
         "app.bsky.feed.getAuthorFeed" => posts::get_author_feed(&state, &nsid, &pairs).await,
         "app.bsky.feed.describeFeedGenerator" => feeds::describe(&state, &nsid, &pairs).await,
         "app.bsky.feed.getFeedSkeleton" => feeds::skeleton(&state, &nsid, &pairs).await,
+        "dev.lexview.search.searchRecords" => search::search_records(&state, &nsid, &pairs).await,
         other => {
             let queries = state.queries();
             match queries.get(other) {

@@ -49,6 +49,11 @@ impl Server {
                     .join("feeds")
                     .to_str()
                     .unwrap(),
+                "--search-config",
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("search.json")
+                    .to_str()
+                    .unwrap(),
             ])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
             .env("LEXVIEW_LOG", "info")

@@ -1,0 +1,901 @@
+//! Full-text search with tantivy: which record fields are searched, the
+//! tokenizer, the on-disk index under `<data>/search/`, the indexer thread that
+//! follows the writer's commits, and queries.
+//!
+//! The index is derived from DuckDB and never authoritative: hits are hydrated
+//! from `records`, so a document whose record is gone is dropped at query time,
+//! and `lexview reindex --search` rebuilds the whole index from the store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STORED, STRING,
+};
+use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, TextAnalyzer, Token, TokenStream};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::index::event::{Change, IndexEvent};
+use crate::lexicon::{Catalog, Field as LexField};
+
+/// How often pending changes are committed: an event is searchable within
+/// about this long (plus the reader reload, well under a millisecond).
+pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// The name the tokenizer is registered under in the index.
+const TOKENIZER: &str = "lexview";
+
+/// Bumped when the document layout changes; an index of another version is
+/// rebuilt from the store at start.
+const LAYOUT_VERSION: u32 = 1;
+
+/// Search errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("search index: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("search config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, SearchError>;
+
+// ---- which fields are searched ----
+
+/// Per-field overrides from the search config file (JSON):
+/// `{"fields": {"<collection>": {"<property>": true | false}}}`; `true` adds a
+/// string property the defaults leave out, `false` removes one they pick.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    #[serde(default)]
+    pub fields: BTreeMap<String, BTreeMap<String, bool>>,
+}
+
+impl SearchConfig {
+    /// Reads the config; a missing file is the empty config.
+    pub fn load(path: &Path) -> Result<SearchConfig> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| SearchError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SearchConfig::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The searched properties of each record collection.
+#[derive(Debug, Clone, Default)]
+pub struct SearchFields {
+    by_collection: BTreeMap<String, Vec<String>>,
+}
+
+/// A string property is free text by default when it has no format, no
+/// enum/const/knownValues, and is long: at least 100 graphemes or 1000 bytes
+/// allowed, or no length limit at all.
+fn is_free_text(field: &LexField) -> bool {
+    let LexField::String(s) = field else {
+        return false;
+    };
+    let closed = s.format.is_some()
+        || s.enumeration.is_some()
+        || s.konst.is_some()
+        || s.known_values.is_some();
+    let long = match (s.max_graphemes, s.max_length) {
+        (None, None) => true,
+        (g, l) => g.is_some_and(|g| g >= 100) || l.is_some_and(|l| l >= 1000),
+    };
+    !closed && long
+}
+
+impl SearchFields {
+    /// Picks the free-text properties of every record type, then applies the
+    /// config's overrides (which may only name string properties).
+    pub fn new(catalog: &Catalog, config: &SearchConfig) -> SearchFields {
+        let mut by_collection = BTreeMap::new();
+        for rt in catalog.records() {
+            let Some(schema) = catalog.record_schema(&rt.nsid) else {
+                continue;
+            };
+            let overrides = config.fields.get(&rt.nsid);
+            let picked: Vec<String> = schema
+                .properties
+                .iter()
+                .filter(|(name, field)| {
+                    let is_string = matches!(field, LexField::String(_));
+                    match overrides.and_then(|o| o.get(name.as_str())) {
+                        Some(choice) => *choice && is_string,
+                        None => is_free_text(field),
+                    }
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            if !picked.is_empty() {
+                by_collection.insert(rt.nsid.clone(), picked);
+            }
+        }
+        for (collection, fields) in &config.fields {
+            for name in fields.keys() {
+                if !by_collection
+                    .get(collection)
+                    .is_some_and(|v| v.contains(name))
+                    && fields[name]
+                {
+                    tracing::warn!(
+                        collection,
+                        field = name,
+                        "search config names a field that is not a string property of a loaded record type; ignored"
+                    );
+                }
+            }
+        }
+        SearchFields { by_collection }
+    }
+
+    /// Whether records of `collection` have searched fields.
+    pub fn covers(&self, collection: &str) -> bool {
+        self.by_collection.contains_key(collection)
+    }
+
+    /// The collections with searched fields, and those fields.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.by_collection
+            .iter()
+            .map(|(c, f)| (c.as_str(), f.as_slice()))
+    }
+
+    /// The searched text of a record, or None when it has none.
+    pub fn text_of(&self, collection: &str, record: &Value) -> Option<String> {
+        let fields = self.by_collection.get(collection)?;
+        let parts: Vec<&str> = fields
+            .iter()
+            .filter_map(|f| record.get(f).and_then(Value::as_str))
+            .filter(|s| !s.is_empty())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("\n"))
+    }
+}
+
+// ---- the tokenizer ----
+
+/// Words for alphabetic scripts, overlapping character bigrams for CJK.
+///
+/// Written by hand because tantivy's tokenizers split on non-alphanumeric
+/// characters, which leaves a whole Japanese sentence as one token, and the
+/// dictionary-based Japanese tokenizers (lindera) ship tens of megabytes of
+/// dictionary. Bigrams over runs of Han, Hiragana, Katakana and Hangul are the
+/// usual dictionary-free approach (Lucene's CJKBigramFilter): a query matches a
+/// text that contains its characters in order. A run of one character is
+/// indexed as itself. Lower-casing and folding (ü -> u, ß -> ss) are tantivy's
+/// filters, applied after this.
+#[derive(Clone, Default)]
+pub struct WordsAndBigrams;
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF     // Hiragana, Katakana
+        | 0x31F0..=0x31FF   // Katakana phonetic extensions
+        | 0x3400..=0x4DBF   // CJK extension A
+        | 0x4E00..=0x9FFF   // CJK unified ideographs
+        | 0xAC00..=0xD7AF   // Hangul syllables
+        | 0xF900..=0xFAFF   // CJK compatibility ideographs
+        | 0xFF66..=0xFF9F   // half-width Katakana
+        | 0x20000..=0x2FA1F // CJK extensions B and beyond
+    )
+}
+
+/// Tokens of `text` (before lower-casing and folding).
+fn split_tokens(text: &str) -> Vec<Token> {
+    let mut tokens = Vec::new();
+    let mut push = |from: usize, to: usize| {
+        tokens.push(Token {
+            offset_from: from,
+            offset_to: to,
+            position: tokens.len(),
+            text: text[from..to].to_string(),
+            position_length: 1,
+        })
+    };
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let end_of = |i: usize| chars.get(i).map_or(text.len(), |c| c.0);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i].1;
+        if is_cjk(c) {
+            let start = i;
+            while i < chars.len() && is_cjk(chars[i].1) {
+                i += 1;
+            }
+            if i - start == 1 {
+                push(chars[start].0, end_of(start + 1));
+            } else {
+                for pair in chars[start..i].windows(2) {
+                    push(pair[0].0, pair[1].0 + pair[1].1.len_utf8());
+                }
+            }
+        } else if c.is_alphanumeric() {
+            let start = i;
+            while i < chars.len() && chars[i].1.is_alphanumeric() && !is_cjk(chars[i].1) {
+                i += 1;
+            }
+            push(chars[start].0, end_of(i));
+        } else {
+            i += 1;
+        }
+    }
+    tokens
+}
+
+pub struct VecTokenStream {
+    tokens: Vec<Token>,
+    next: usize,
+}
+
+impl TokenStream for VecTokenStream {
+    fn advance(&mut self) -> bool {
+        self.next += 1;
+        self.next <= self.tokens.len()
+    }
+    fn token(&self) -> &Token {
+        &self.tokens[self.next - 1]
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.next - 1]
+    }
+}
+
+impl tantivy::tokenizer::Tokenizer for WordsAndBigrams {
+    type TokenStream<'a> = VecTokenStream;
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
+        VecTokenStream {
+            tokens: split_tokens(text),
+            next: 0,
+        }
+    }
+}
+
+/// The analyzer used for documents and queries alike.
+pub fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(WordsAndBigrams)
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+/// The terms `text` is indexed (or searched) as.
+pub fn terms(text: &str) -> Vec<String> {
+    let mut a = analyzer();
+    let mut stream = a.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        out.push(stream.token().text.clone());
+    }
+    out
+}
+
+// ---- the index ----
+
+struct Fields {
+    uri: Field,
+    did: Field,
+    collection: Field,
+    text: Field,
+    /// Microseconds since the epoch: the record's `createdAt` when it is a
+    /// valid time not in the future, else when it was indexed.
+    time: Field,
+}
+
+/// One change to the search index.
+#[derive(Debug, Clone)]
+pub enum SearchChange {
+    Put {
+        uri: String,
+        did: String,
+        collection: String,
+        text: String,
+        time_us: i64,
+    },
+    Delete {
+        uri: String,
+    },
+}
+
+/// A search request.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub text: String,
+    pub collection: Option<String>,
+    /// Only records by this DID.
+    pub author: Option<String>,
+    pub limit: usize,
+    pub offset: usize,
+    /// Weigh newer records up (see [`recency_factor`]).
+    pub recency: bool,
+}
+
+/// One hit, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub uri: String,
+    pub score: f32,
+}
+
+/// The search index on disk.
+pub struct SearchIndex {
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+    dir: PathBuf,
+}
+
+/// What a commit records about the store: every record indexed in DuckDB
+/// before `covered_us` is in this index.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Payload {
+    layout: u32,
+    covered_us: i64,
+}
+
+fn schema() -> Schema {
+    let mut b = Schema::builder();
+    b.add_text_field("uri", STRING | STORED);
+    b.add_text_field("did", STRING);
+    b.add_text_field("collection", STRING);
+    b.add_text_field(
+        "text",
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        ),
+    );
+    b.add_i64_field("time", FAST);
+    b.build()
+}
+
+/// The search index directory inside `--data`.
+pub fn index_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("search")
+}
+
+impl SearchIndex {
+    /// Opens the index under `dir`, creating it if needed. Returns the index
+    /// and whether it must be filled from the store: true when it was created
+    /// now or was of another layout (then it is emptied first).
+    pub fn open(dir: &Path) -> Result<(SearchIndex, Option<i64>)> {
+        std::fs::create_dir_all(dir)?;
+        let schema = schema();
+        let existing = tantivy::directory::MmapDirectory::open(dir)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut index = match Index::open_or_create(existing, schema.clone()) {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(
+                    "search index at {} unusable ({e}); rebuilding",
+                    dir.display()
+                );
+                std::fs::remove_dir_all(dir)?;
+                std::fs::create_dir_all(dir)?;
+                Index::create_in_dir(dir, schema.clone())?
+            }
+        };
+        index.tokenizers().register(TOKENIZER, analyzer());
+        let covered = index
+            .load_metas()?
+            .payload
+            .and_then(|p| serde_json::from_str::<Payload>(&p).ok())
+            .filter(|p| p.layout == LAYOUT_VERSION)
+            .map(|p| p.covered_us);
+        // 50 MB of indexing memory on one thread: the other core is ingest's.
+        let writer: IndexWriter = index.writer_with_num_threads(1, 50_000_000)?;
+        if covered.is_none() {
+            writer.delete_all_documents()?;
+        }
+        let f = |name: &str| schema.get_field(name).expect("field of schema()");
+        let fields = Fields {
+            uri: f("uri"),
+            did: f("did"),
+            collection: f("collection"),
+            text: f("text"),
+            time: f("time"),
+        };
+        index.set_default_multithread_executor()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok((
+            SearchIndex {
+                reader,
+                writer: Mutex::new(writer),
+                fields,
+                dir: dir.to_path_buf(),
+            },
+            covered,
+        ))
+    }
+
+    /// Where the index lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stages changes; they become visible at the next [`commit`](Self::commit).
+    pub fn apply(&self, changes: &[SearchChange]) -> Result<()> {
+        let writer = self.writer.lock().expect("search writer lock");
+        for change in changes {
+            match change {
+                SearchChange::Put {
+                    uri,
+                    did,
+                    collection,
+                    text,
+                    time_us,
+                } => {
+                    writer.delete_term(Term::from_field_text(self.fields.uri, uri));
+                    let mut doc = TantivyDocument::default();
+                    doc.add_text(self.fields.uri, uri);
+                    doc.add_text(self.fields.did, did);
+                    doc.add_text(self.fields.collection, collection);
+                    doc.add_text(self.fields.text, text);
+                    doc.add_i64(self.fields.time, *time_us);
+                    writer.add_document(doc)?;
+                }
+                SearchChange::Delete { uri } => {
+                    writer.delete_term(Term::from_field_text(self.fields.uri, uri));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the index (staged; visible at the next commit).
+    pub fn clear(&self) -> Result<()> {
+        self.writer
+            .lock()
+            .expect("search writer lock")
+            .delete_all_documents()?;
+        Ok(())
+    }
+
+    /// Commits staged changes, recording that the store is covered up to
+    /// `covered_us`, and makes them visible to searches.
+    pub fn commit(&self, covered_us: i64) -> Result<()> {
+        {
+            let mut writer = self.writer.lock().expect("search writer lock");
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(
+                &serde_json::to_string(&Payload {
+                    layout: LAYOUT_VERSION,
+                    covered_us,
+                })
+                .expect("payload serialises"),
+            );
+            prepared.commit()?;
+        }
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Number of documents visible to searches.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs a query: every term of the text must occur (BM25 ranks the
+    /// matches), optionally within one collection or by one author, and
+    /// optionally weighted towards recent records. Returns one page of hits
+    /// and the total number of matches.
+    pub fn search(&self, q: &SearchQuery) -> Result<(Vec<Hit>, usize)> {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in terms(&q.text) {
+            if seen.insert(t.clone()) {
+                clauses.push((
+                    Occur::Must,
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(self.fields.text, &t),
+                        IndexRecordOption::WithFreqs,
+                    )),
+                ));
+            }
+        }
+        if clauses.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        for (field, value) in [
+            (self.fields.collection, &q.collection),
+            (self.fields.did, &q.author),
+        ] {
+            if let Some(v) = value {
+                clauses.push((
+                    Occur::Must,
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(field, v),
+                        IndexRecordOption::Basic,
+                    )),
+                ));
+            }
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let limit = q.limit.max(1);
+        let top = TopDocs::with_limit(limit).and_offset(q.offset);
+        let (docs, total): (Vec<(f32, tantivy::DocAddress)>, usize) = if q.recency {
+            let now = chrono::Utc::now().timestamp_micros();
+            let collector = top.tweak_score(move |segment: &tantivy::SegmentReader| {
+                let times = segment
+                    .fast_fields()
+                    .i64("time")
+                    .expect("time is a fast field")
+                    .first_or_default_col(0);
+                move |doc: tantivy::DocId, score: tantivy::Score| {
+                    score * recency_factor(now, times.get_val(doc))
+                }
+            });
+            searcher.search(&query, &(collector, Count))?
+        } else {
+            searcher.search(&query, &(top.order_by_score(), Count))?
+        };
+        let mut hits = Vec::with_capacity(docs.len());
+        for (score, address) in docs {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            if let Some(uri) = doc
+                .get_first(self.fields.uri)
+                .and_then(|v| tantivy::schema::Value::as_str(&v))
+            {
+                hits.push(Hit {
+                    uri: uri.to_string(),
+                    score,
+                });
+            }
+        }
+        Ok((hits, total))
+    }
+}
+
+/// The recency weight: 1 for a record from now, halving every 7 days of age
+/// down to a floor of 0.5, so a much better text match still wins over a
+/// newer, weaker one.
+pub fn recency_factor(now_us: i64, time_us: i64) -> f32 {
+    const HALF_LIFE_US: f64 = 7.0 * 24.0 * 3600.0 * 1e6;
+    let age = (now_us - time_us).max(0) as f64;
+    (0.5 + 0.5 * (-age / HALF_LIFE_US).exp2()) as f32
+}
+
+/// The time a record is ranked by: its `createdAt` when valid and not in the
+/// future, else `indexed_us`.
+pub fn record_time(created_at: Option<&str>, indexed_us: i64) -> i64 {
+    created_at
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_micros())
+        .filter(|t| *t <= chrono::Utc::now().timestamp_micros())
+        .unwrap_or(indexed_us)
+}
+
+// ---- following the writer ----
+
+/// The search changes of a committed batch, for the collections `fields` covers.
+pub fn changes_of(fields: &SearchFields, batch: &[IndexEvent], now_us: i64) -> Vec<SearchChange> {
+    let mut out = Vec::new();
+    for ev in batch {
+        for change in &ev.changes {
+            match change {
+                Change::Put(w) if fields.covers(&w.collection) => {
+                    let record: Value = match serde_json::from_str(&w.json) {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    };
+                    match fields.text_of(&w.collection, &record) {
+                        Some(text) => out.push(SearchChange::Put {
+                            uri: w.uri.clone(),
+                            did: w.did.clone(),
+                            collection: w.collection.clone(),
+                            text,
+                            time_us: record_time(w.created_at.as_deref(), now_us),
+                        }),
+                        None => out.push(SearchChange::Delete { uri: w.uri.clone() }),
+                    }
+                }
+                Change::Delete { collection, .. } if fields.covers(collection) => {
+                    out.extend(change.record_uri().map(|u| SearchChange::Delete {
+                        uri: u.into_owned(),
+                    }))
+                }
+                Change::Invalid(q) if fields.covers(&q.collection) => {
+                    out.extend(change.record_uri().map(|u| SearchChange::Delete {
+                        uri: u.into_owned(),
+                    }))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// A committed batch for the indexer thread, stamped when the writer handed
+/// it over: every record of this batch was indexed in DuckDB before `sent_us`,
+/// and every record of a later batch after it.
+pub struct Committed {
+    pub sent_us: i64,
+    pub batch: Vec<IndexEvent>,
+}
+
+/// The indexer thread: turns committed batches into search changes, applies
+/// them, and commits at most every [`COMMIT_EVERY`] (at once after an idle
+/// spell), so a record is searchable within about a second of its commit.
+/// Ends, after a last commit, when every sender is gone.
+pub fn spawn_indexer(
+    index: Arc<SearchIndex>,
+    fields: Arc<arc_swap::ArcSwap<SearchFields>>,
+    rx: mpsc::Receiver<Committed>,
+    covered_at_start: i64,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("lexview-search".into())
+        .spawn(move || {
+            let mut dirty = false;
+            let mut covered = covered_at_start;
+            let mut last_commit = Instant::now() - COMMIT_EVERY;
+            loop {
+                let wait = if dirty {
+                    COMMIT_EVERY.saturating_sub(last_commit.elapsed())
+                } else {
+                    Duration::from_secs(3600)
+                };
+                let done = match rx.recv_timeout(wait) {
+                    Ok(c) => {
+                        let changes = changes_of(&fields.load(), &c.batch, c.sent_us);
+                        match index.apply(&changes) {
+                            Ok(()) => covered = c.sent_us,
+                            Err(e) => tracing::error!("search index: {e}"),
+                        }
+                        dirty |= !changes.is_empty();
+                        false
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => false,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => true,
+                };
+                if dirty && (done || last_commit.elapsed() >= COMMIT_EVERY) {
+                    match index.commit(covered) {
+                        Ok(()) => dirty = false,
+                        Err(e) => tracing::error!("search commit: {e}"),
+                    }
+                    last_commit = Instant::now();
+                }
+                if done {
+                    return;
+                }
+            }
+        })
+}
+
+/// Fills the index from the store: every record of a covered collection
+/// indexed at or after `since_us` (all of them when None), then commits.
+/// Progress is logged every 100k records. Returns how many were indexed.
+pub fn fill_from_store(
+    index: &SearchIndex,
+    fields: &SearchFields,
+    conn: &duckdb::Connection,
+    since_us: Option<i64>,
+) -> Result<u64> {
+    let started = chrono::Utc::now().timestamp_micros();
+    let collections: Vec<&str> = fields.iter().map(|(c, _)| c).collect();
+    if collections.is_empty() {
+        index.commit(started)?;
+        return Ok(0);
+    }
+    let db = |e: duckdb::Error| SearchError::Io(std::io::Error::other(e.to_string()));
+    let total: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM records
+             WHERE list_contains(string_split(?, ' '), collection)
+               AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)",
+            duckdb::params![collections.join(" "), since_us, since_us],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT uri, did, collection, record::VARCHAR, created_at, epoch_us(indexed_at)
+             FROM records
+             WHERE list_contains(string_split(?, ' '), collection)
+               AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)",
+        )
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(duckdb::params![collections.join(" "), since_us, since_us])
+        .map_err(db)?;
+    let clock = Instant::now();
+    let mut n = 0u64;
+    let mut pending = Vec::with_capacity(1024);
+    while let Some(r) = rows.next().map_err(db)? {
+        let get = |i| r.get::<_, Option<String>>(i).map_err(db);
+        let (uri, did, collection, json, created_at) =
+            (get(0)?, get(1)?, get(2)?, get(3)?, get(4)?);
+        let indexed_us: i64 = r.get(5).map_err(db)?;
+        let (Some(uri), Some(did), Some(collection), Some(json)) = (uri, did, collection, json)
+        else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<Value>(&json) else {
+            continue;
+        };
+        if let Some(text) = fields.text_of(&collection, &record) {
+            pending.push(SearchChange::Put {
+                uri,
+                did,
+                collection,
+                text,
+                time_us: record_time(created_at.as_deref(), indexed_us),
+            });
+        }
+        n += 1;
+        if pending.len() == 1024 {
+            index.apply(&pending)?;
+            pending.clear();
+        }
+        if n.is_multiple_of(100_000) {
+            let rate = n as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+            let eta = (total as f64 - n as f64).max(0.0) / rate.max(1.0);
+            tracing::info!(
+                done = n,
+                total,
+                records_per_s = rate as u64,
+                eta_s = eta as u64,
+                "search index: filling from the store"
+            );
+        }
+    }
+    index.apply(&pending)?;
+    index.commit(started)?;
+    Ok(n)
+}
+
+// ---- the service ----
+
+/// Search as `serve` runs it: the index, the searched fields (swapped on
+/// reload) and the channel from the writer to the indexer thread.
+pub struct Search {
+    pub index: Arc<SearchIndex>,
+    pub fields: Arc<arc_swap::ArcSwap<SearchFields>>,
+    tx: Mutex<Option<mpsc::Sender<Committed>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Re-indexed on start-up before the covered time, against clock steps.
+const CATCH_UP_MARGIN_US: i64 = 5_000_000;
+
+impl Search {
+    /// Opens the index under `data_dir`, brings it up to date with the store
+    /// (all of it when new, else what was indexed since its last commit), and
+    /// starts the indexer thread. Call before the writer starts.
+    pub fn start(
+        data_dir: &Path,
+        fields: SearchFields,
+        conn: &duckdb::Connection,
+    ) -> Result<Arc<Search>> {
+        let (index, covered) = SearchIndex::open(&index_dir(data_dir))?;
+        let since = covered.map(|c| c - CATCH_UP_MARGIN_US);
+        let clock = Instant::now();
+        let n = fill_from_store(&index, &fields, conn, since)?;
+        tracing::info!(
+            records = n,
+            docs = index.len(),
+            full = since.is_none(),
+            ms = clock.elapsed().as_millis() as u64,
+            "search index up to date with the store"
+        );
+        let index = Arc::new(index);
+        let fields = Arc::new(arc_swap::ArcSwap::from_pointee(fields));
+        let (tx, rx) = mpsc::channel();
+        let started = chrono::Utc::now().timestamp_micros();
+        let thread = spawn_indexer(index.clone(), fields.clone(), rx, started)?;
+        Ok(Arc::new(Search {
+            index,
+            fields,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Hands the searched part of a committed batch to the indexer thread.
+    /// Called by the writer after each commit, before its next batch.
+    pub fn on_commit(&self, batch: &[IndexEvent]) {
+        let fields = self.fields.load();
+        let covered = |c: &Change| match c {
+            Change::Put(w) => fields.covers(&w.collection),
+            Change::Delete { collection, .. } => fields.covers(collection),
+            Change::Invalid(q) => fields.covers(&q.collection),
+            _ => false,
+        };
+        let picked: Vec<IndexEvent> = batch
+            .iter()
+            .filter(|ev| ev.changes.iter().any(covered))
+            .map(|ev| IndexEvent {
+                changes: ev.changes.iter().filter(|c| covered(c)).cloned().collect(),
+                ..Default::default()
+            })
+            .collect();
+        let sent_us = chrono::Utc::now().timestamp_micros();
+        if let Some(tx) = self.tx.lock().expect("search tx lock").as_ref() {
+            // Sent even when empty: it moves the covered time forward.
+            let _ = tx.send(Committed {
+                sent_us,
+                batch: picked,
+            });
+        }
+    }
+
+    /// Stops the indexer after a last commit (once the writer has drained).
+    pub fn close(&self) {
+        self.tx.lock().expect("search tx lock").take();
+        if let Some(t) = self.thread.lock().expect("search thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `lexview reindex --search`: empties the index under `data_dir` and fills
+/// it from the store. The store is opened for writing, so this fails clearly
+/// while `lexview serve` holds it.
+pub fn reindex(data_dir: &Path, catalog: &Catalog, config_path: &Path) -> anyhow::Result<u64> {
+    let store = crate::index::store::Store::open(data_dir)?;
+    let config = SearchConfig::load(config_path)?;
+    let fields = SearchFields::new(catalog, &config);
+    let (index, _) = SearchIndex::open(&index_dir(data_dir))?;
+    index.clear()?;
+    let clock = Instant::now();
+    let n = store
+        .readers()
+        .with_blocking(|c| Ok(fill_from_store(&index, &fields, c, None)))??;
+    tracing::info!(
+        records = n,
+        docs = index.len(),
+        secs = clock.elapsed().as_secs_f64(),
+        "search index rebuilt"
+    );
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_lowercased_and_folded() {
+        assert_eq!(terms("Hello, World! Don't"), ["hello", "world", "don", "t"]);
+        assert_eq!(terms("Müller aß Straße"), ["muller", "ass", "strasse"]);
+    }
+
+    #[test]
+    fn cjk_runs_become_bigrams() {
+        assert_eq!(terms("東京タワー"), ["東京", "京タ", "タワ", "ワー"]);
+        assert_eq!(terms("Rustの勉強"), ["rust", "の勉", "勉強"]);
+        assert_eq!(terms("猫"), ["猫"]);
+        assert_eq!(terms("今日は、晴れ"), ["今日", "日は", "晴れ"]);
+    }
+
+    #[test]
+    fn recency_halves_at_most() {
+        let now = 1_000_000_000_000_000;
+        assert!((recency_factor(now, now) - 1.0).abs() < 1e-6);
+        let week = 7 * 24 * 3600 * 1_000_000;
+        assert!((recency_factor(now, now - week) - 0.75).abs() < 1e-6);
+        assert!(recency_factor(now, 0) >= 0.5);
+    }
+}

@@ -1,0 +1,341 @@
+//! Full-text search: exact result sets in English, German and Japanese, after
+//! updates and deletes, through the path `serve` uses (the store's commit, then
+//! `Search::on_commit` and the indexer thread's timed commit), and the same
+//! sets after `lexview reindex --search` rebuilds the index from DuckDB.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lexview::index::event::{Change, IndexEvent, RecordWrite};
+use lexview::index::store::Store;
+use lexview::lexicon::Catalog;
+use lexview::search::{Search, SearchConfig, SearchFields, SearchQuery};
+use serde_json::json;
+
+const CID: &str = "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+const ALICE: &str = "did:plc:alice000000000000000000";
+const BOB: &str = "did:plc:bob00000000000000000000";
+
+fn post(did: &str, rkey: &str, text: &str, created_at: &str) -> Change {
+    Change::Put(RecordWrite::new(
+        did.into(),
+        "app.bsky.feed.post".into(),
+        rkey.into(),
+        CID.into(),
+        "3m2".into(),
+        json!({"$type": "app.bsky.feed.post", "text": text, "createdAt": created_at}),
+    ))
+}
+
+fn event_(did: &str, rkey: &str, name: &str, description: &str) -> Change {
+    Change::Put(RecordWrite::new(
+        did.into(),
+        "community.lexicon.calendar.event".into(),
+        rkey.into(),
+        CID.into(),
+        "3m2".into(),
+        json!({"$type": "community.lexicon.calendar.event", "name": name,
+               "description": description, "createdAt": "2026-01-01T00:00:00Z"}),
+    ))
+}
+
+fn delete(did: &str, collection: &str, rkey: &str) -> Change {
+    Change::Delete {
+        did: did.into(),
+        collection: collection.into(),
+        rkey: rkey.into(),
+        rev: "3m3".into(),
+    }
+}
+
+fn batch(seq: i64, changes: Vec<Change>) -> Vec<IndexEvent> {
+    vec![IndexEvent {
+        source: "test".into(),
+        cursor: Some(seq),
+        time: None,
+        changes,
+    }]
+}
+
+fn catalog() -> Catalog {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    let (catalog, errors) = Catalog::load_dir(&dir).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    catalog
+}
+
+fn fields(catalog: &Catalog) -> SearchFields {
+    let config =
+        SearchConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("search.json")).unwrap();
+    SearchFields::new(catalog, &config)
+}
+
+fn uri(did: &str, collection: &str, rkey: &str) -> String {
+    format!("at://{did}/{collection}/{rkey}")
+}
+
+fn p(rkey: &str) -> String {
+    let did = if rkey.starts_with('b') { BOB } else { ALICE };
+    uri(did, "app.bsky.feed.post", rkey)
+}
+
+/// The URIs that `text` finds (optionally in one collection / by one author).
+fn found(
+    search: &Search,
+    text: &str,
+    collection: Option<&str>,
+    author: Option<&str>,
+) -> BTreeSet<String> {
+    let (hits, total) = search
+        .index
+        .search(&SearchQuery {
+            text: text.into(),
+            collection: collection.map(str::to_string),
+            author: author.map(str::to_string),
+            limit: 100,
+            offset: 0,
+            recency: false,
+        })
+        .unwrap();
+    assert_eq!(hits.len(), total, "{text}: one page holds every hit");
+    hits.into_iter().map(|h| h.uri).collect()
+}
+
+fn set(uris: &[String]) -> BTreeSet<String> {
+    uris.iter().cloned().collect()
+}
+
+/// Applies a batch as `serve` does: the store's transaction, then search.
+fn apply(store: &mut Store, search: &Search, batch: Vec<IndexEvent>) {
+    store.apply(&batch).unwrap();
+    search.on_commit(&batch);
+}
+
+/// Waits until `text` finds `want`; panics after a generous bound (CI machines
+/// are slow; the ~1 s latency itself is a benchmark figure, not a test).
+fn eventually(search: &Search, text: &str, want: BTreeSet<String>) {
+    let start = Instant::now();
+    loop {
+        let got = found(search, text, None, None);
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{text}: got {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The expected answers once every change below has been applied.
+fn check_final_state(search: &Search) {
+    // English: every word must match; case does not matter.
+    assert_eq!(found(search, "lazy", None, None), set(&[p("a2")]));
+    assert_eq!(
+        found(search, "quick FOX", None, None),
+        set(&[]),
+        "a1 was deleted"
+    );
+    assert_eq!(
+        found(search, "coffee", None, None),
+        set(&[p("a2"), p("b1")])
+    );
+    assert_eq!(found(search, "coffee", None, Some(BOB)), set(&[p("b1")]));
+    assert_eq!(found(search, "dog", None, None), set(&[]));
+    // German: umlauts and ß fold, so either spelling finds them.
+    assert_eq!(found(search, "Müller", None, None), set(&[p("a3")]));
+    assert_eq!(
+        found(search, "muller brotchen", None, None),
+        set(&[p("a3")])
+    );
+    assert_eq!(found(search, "Straße", None, None), set(&[p("a3")]));
+    assert_eq!(found(search, "strassenbahn", None, None), set(&[p("a4")]));
+    assert_eq!(found(search, "Brücke", None, None), set(&[p("a4")]));
+    // Japanese: bigrams, so a word matches inside unsegmented text.
+    assert_eq!(found(search, "東京", None, None), set(&[p("a5")]));
+    assert_eq!(found(search, "東京タワー", None, None), set(&[p("a5")]));
+    assert_eq!(found(search, "大阪", None, None), set(&[p("a7")]));
+    assert_eq!(found(search, "寿司", None, None), set(&[p("a7")]));
+    assert_eq!(found(search, "紅葉", None, None), set(&[p("a6")]));
+    assert_eq!(found(search, "京都の紅葉", None, None), set(&[p("a6")]));
+    // Other record types and the collection filter.
+    let meetup = uri(ALICE, "community.lexicon.calendar.event", "e1");
+    assert_eq!(
+        found(search, "Rust Meetup Berlin", None, None),
+        set(std::slice::from_ref(&meetup))
+    );
+    assert_eq!(
+        found(
+            search,
+            "kaffee",
+            Some("community.lexicon.calendar.event"),
+            None
+        ),
+        set(&[meetup])
+    );
+    assert_eq!(
+        found(search, "kaffee", Some("app.bsky.feed.post"), None),
+        set(&[])
+    );
+    // Nothing to match.
+    assert_eq!(found(search, "  ,;!  ", None, None), set(&[]));
+}
+
+#[test]
+fn english_german_and_japanese_after_updates_and_deletes_then_after_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog();
+    let mut store = Store::open(dir.path()).unwrap();
+    let search = store
+        .readers()
+        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
+        .unwrap()
+        .unwrap();
+    let t = "2026-01-01T00:00:00Z";
+    apply(
+        &mut store,
+        &search,
+        batch(
+            1,
+            vec![
+                post(
+                    ALICE,
+                    "a1",
+                    "The quick brown fox jumps over the lazy dog",
+                    t,
+                ),
+                post(ALICE, "a2", "A lazy afternoon with coffee", t),
+                post(ALICE, "a3", "Müller kauft Brötchen in der Straße", t),
+                post(ALICE, "a4", "Die Straßenbahn fährt über die Brücke", t),
+                post(ALICE, "a5", "東京タワーに行きました", t),
+                post(ALICE, "a6", "京都の紅葉はきれいです", t),
+                post(ALICE, "a7", "東京で寿司を食べた", t),
+                post(BOB, "b1", "Coffee first, then code", t),
+                event_(ALICE, "e1", "Rust Meetup Berlin", "Vorträge und Kaffee"),
+            ],
+        ),
+    );
+    eventually(&search, "東京", set(&[p("a5"), p("a7")]));
+    assert_eq!(found(&search, "lazy", None, None), set(&[p("a1"), p("a2")]));
+    assert_eq!(found(&search, "lazy dog", None, None), set(&[p("a1")]));
+
+    // An update replaces the old text; a delete removes the record.
+    apply(
+        &mut store,
+        &search,
+        batch(2, vec![post(ALICE, "a7", "大阪で寿司を食べた", t)]),
+    );
+    apply(
+        &mut store,
+        &search,
+        batch(3, vec![delete(ALICE, "app.bsky.feed.post", "a1")]),
+    );
+    eventually(&search, "lazy", set(&[p("a2")]));
+    eventually(&search, "東京", set(&[p("a5")]));
+    check_final_state(&search);
+    search.close();
+    drop(search);
+    drop(store);
+
+    // The rebuilt index gives the same answers.
+    let n = lexview::search::reindex(
+        dir.path(),
+        &catalog,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("search.json"),
+    )
+    .unwrap();
+    assert_eq!(n, 8, "8 searchable records remain in the store");
+    let store = Store::open(dir.path()).unwrap();
+    let search = store
+        .readers()
+        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(search.index.len(), 8);
+    check_final_state(&search);
+    search.close();
+}
+
+#[test]
+fn recency_ranks_the_newer_of_two_close_matches_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog();
+    let mut store = Store::open(dir.path()).unwrap();
+    let search = store
+        .readers()
+        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
+        .unwrap()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let old = (now - chrono::Duration::days(60)).to_rfc3339();
+    let new = (now - chrono::Duration::hours(1)).to_rfc3339();
+    // The old post is the better BM25 match (the shorter text).
+    apply(
+        &mut store,
+        &search,
+        batch(
+            1,
+            vec![
+                post(ALICE, "a1", "atproto news", &old),
+                post(ALICE, "a2", "atproto news today", &new),
+            ],
+        ),
+    );
+    eventually(&search, "atproto", set(&[p("a1"), p("a2")]));
+    let order = |recency| {
+        let (hits, _) = search
+            .index
+            .search(&SearchQuery {
+                text: "atproto".into(),
+                limit: 10,
+                recency,
+                ..Default::default()
+            })
+            .unwrap();
+        hits.into_iter().map(|h| h.uri).collect::<Vec<_>>()
+    };
+    assert_eq!(order(false), [p("a1"), p("a2")]);
+    assert_eq!(order(true), [p("a2"), p("a1")]);
+    search.close();
+}
+
+#[test]
+fn a_restart_catches_up_with_what_the_store_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let search = store
+            .readers()
+            .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
+            .unwrap()
+            .unwrap();
+        apply(
+            &mut store,
+            &search,
+            batch(
+                1,
+                vec![post(ALICE, "a1", "first post", "2026-01-01T00:00:00Z")],
+            ),
+        );
+        eventually(&search, "first", set(&[p("a1")]));
+        search.close();
+        // Committed to the store, never handed to search (a crash in between).
+        store
+            .apply(&batch(
+                2,
+                vec![post(ALICE, "a2", "second post", "2026-01-01T00:00:00Z")],
+            ))
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let search = store
+        .readers()
+        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(found(&search, "post", None, None), set(&[p("a1"), p("a2")]));
+    search.close();
+}
