@@ -458,6 +458,15 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Removes every document of one author (staged).
+    pub fn delete_author(&self, did: &str) -> Result<()> {
+        self.writer
+            .lock()
+            .expect("search writer lock")
+            .delete_term(Term::from_field_text(self.fields.did, did));
+        Ok(())
+    }
+
     /// Empties the index (staged; visible at the next commit).
     pub fn clear(&self) -> Result<()> {
         self.writer
@@ -627,6 +636,19 @@ pub fn changes_of(fields: &SearchFields, batch: &[IndexEvent], now_us: i64) -> V
     out
 }
 
+/// The account status changes of a batch, the last per DID: (did, active).
+fn account_changes(batch: &[IndexEvent]) -> Vec<(String, bool)> {
+    let mut last: BTreeMap<&str, bool> = BTreeMap::new();
+    for ev in batch {
+        for change in &ev.changes {
+            if let Change::Account { did, active, .. } = change {
+                last.insert(did, *active);
+            }
+        }
+    }
+    last.into_iter().map(|(d, a)| (d.to_string(), a)).collect()
+}
+
 /// A committed batch for the indexer thread, stamped when the writer handed
 /// it over: every record of this batch was indexed in DuckDB before `sent_us`,
 /// and every record of a later batch after it.
@@ -642,6 +664,7 @@ pub struct Committed {
 pub fn spawn_indexer(
     index: Arc<SearchIndex>,
     fields: Arc<arc_swap::ArcSwap<SearchFields>>,
+    readers: Arc<crate::index::store::ReadPool>,
     rx: mpsc::Receiver<Committed>,
     covered_at_start: i64,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -659,12 +682,30 @@ pub fn spawn_indexer(
                 };
                 let done = match rx.recv_timeout(wait) {
                     Ok(c) => {
-                        let changes = changes_of(&fields.load(), &c.batch, c.sent_us);
-                        match index.apply(&changes) {
+                        let fields = fields.load();
+                        let changes = changes_of(&fields, &c.batch, c.sent_us);
+                        let accounts = account_changes(&c.batch);
+                        let applied = index.apply(&changes).and_then(|()| {
+                            // An account that went out of view leaves the
+                            // index; one that came back is read from the store,
+                            // which already holds its records again.
+                            for (did, active) in &accounts {
+                                index.delete_author(did)?;
+                                if *active {
+                                    readers
+                                        .with_blocking(|conn| {
+                                            Ok(stage_from_store(&index, &fields, conn, None, Some(did)))
+                                        })
+                                        .map_err(|e| SearchError::Io(std::io::Error::other(e.to_string())))??;
+                                }
+                            }
+                            Ok(())
+                        });
+                        match applied {
                             Ok(()) => covered = c.sent_us,
                             Err(e) => tracing::error!("search index: {e}"),
                         }
-                        dirty |= !changes.is_empty();
+                        dirty |= !changes.is_empty() || !accounts.is_empty();
                         false
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => false,
@@ -694,9 +735,22 @@ pub fn fill_from_store(
     since_us: Option<i64>,
 ) -> Result<u64> {
     let started = chrono::Utc::now().timestamp_micros();
+    let n = stage_from_store(index, fields, conn, since_us, None)?;
+    index.commit(started)?;
+    Ok(n)
+}
+
+/// Stages the records of covered collections indexed at or after `since_us`
+/// (all when None), optionally of one author only, without committing.
+fn stage_from_store(
+    index: &SearchIndex,
+    fields: &SearchFields,
+    conn: &duckdb::Connection,
+    since_us: Option<i64>,
+    author: Option<&str>,
+) -> Result<u64> {
     let collections: Vec<&str> = fields.iter().map(|(c, _)| c).collect();
     if collections.is_empty() {
-        index.commit(started)?;
         return Ok(0);
     }
     let db = |e: duckdb::Error| SearchError::Io(std::io::Error::other(e.to_string()));
@@ -704,8 +758,9 @@ pub fn fill_from_store(
         .query_row(
             "SELECT count(*) FROM records
              WHERE list_contains(string_split(?, ' '), collection)
-               AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)",
-            duckdb::params![collections.join(" "), since_us, since_us],
+               AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)
+               AND (?::VARCHAR IS NULL OR did = ?)",
+            duckdb::params![collections.join(" "), since_us, since_us, author, author],
             |r| r.get(0),
         )
         .map_err(db)?;
@@ -714,11 +769,12 @@ pub fn fill_from_store(
             "SELECT uri, did, collection, record::VARCHAR, created_at, epoch_us(indexed_at)
              FROM records
              WHERE list_contains(string_split(?, ' '), collection)
-               AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)",
+               AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)
+               AND (?::VARCHAR IS NULL OR did = ?)",
         )
         .map_err(db)?;
     let mut rows = stmt
-        .query(duckdb::params![collections.join(" "), since_us, since_us])
+        .query(duckdb::params![collections.join(" "), since_us, since_us, author, author])
         .map_err(db)?;
     let clock = Instant::now();
     let mut n = 0u64;
@@ -762,7 +818,6 @@ pub fn fill_from_store(
         }
     }
     index.apply(&pending)?;
-    index.commit(started)?;
     Ok(n)
 }
 
@@ -787,12 +842,14 @@ impl Search {
     pub fn start(
         data_dir: &Path,
         fields: SearchFields,
-        conn: &duckdb::Connection,
+        readers: Arc<crate::index::store::ReadPool>,
     ) -> Result<Arc<Search>> {
         let (index, covered) = SearchIndex::open(&index_dir(data_dir))?;
         let since = covered.map(|c| c - CATCH_UP_MARGIN_US);
         let clock = Instant::now();
-        let n = fill_from_store(&index, &fields, conn, since)?;
+        let n = readers
+            .with_blocking(|c| Ok(fill_from_store(&index, &fields, c, since)))
+            .map_err(|e| SearchError::Io(std::io::Error::other(e.to_string())))??;
         tracing::info!(
             records = n,
             docs = index.len(),
@@ -804,7 +861,7 @@ impl Search {
         let fields = Arc::new(arc_swap::ArcSwap::from_pointee(fields));
         let (tx, rx) = mpsc::channel();
         let started = chrono::Utc::now().timestamp_micros();
-        let thread = spawn_indexer(index.clone(), fields.clone(), rx, started)?;
+        let thread = spawn_indexer(index.clone(), fields.clone(), readers.clone(), rx, started)?;
         Ok(Arc::new(Search {
             index,
             fields,
@@ -821,7 +878,8 @@ impl Search {
             Change::Put(w) => fields.covers(&w.collection),
             Change::Delete { collection, .. } => fields.covers(collection),
             Change::Invalid(q) => fields.covers(&q.collection),
-            _ => false,
+            Change::Account { .. } => true,
+            Change::Identity { .. } => false,
         };
         let picked: Vec<IndexEvent> = batch
             .iter()

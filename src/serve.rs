@@ -353,7 +353,7 @@ fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
 fn start_search(
     cfg: &ServeConfig,
     catalog: &Catalog,
-    readers: &crate::index::store::ReadPool,
+    readers: &Arc<crate::index::store::ReadPool>,
 ) -> anyhow::Result<Arc<crate::search::Search>> {
     use crate::search::{Search, SearchConfig, SearchFields};
     let config = SearchConfig::load(&cfg.search_config)?;
@@ -361,9 +361,7 @@ fn start_search(
     for (collection, props) in fields.iter() {
         tracing::info!(collection, fields = ?props, "searched");
     }
-    readers
-        .with_blocking(|c| Ok(Search::start(&cfg.data, fields, c)))?
-        .context("opening the search index")
+    Search::start(&cfg.data, fields, readers.clone()).context("opening the search index")
 }
 
 async fn wait_for_signal() {

@@ -188,11 +188,7 @@ fn english_german_and_japanese_after_updates_and_deletes_then_after_a_rebuild() 
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalog();
     let mut store = Store::open(dir.path()).unwrap();
-    let search = store
-        .readers()
-        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
-        .unwrap()
-        .unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
     let t = "2026-01-01T00:00:00Z";
     apply(
         &mut store,
@@ -248,11 +244,7 @@ fn english_german_and_japanese_after_updates_and_deletes_then_after_a_rebuild() 
     .unwrap();
     assert_eq!(n, 8, "8 searchable records remain in the store");
     let store = Store::open(dir.path()).unwrap();
-    let search = store
-        .readers()
-        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
-        .unwrap()
-        .unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
     assert_eq!(search.index.len(), 8);
     check_final_state(&search);
     search.close();
@@ -263,11 +255,7 @@ fn recency_ranks_the_newer_of_two_close_matches_first() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalog();
     let mut store = Store::open(dir.path()).unwrap();
-    let search = store
-        .readers()
-        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
-        .unwrap()
-        .unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
     let now = chrono::Utc::now();
     let old = (now - chrono::Duration::days(60)).to_rfc3339();
     let new = (now - chrono::Duration::hours(1)).to_rfc3339();
@@ -307,11 +295,7 @@ fn a_restart_catches_up_with_what_the_store_committed() {
     let catalog = catalog();
     {
         let mut store = Store::open(dir.path()).unwrap();
-        let search = store
-            .readers()
-            .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
-            .unwrap()
-            .unwrap();
+        let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
         apply(
             &mut store,
             &search,
@@ -331,11 +315,36 @@ fn a_restart_catches_up_with_what_the_store_committed() {
             .unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    let search = store
-        .readers()
-        .with_blocking(|c| Ok(Search::start(dir.path(), fields(&catalog), c)))
-        .unwrap()
-        .unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
     assert_eq!(found(&search, "post", None, None), set(&[p("a1"), p("a2")]));
+    search.close();
+}
+
+#[test]
+fn an_account_out_of_view_leaves_search_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog();
+    let mut store = Store::open(dir.path()).unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
+    let account = |active, status: Option<&str>| {
+        vec![Change::Account {
+            did: ALICE.into(),
+            active,
+            status: status.map(str::to_string),
+        }]
+    };
+    let t = "2026-01-01T00:00:00Z";
+    apply(
+        &mut store,
+        &search,
+        batch(1, vec![post(ALICE, "a1", "Bergwanderung im Herbst", t), post(BOB, "b1", "Herbst in Tokyo", t)]),
+    );
+    eventually(&search, "herbst", set(&[p("a1"), p("b1")]));
+    apply(&mut store, &search, batch(2, account(false, Some("deactivated"))));
+    eventually(&search, "herbst", set(&[p("b1")]));
+    apply(&mut store, &search, batch(3, account(true, None)));
+    eventually(&search, "herbst", set(&[p("a1"), p("b1")]));
+    apply(&mut store, &search, batch(4, account(false, Some("deleted"))));
+    eventually(&search, "herbst", set(&[p("b1")]));
     search.close();
 }

@@ -220,3 +220,99 @@ fn a_create_replayed_after_a_reopen_is_not_counted_twice() {
     assert_eq!(count(&store, POST), 1);
     assert_eq!(records(&store), 1);
 }
+
+fn account(did: &str, active: bool, status: Option<&str>) -> Change {
+    Change::Account {
+        did: did.into(),
+        active,
+        status: status.map(str::to_string),
+    }
+}
+
+/// Every `link_counts` row equals a recount of `links`, and no count is left
+/// for links that are gone.
+fn assert_counts_match_links(store: &Store) {
+    let diff: i64 = store
+        .readers()
+        .with_blocking(|c| {
+            c.query_row(
+                "SELECT count(*) FROM (
+                   (SELECT target, collection, path, n FROM link_counts
+                    EXCEPT SELECT target, source_collection, path, count(*) FROM links GROUP BY ALL)
+                   UNION ALL
+                   (SELECT target, source_collection, path, count(*) FROM links GROUP BY ALL
+                    EXCEPT SELECT target, collection, path, n FROM link_counts))",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+    assert_eq!(diff, 0, "link_counts differs from a recount of links");
+}
+
+fn hidden(store: &Store) -> i64 {
+    store
+        .readers()
+        .with_blocking(|c| c.query_row("SELECT count(*) FROM hidden_records", [], |r| r.get(0)))
+        .unwrap()
+}
+
+#[test]
+fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let (alice, carol) = ("did:plc:alice", "did:plc:carol");
+    store
+        .apply(&[event(
+            1,
+            vec![
+                account(alice, true, None),
+                like(alice, "l1", POST),
+                like(alice, "l2", POST2),
+                like(carol, "l3", POST),
+            ],
+        )])
+        .unwrap();
+    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (2, 1, 3));
+
+    // Deactivated: alice's likes leave every answer and count.
+    let stats = store
+        .apply(&[event(2, vec![account(alice, false, Some("deactivated"))])])
+        .unwrap();
+    assert_eq!(stats.hidden, 2);
+    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (1, 0, 1));
+    assert_eq!(hidden(&store), 2);
+    assert_counts_match_links(&store);
+    // The same status again moves nothing.
+    store
+        .apply(&[event(3, vec![account(alice, false, Some("deactivated"))])])
+        .unwrap();
+    assert_eq!((count(&store, POST), hidden(&store)), (1, 2));
+
+    // Reactivated: they come back, counted once.
+    let stats = store.apply(&[event(4, vec![account(alice, true, None)])]).unwrap();
+    assert_eq!(stats.restored, 2);
+    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (2, 1, 3));
+    assert_eq!(hidden(&store), 0);
+    assert_counts_match_links(&store);
+
+    // Taken down, then deleted: everything of alice's is gone for good.
+    store
+        .apply(&[event(5, vec![account(alice, false, Some("takendown"))])])
+        .unwrap();
+    let stats = store
+        .apply(&[event(6, vec![account(alice, false, Some("deleted"))])])
+        .unwrap();
+    assert_eq!(stats.purged, 2);
+    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (1, 0, 1));
+    assert_eq!(hidden(&store), 0);
+    assert_counts_match_links(&store);
+
+    // Deleting a visible account purges it and its counts in one step.
+    let stats = store
+        .apply(&[event(7, vec![account(carol, false, Some("deleted"))])])
+        .unwrap();
+    assert_eq!(stats.purged, 1);
+    assert_eq!((count(&store, POST), records(&store)), (0, 0));
+    assert_counts_match_links(&store);
+}

@@ -157,6 +157,37 @@ async fn actor_did(state: &AppState, p: &Params) -> Result<String, XrpcError> {
     super::xrpc::resolve_repo(state, actor).await
 }
 
+/// The error the Bluesky AppView gives for an account that is not active:
+/// `AccountTakedown` for a takedown or suspension, `AccountDeactivated` for
+/// anything else (deactivated, deleted, ...).
+pub(crate) async fn account_visible(state: &AppState, did: &str) -> Result<(), XrpcError> {
+    let key = did.to_string();
+    let status = state
+        .readers
+        .with(move |c| {
+            let mut stmt = c.prepare("SELECT active, status FROM actors WHERE did = ?")?;
+            let mut rows = stmt.query(params![key])?;
+            Ok(match rows.next()? {
+                Some(r) => Some((r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?)),
+                None => None,
+            })
+        })
+        .await?;
+    match status {
+        Some((false, status)) => match status.as_deref() {
+            Some("takendown") | Some("suspended") => Err(XrpcError::named(
+                "AccountTakedown",
+                "Account has been suspended",
+            )),
+            _ => Err(XrpcError::named(
+                "AccountDeactivated",
+                "Account is deactivated",
+            )),
+        },
+        _ => Ok(()),
+    }
+}
+
 pub async fn get_profile(
     state: &AppState,
     nsid: &str,
@@ -169,6 +200,7 @@ pub async fn get_profile(
             p.str("actor").unwrap_or_default()
         ))
     })?;
+    account_visible(state, &did).await?;
     let views = profile_views(state, std::slice::from_ref(&did)).await?;
     let mut view = views.get(&did).cloned().unwrap_or(Value::Null);
     let key = did.clone();

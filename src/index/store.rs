@@ -14,8 +14,10 @@ use indexmap::IndexMap;
 use super::event::{Change, IndexEvent, Link, Quarantined, RecordWrite};
 
 /// Migrations, in order. The files live in `schema/`.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "001_init.sql", include_str!("../../schema/001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "001_init.sql", include_str!("../../schema/001_init.sql")),
+    (2, "002_hidden.sql", include_str!("../../schema/002_hidden.sql")),
+];
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,18 @@ pub struct ApplyStats {
     pub deletes: usize,
     pub invalid: usize,
     pub links: usize,
+    /// Records moved out of view (accounts deactivated) and back.
+    pub hidden: usize,
+    pub restored: usize,
+    /// Records removed with their deleted accounts.
+    pub purged: usize,
+}
+
+/// Which way [`Store::move_account`] moves an account's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    Hide,
+    Restore,
 }
 
 /// The on-disk store. Owns the single writing connection; hands out read
@@ -323,6 +337,18 @@ impl Store {
             timing[3] = clock.elapsed().as_millis();
         }
         for (did, (identity, account)) in &actors {
+            let was_active: Option<bool> = self
+                .conn
+                .query_row(
+                    "SELECT active FROM actors WHERE did = ?",
+                    params![did],
+                    |r| r.get(0),
+                )
+                .map(Some)
+                .or_else(|e| match e {
+                    duckdb::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
             self.conn.execute(
                 "INSERT INTO actors (did, handle, active, status, updated_at) VALUES (?, ?, true, NULL, ?)
                  ON CONFLICT DO NOTHING",
@@ -339,6 +365,14 @@ impl Store {
                     "UPDATE actors SET active = ?, status = ?, updated_at = ? WHERE did = ?",
                     params![active, status, now, did],
                 )?;
+                let was_active = was_active.unwrap_or(true);
+                if *status == Some("deleted") {
+                    stats.purged += self.purge_account(did)?;
+                } else if was_active && !active {
+                    stats.hidden += self.move_account(did, Move::Hide)?;
+                } else if !was_active && *active {
+                    stats.restored += self.move_account(did, Move::Restore)?;
+                }
             }
         }
         for (source, (cursor, time)) in cursors {
@@ -360,6 +394,91 @@ impl Store {
             "batch applied"
         );
         Ok(stats)
+    }
+}
+
+impl Store {
+    /// Moves every record and link of `did` out of view (or back), keeping
+    /// `link_counts` exact: the moved links are subtracted (or added). On a
+    /// restore, a hidden version of a URI that was written again meanwhile
+    /// is dropped: the visible one is newer. Returns the records moved.
+    fn move_account(&self, did: &str, way: Move) -> Result<usize> {
+        let (from_records, to_records, from_links, to_links, sign) = match way {
+            Move::Hide => ("records", "hidden_records", "links", "hidden_links", -1),
+            Move::Restore => ("hidden_records", "records", "hidden_links", "links", 1),
+        };
+        if way == Move::Restore {
+            self.conn.execute(
+                "DELETE FROM hidden_links WHERE source_did = $1
+                   AND source_uri IN (SELECT uri FROM records WHERE did = $1)",
+                params![did],
+            )?;
+            self.conn.execute(
+                "DELETE FROM hidden_records WHERE did = $1
+                   AND uri IN (SELECT uri FROM records WHERE did = $1)",
+                params![did],
+            )?;
+        }
+        self.conn.execute(
+            &format!(
+                "INSERT INTO link_counts (target, collection, path, n)
+                   SELECT target, source_collection, path, {sign} * count(*) FROM {from_links}
+                   WHERE source_did = ? GROUP BY ALL
+                 ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n"
+            ),
+            params![did],
+        )?;
+        self.conn
+            .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+        self.conn.execute(
+            &format!("INSERT INTO {to_links} SELECT * FROM {from_links} WHERE source_did = ?"),
+            params![did],
+        )?;
+        self.conn.execute(
+            &format!("DELETE FROM {from_links} WHERE source_did = ?"),
+            params![did],
+        )?;
+        self.conn.execute(
+            &format!("INSERT INTO {to_records} SELECT * FROM {from_records} WHERE did = ?"),
+            params![did],
+        )?;
+        let moved = self.conn.execute(
+            &format!("DELETE FROM {from_records} WHERE did = ?"),
+            params![did],
+        )?;
+        tracing::info!(did, records = moved, ?way, "account records moved");
+        Ok(moved)
+    }
+
+    /// Removes every record and link of a deleted account, visible or hidden,
+    /// and its visible links from `link_counts`. Returns the records removed.
+    fn purge_account(&self, did: &str) -> Result<usize> {
+        self.conn.execute(
+            "INSERT INTO link_counts (target, collection, path, n)
+               SELECT target, source_collection, path, -count(*) FROM links
+               WHERE source_did = ? GROUP BY ALL
+             ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n",
+            params![did],
+        )?;
+        self.conn
+            .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+        let mut purged = 0;
+        for (table, column) in [
+            ("links", "source_did"),
+            ("hidden_links", "source_did"),
+            ("records", "did"),
+            ("hidden_records", "did"),
+            ("quarantine", "did"),
+        ] {
+            let n = self
+                .conn
+                .execute(&format!("DELETE FROM {table} WHERE {column} = ?"), params![did])?;
+            if table.ends_with("records") {
+                purged += n;
+            }
+        }
+        tracing::info!(did, records = purged, "deleted account purged");
+        Ok(purged)
     }
 }
 
