@@ -694,9 +694,17 @@ pub fn spawn_indexer(
                                 if *active {
                                     readers
                                         .with_blocking(|conn| {
-                                            Ok(stage_from_store(&index, &fields, conn, None, Some(did)))
+                                            Ok(stage_from_store(
+                                                &index,
+                                                &fields,
+                                                conn,
+                                                None,
+                                                Some(did),
+                                            ))
                                         })
-                                        .map_err(|e| SearchError::Io(std::io::Error::other(e.to_string())))??;
+                                        .map_err(|e| {
+                                            SearchError::Io(std::io::Error::other(e.to_string()))
+                                        })??;
                                 }
                             }
                             Ok(())
@@ -774,7 +782,13 @@ fn stage_from_store(
         )
         .map_err(db)?;
     let mut rows = stmt
-        .query(duckdb::params![collections.join(" "), since_us, since_us, author, author])
+        .query(duckdb::params![
+            collections.join(" "),
+            since_us,
+            since_us,
+            author,
+            author
+        ])
         .map_err(db)?;
     let clock = Instant::now();
     let mut n = 0u64;

@@ -337,14 +337,28 @@ fn an_account_out_of_view_leaves_search_and_comes_back() {
     apply(
         &mut store,
         &search,
-        batch(1, vec![post(ALICE, "a1", "Bergwanderung im Herbst", t), post(BOB, "b1", "Herbst in Tokyo", t)]),
+        batch(
+            1,
+            vec![
+                post(ALICE, "a1", "Bergwanderung im Herbst", t),
+                post(BOB, "b1", "Herbst in Tokyo", t),
+            ],
+        ),
     );
     eventually(&search, "herbst", set(&[p("a1"), p("b1")]));
-    apply(&mut store, &search, batch(2, account(false, Some("deactivated"))));
+    apply(
+        &mut store,
+        &search,
+        batch(2, account(false, Some("deactivated"))),
+    );
     eventually(&search, "herbst", set(&[p("b1")]));
     apply(&mut store, &search, batch(3, account(true, None)));
     eventually(&search, "herbst", set(&[p("a1"), p("b1")]));
-    apply(&mut store, &search, batch(4, account(false, Some("deleted"))));
+    apply(
+        &mut store,
+        &search,
+        batch(4, account(false, Some("deleted"))),
+    );
     eventually(&search, "herbst", set(&[p("b1")]));
     search.close();
 }

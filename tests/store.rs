@@ -273,14 +273,20 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
             ],
         )])
         .unwrap();
-    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (2, 1, 3));
+    assert_eq!(
+        (count(&store, POST), count(&store, POST2), records(&store)),
+        (2, 1, 3)
+    );
 
     // Deactivated: alice's likes leave every answer and count.
     let stats = store
         .apply(&[event(2, vec![account(alice, false, Some("deactivated"))])])
         .unwrap();
     assert_eq!(stats.hidden, 2);
-    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (1, 0, 1));
+    assert_eq!(
+        (count(&store, POST), count(&store, POST2), records(&store)),
+        (1, 0, 1)
+    );
     assert_eq!(hidden(&store), 2);
     assert_counts_match_links(&store);
     // The same status again moves nothing.
@@ -290,9 +296,14 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
     assert_eq!((count(&store, POST), hidden(&store)), (1, 2));
 
     // Reactivated: they come back, counted once.
-    let stats = store.apply(&[event(4, vec![account(alice, true, None)])]).unwrap();
+    let stats = store
+        .apply(&[event(4, vec![account(alice, true, None)])])
+        .unwrap();
     assert_eq!(stats.restored, 2);
-    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (2, 1, 3));
+    assert_eq!(
+        (count(&store, POST), count(&store, POST2), records(&store)),
+        (2, 1, 3)
+    );
     assert_eq!(hidden(&store), 0);
     assert_counts_match_links(&store);
 
@@ -304,7 +315,10 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
         .apply(&[event(6, vec![account(alice, false, Some("deleted"))])])
         .unwrap();
     assert_eq!(stats.purged, 2);
-    assert_eq!((count(&store, POST), count(&store, POST2), records(&store)), (1, 0, 1));
+    assert_eq!(
+        (count(&store, POST), count(&store, POST2), records(&store)),
+        (1, 0, 1)
+    );
     assert_eq!(hidden(&store), 0);
     assert_counts_match_links(&store);
 

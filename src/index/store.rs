@@ -16,7 +16,11 @@ use super::event::{Change, IndexEvent, Link, Quarantined, RecordWrite};
 /// Migrations, in order. The files live in `schema/`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "001_init.sql", include_str!("../../schema/001_init.sql")),
-    (2, "002_hidden.sql", include_str!("../../schema/002_hidden.sql")),
+    (
+        2,
+        "002_hidden.sql",
+        include_str!("../../schema/002_hidden.sql"),
+    ),
 ];
 
 /// Store errors.
@@ -470,9 +474,10 @@ impl Store {
             ("hidden_records", "did"),
             ("quarantine", "did"),
         ] {
-            let n = self
-                .conn
-                .execute(&format!("DELETE FROM {table} WHERE {column} = ?"), params![did])?;
+            let n = self.conn.execute(
+                &format!("DELETE FROM {table} WHERE {column} = ?"),
+                params![did],
+            )?;
             if table.ends_with("records") {
                 purged += n;
             }

@@ -7,6 +7,10 @@
 //           {"op":"create","did":...,"collection":...,"record":{...},"rkey"?:...}
 //           {"op":"put","did":...,"collection":...,"rkey":...,"record":{...}}
 //           {"op":"delete","did":...,"collection":...,"rkey":...}
+//           {"op":"deactivate","did":...} / {"op":"activate","did":...}
+//           {"op":"takedown","did":...,"applied":true|false}   (admin)
+//           {"op":"deleteAccount","did":...}                    (admin)
+//           {"op":"updateHandle","did":...,"handle":...}
 //           {"op":"head"}   -> the PDS sequencer's last seq
 import net from 'node:net'
 import fs from 'node:fs'
@@ -71,6 +75,29 @@ async function handle(cmd) {
       await agent.com.atproto.repo.deleteRecord({ repo: cmd.did, collection: cmd.collection, rkey: cmd.rkey })
       return {}
     }
+    case 'deactivate':
+      await agents.get(cmd.did).com.atproto.server.deactivateAccount({})
+      return {}
+    case 'activate':
+      await agents.get(cmd.did).com.atproto.server.activateAccount()
+      return {}
+    case 'takedown': {
+      const admin = new AtpAgent({ service: pds.url })
+      await admin.com.atproto.admin.updateSubjectStatus(
+        { subject: { $type: 'com.atproto.admin.defs#repoRef', did: cmd.did }, takedown: { applied: cmd.applied, ref: 'test' } },
+        { headers: pds.adminAuthHeaders(), encoding: 'application/json' },
+      )
+      return {}
+    }
+    case 'deleteAccount': {
+      const admin = new AtpAgent({ service: pds.url })
+      await admin.com.atproto.admin.deleteAccount({ did: cmd.did }, { headers: pds.adminAuthHeaders(), encoding: 'application/json' })
+      agents.delete(cmd.did)
+      return {}
+    }
+    case 'updateHandle':
+      await agents.get(cmd.did).com.atproto.identity.updateHandle({ handle: cmd.handle })
+      return { handle: cmd.handle }
     case 'head':
       return {}
     default:
