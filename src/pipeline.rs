@@ -13,6 +13,38 @@ use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::syntax::{is_valid_did, is_valid_record_key};
 
+/// A Jetstream v1 event (only the fields lexview uses).
+#[derive(serde::Deserialize)]
+struct JetEvent {
+    did: String,
+    time_us: i64,
+    kind: String,
+    commit: Option<JetCommit>,
+    identity: Option<JetIdentity>,
+    account: Option<JetAccount>,
+}
+
+#[derive(serde::Deserialize)]
+struct JetCommit {
+    rev: String,
+    operation: String,
+    collection: String,
+    rkey: String,
+    record: Option<serde_json::Value>,
+    cid: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct JetIdentity {
+    handle: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct JetAccount {
+    active: bool,
+    status: Option<String>,
+}
+
 /// Why a frame produced nothing to index.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -121,6 +153,128 @@ impl Ingestor {
             }
         }
         Ok(Outcome::Event(event))
+    }
+
+    /// Processes one Jetstream JSON event from `source`. Its cursor is the
+    /// event's `time_us`. Records are validated like the firehose's; their
+    /// CIDs are taken on trust (see `source::jetstream`).
+    pub fn process_jetstream(&self, source: &str, bytes: &[u8]) -> Result<Outcome, IngestError> {
+        let m = &self.metrics;
+        Metrics::inc(&m.frames_total);
+        let ev: JetEvent = serde_json::from_slice(bytes).map_err(|e| {
+            Metrics::inc(&m.frames_malformed_total);
+            IngestError::Frame(FrameError::Body {
+                kind: "Jetstream".into(),
+                message: e.to_string(),
+            })
+        })?;
+        let mut event = IndexEvent {
+            source: source.to_string(),
+            cursor: Some(ev.time_us),
+            time: chrono::DateTime::from_timestamp_micros(ev.time_us)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            ..Default::default()
+        };
+        match (ev.kind.as_str(), ev.commit, ev.identity, ev.account) {
+            ("commit", Some(c), _, _) => {
+                Metrics::inc(&m.commits_total);
+                event.changes = self
+                    .jetstream_change(&ev.did, c)
+                    .inspect_err(|_| Metrics::inc(&m.commits_rejected_total))?
+                    .into_iter()
+                    .collect();
+            }
+            ("identity", _, Some(i), _) => {
+                Metrics::inc(&m.identity_events_total);
+                event.changes.push(Change::Identity {
+                    did: ev.did,
+                    handle: i.handle,
+                });
+            }
+            ("account", _, _, Some(a)) => {
+                Metrics::inc(&m.account_events_total);
+                event.changes.push(Change::Account {
+                    did: ev.did,
+                    active: a.active,
+                    status: a.status,
+                });
+            }
+            (kind, ..) => {
+                Metrics::inc(&m.unknown_frames_total);
+                tracing::debug!(kind, "Jetstream event kind not handled");
+            }
+        }
+        Ok(Outcome::Event(event))
+    }
+
+    fn jetstream_change(&self, did: &str, c: JetCommit) -> Result<Option<Change>, IngestError> {
+        let m = &self.metrics;
+        if !self.catalog.load().has_record(&c.collection) {
+            Metrics::inc(&m.ops_skipped_total);
+            return Ok(None);
+        }
+        let reject = |reason: String| IngestError::CommitRejected {
+            seq: 0,
+            repo: did.to_string(),
+            reason,
+        };
+        if !is_valid_did(did) {
+            return Err(reject(format!("repo {did:?} is not a valid DID")));
+        }
+        let quarantine = |cid: Option<String>, reason: String, record| {
+            Metrics::inc(&m.records_invalid_total);
+            Change::Invalid(Quarantined {
+                did: did.to_string(),
+                collection: c.collection.clone(),
+                rkey: c.rkey.clone(),
+                cid,
+                rev: c.rev.clone(),
+                reason,
+                record,
+            })
+        };
+        if !is_valid_record_key(&c.rkey) {
+            return Ok(Some(quarantine(
+                None,
+                format!("invalid record key {:?}", c.rkey),
+                None,
+            )));
+        }
+        Ok(Some(match c.operation.as_str() {
+            "delete" => {
+                Metrics::inc(&m.records_deleted_total);
+                Change::Delete {
+                    did: did.to_string(),
+                    collection: c.collection,
+                    rkey: c.rkey,
+                    rev: c.rev,
+                }
+            }
+            "create" | "update" => {
+                let (Some(cid), Some(mut record)) = (c.cid, c.record) else {
+                    return Ok(Some(quarantine(
+                        None,
+                        format!("{} without a cid and record", c.operation),
+                        None,
+                    )));
+                };
+                if !crate::syntax::Format::Cid.is_valid(&cid) {
+                    return Ok(Some(quarantine(None, format!("invalid cid {cid:?}"), None)));
+                }
+                crate::decode::value::canonical_key_order(&mut record);
+                let catalog = self.catalog.load();
+                if let Err(e) = catalog.validate_record(&c.collection, &record) {
+                    return Ok(Some(quarantine(Some(cid), e.to_string(), Some(record))));
+                }
+                Metrics::inc(&m.records_indexed_total);
+                let update = c.operation == "update";
+                let mut write =
+                    RecordWrite::new(did.to_string(), c.collection, c.rkey, cid, c.rev, record);
+                write.update = update;
+                Change::Put(write)
+            }
+            other => quarantine(None, format!("unknown operation {other:?}"), None),
+        }))
     }
 
     fn commit_changes(&self, c: &Commit<'_>) -> Result<Vec<Change>, IngestError> {

@@ -17,7 +17,7 @@ use crate::index::writer::{self, Positions, WriterConfig};
 use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::pipeline::{Ingestor, Outcome};
-use crate::source::{firehose, replay, RawFrame, SourceSpec};
+use crate::source::{firehose, jetstream, replay, RawFrame, SourceSpec, Wire};
 
 /// Whether commits are verified before they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,11 +90,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .map(|s| SourceSpec::parse(s).map(|spec| (spec.id(), spec)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    for (_, spec) in &specs {
-        if let SourceSpec::Jetstream { url } = spec {
-            bail!("Jetstream sources ({url}) are not implemented in this version (see issue 4)");
-        }
-    }
     let store = Store::open(&cfg.data)
         .with_context(|| format!("cannot open the store in {}", cfg.data.display()))?;
     let metrics = Arc::new(Metrics::default());
@@ -118,6 +113,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let (tx, token, m) = (raw_tx.clone(), shutdown.clone(), metrics.clone());
         let source: Arc<str> = Arc::from(id.as_str());
         let start = resume.get(&id).copied().flatten();
+        let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
         source_tasks.push(tokio::spawn(async move {
             match spec {
                 SourceSpec::Firehose { url } => {
@@ -134,7 +130,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                         }
                     }
                 }
-                SourceSpec::Jetstream { .. } => unreachable!("rejected above"),
+                SourceSpec::Jetstream { url } => {
+                    jetstream::run(source, url, start, collections, tx, m, token).await
+                }
             }
         }));
     }
@@ -260,14 +258,20 @@ fn ingest_loop(
     resume: HashMap<String, Option<i64>>,
 ) {
     while let Some(frame) = rx.blocking_recv() {
-        match ingestor.process(&frame.source, &frame.bytes) {
+        let processed = match frame.wire {
+            Wire::Firehose => ingestor.process(&frame.source, &frame.bytes),
+            Wire::Jetstream => ingestor.process_jetstream(&frame.source, &frame.bytes),
+        };
+        match processed {
             Ok(Outcome::Event(ev)) => {
                 let already = resume.get(&*frame.source).copied().flatten();
-                if let (Some(seq), Some(done)) = (ev.cursor, already) {
+                if let (Some(seq), Some(done), Wire::Firehose) = (ev.cursor, already, frame.wire) {
                     if seq <= done {
                         continue; // applied before a restart
                     }
                 }
+                // Jetstream resumes rewound and out of time order: its events
+                // are applied again, which is harmless.
                 if tx.blocking_send(ev).is_err() {
                     return;
                 }

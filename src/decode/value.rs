@@ -30,6 +30,25 @@ impl<'de> DeserializeSeed<'de> for DataModel {
 
 struct DataModelVisitor;
 
+/// Reorders every object's keys as DAG-CBOR orders map keys (shorter first,
+/// then bytewise), the order [`dagcbor_to_json`] yields them in. A record that
+/// arrives as JSON (Jetstream) is stored with the same text as when it
+/// arrives as DAG-CBOR.
+pub fn canonical_key_order(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+            entries.sort_by(|(a, _), (b, _)| (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes())));
+            for (k, mut v) in entries {
+                canonical_key_order(&mut v);
+                map.insert(k, v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonical_key_order),
+        _ => {}
+    }
+}
+
 fn bytes_json(b: &[u8]) -> Value {
     let mut m = Map::with_capacity(1);
     m.insert(

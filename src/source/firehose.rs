@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::RawFrame;
+use super::{RawFrame, Wire};
 use crate::decode::frame::{peek, Peek};
 use crate::metrics::Metrics;
 
@@ -117,6 +117,7 @@ pub async fn run(
                                 .send(RawFrame {
                                     source: source.clone(),
                                     bytes: bytes.to_vec(),
+                                    wire: Wire::Firehose,
                                 })
                                 .await
                                 .is_err()

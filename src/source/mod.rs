@@ -3,6 +3,7 @@
 //! feeds a bounded channel, so a slow writer slows the source down.
 
 pub mod firehose;
+pub mod jetstream;
 pub mod replay;
 
 use std::path::PathBuf;
@@ -12,6 +13,16 @@ use std::path::PathBuf;
 pub struct RawFrame {
     pub source: std::sync::Arc<str>,
     pub bytes: Vec<u8>,
+    pub wire: Wire,
+}
+
+/// How a raw message is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// A `subscribeRepos` frame (DAG-CBOR header and body, CAR blocks).
+    Firehose,
+    /// One Jetstream JSON event.
+    Jetstream,
 }
 
 /// Where events come from, as given by `--source`.
@@ -21,7 +32,7 @@ pub enum SourceSpec {
     Firehose { url: String },
     /// `replay:PATH[?rate=N]`: a recorded frames file, optionally paced to N frames/s.
     Replay { path: PathBuf, rate: Option<u32> },
-    /// `jetstream+wss://host`: not available in this version.
+    /// `jetstream+wss://host[/subscribe]`: Jetstream's JSON stream.
     Jetstream { url: String },
 }
 
@@ -32,7 +43,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Firehose { url } => firehose::split_cursor(url).0,
             SourceSpec::Replay { path, .. } => format!("replay:{}", path.display()),
-            SourceSpec::Jetstream { url } => format!("jetstream+{url}"),
+            SourceSpec::Jetstream { url } => format!("jetstream+{}", firehose::split_cursor(url).0),
         }
     }
 

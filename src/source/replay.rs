@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::RawFrame;
+use super::{RawFrame, Wire};
 
 /// Why a frames file could not be read to its end.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,7 @@ pub async fn run(
             .send(RawFrame {
                 source: source.clone(),
                 bytes: frame.to_vec(),
+                wire: Wire::Firehose,
             })
             .await
             .is_err()

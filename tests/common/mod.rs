@@ -58,6 +58,7 @@ pub fn assert_lines_eq(expected: &str, got: &str) {
         got.lines().count()
     );
 }
+pub mod jetstream;
 pub mod pds;
 pub mod relay;
 pub mod server;
