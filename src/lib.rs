@@ -16,3 +16,4 @@ pub mod serve;
 pub mod source;
 pub mod sql;
 pub mod syntax;
+pub mod verify;

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// Commit verification.
     #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "none")]
     verify: Verify,
+    /// DID documents for verification from a file (`{"did": document}`)
+    /// instead of the network, e.g. for a recording.
+    #[arg(long, env = "LEXVIEW_DID_DOCS")]
+    did_docs: Option<PathBuf>,
     /// Writer batch: commit after this many events...
     #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
     batch_events: usize,
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<()> {
                 listen: a.listen,
                 plc: a.plc,
                 verify: a.verify,
+                did_docs: a.did_docs,
                 writer: WriterConfig {
                     max_events: a.batch_events,
                     max_delay: std::time::Duration::from_millis(a.batch_ms),

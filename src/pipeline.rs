@@ -80,6 +80,8 @@ pub struct Ingestor {
     /// Swapped whole when the lexicons are reloaded (SIGHUP).
     catalog: Arc<arc_swap::ArcSwap<Catalog>>,
     metrics: Arc<Metrics>,
+    /// Present with `--verify full`.
+    verifier: Option<Arc<crate::verify::Verifier>>,
 }
 
 impl Ingestor {
@@ -89,7 +91,17 @@ impl Ingestor {
 
     /// An ingestor that follows `catalog` as it is swapped.
     pub fn shared(catalog: Arc<arc_swap::ArcSwap<Catalog>>, metrics: Arc<Metrics>) -> Ingestor {
-        Ingestor { catalog, metrics }
+        Ingestor {
+            catalog,
+            metrics,
+            verifier: None,
+        }
+    }
+
+    /// Verifies every commit that touches a loaded collection before using it.
+    pub fn with_verifier(mut self, verifier: Arc<crate::verify::Verifier>) -> Ingestor {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// Processes one `subscribeRepos` frame from `source`.
@@ -112,6 +124,9 @@ impl Ingestor {
             }
             Frame::Identity(i) => {
                 Metrics::inc(&m.identity_events_total);
+                if let Some(v) = &self.verifier {
+                    v.identity_changed(i.did);
+                }
                 event.time = Some(i.time.to_string());
                 event.changes.push(Change::Identity {
                     did: i.did.to_string(),
@@ -303,7 +318,8 @@ impl Ingestor {
         if !is_valid_did(c.repo) {
             return Err(reject(format!("repo {:?} is not a valid DID", c.repo)));
         }
-        let needs_blocks = wanted.iter().any(|(op, ..)| op.action != "delete");
+        let needs_blocks =
+            self.verifier.is_some() || wanted.iter().any(|(op, ..)| op.action != "delete");
         let blocks = if needs_blocks && !c.blocks.is_empty() {
             read_car(c.blocks)
                 .map_err(|e| reject(e.to_string()))?
@@ -311,6 +327,37 @@ impl Ingestor {
         } else {
             Default::default()
         };
+        // Only commits that touch a loaded collection get here: a signature
+        // check costs ~70 us.
+        if let Some(verifier) = &self.verifier {
+            let checked = blocks
+                .get(&c.commit)
+                .ok_or_else(|| {
+                    crate::verify::VerifyError::CommitBlock("missing from the frame".into())
+                })
+                .and_then(|block| {
+                    verify_block(&c.commit, block)
+                        .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
+                    verifier.verify(block, c.repo, c.rev)
+                });
+            match checked {
+                Ok(_) => Metrics::inc(&m.commits_verified_total),
+                Err(e) => {
+                    use crate::verify::VerifyError as V;
+                    Metrics::inc(match e {
+                        V::BadSignature | V::HighS | V::SignatureFormat => {
+                            &m.verify_rejected_signature_total
+                        }
+                        V::DidMismatch { .. } => &m.verify_rejected_identity_total,
+                        V::RevMismatch { .. } | V::RevNotNewer { .. } => {
+                            &m.verify_rejected_rev_total
+                        }
+                        _ => &m.verify_rejected_other_total,
+                    });
+                    return Err(reject(format!("verification failed ({}): {e}", e.reason())));
+                }
+            }
+        }
         let mut changes = Vec::with_capacity(wanted.len());
         for (op, collection, rkey) in wanted {
             // An invalid record: counted here, kept aside by the writer.

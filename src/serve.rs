@@ -22,7 +22,8 @@ use crate::source::{firehose, jetstream, replay, RawFrame, SourceSpec, Wire};
 /// Whether commits are verified before they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Verify {
-    /// Check signatures, MST proofs and rev order (not available yet: issue 4).
+    /// Check each commit's signature against its DID document, its DID and
+    /// its rev order (MST proofs are not checked yet: issue 4).
     Full,
     /// Trust the source.
     None,
@@ -44,6 +45,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub plc: String,
     pub verify: Verify,
+    /// With `verify`, keys from this `{did: document}` file, not the network.
+    pub did_docs: Option<PathBuf>,
     pub writer: WriterConfig,
 }
 
@@ -74,9 +77,6 @@ pub fn load_catalog(dir: &std::path::Path) -> anyhow::Result<Catalog> {
 
 /// Runs until SIGINT or SIGTERM, then drains the writer and returns.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
-    if cfg.verify == Verify::Full {
-        bail!("--verify full is not implemented in this version (see issue 4); run with --verify none");
-    }
     let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
     if catalog.records().next().is_none() {
         bail!(
@@ -140,7 +140,10 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let shared_catalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
     let ingest = {
-        let ingestor = Ingestor::shared(shared_catalog.clone(), metrics.clone());
+        let mut ingestor = Ingestor::shared(shared_catalog.clone(), metrics.clone());
+        if cfg.verify == Verify::Full {
+            ingestor = ingestor.with_verifier(Arc::new(verifier(&cfg)?));
+        }
         std::thread::Builder::new()
             .name("lexview-ingest".into())
             .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, resume))?
@@ -350,6 +353,27 @@ fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
         "lexicons reloaded"
     );
     Ok(())
+}
+
+/// The commit verifier: keys from `--did-docs`, or resolved through `--plc`
+/// and did:web (cached for an hour, or until an `#identity` event).
+fn verifier(cfg: &ServeConfig) -> anyhow::Result<crate::verify::Verifier> {
+    use crate::verify::{HttpResolver, Resolve, StaticResolver, Verifier};
+    let resolver: Box<dyn Resolve> = match &cfg.did_docs {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --did-docs {}", path.display()))?;
+            let docs: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("--did-docs {} is not JSON", path.display()))?;
+            Box::new(StaticResolver::from_documents(&docs))
+        }
+        None => Box::new(HttpResolver::new(
+            &cfg.plc,
+            std::time::Duration::from_secs(3600),
+        )),
+    };
+    tracing::info!(plc = %cfg.plc, did_docs = ?cfg.did_docs, "verifying commits");
+    Ok(Verifier::new(resolver))
 }
 
 /// Opens the search index, fills it from the store where it lags, and starts

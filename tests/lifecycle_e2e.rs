@@ -70,10 +70,15 @@ fn account_status_and_handle_changes_reach_every_answer() {
     let mut pds = Pds::start();
     let data = tempfile::tempdir().unwrap();
     let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    let server = Server::start(
+    // With every commit verified against the in-memory PLC's DID documents
+    // (legacy key format), through the handle change's #identity too.
+    let queries = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries");
+    let server = Server::start_full(
         &[&format!("{}?cursor=0", pds.firehose)],
         data.path(),
         &lexicons,
+        &queries,
+        &["--verify", "full", "--plc", &pds.plc],
     );
     let mut answers: Vec<(&'static str, Value)> = Vec::new();
 
@@ -179,4 +184,18 @@ fn account_status_and_handle_changes_reach_every_answer() {
 
     let refs: Vec<(&str, &Value)> = answers.iter().map(|(n, v)| (*n, v)).collect();
     common::assert_valid_outputs(&refs);
+
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("lexview_{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(counter("commits_verified_total") >= 6, "{metrics}");
+    assert_eq!(counter("commits_rejected_total"), 0, "{metrics}");
 }

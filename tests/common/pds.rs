@@ -14,6 +14,8 @@ pub struct Pds {
     stdout: BufReader<ChildStdout>,
     pub firehose: String,
     pub url: String,
+    /// The in-memory PLC directory's URL.
+    pub plc: String,
 }
 
 impl Pds {
@@ -42,6 +44,7 @@ impl Pds {
             stdout,
             firehose: ready["firehose"].as_str().unwrap().to_string(),
             url: ready["pds"].as_str().unwrap().to_string(),
+            plc: ready["plc"].as_str().unwrap().to_string(),
         }
     }
 

@@ -34,6 +34,17 @@ impl Server {
 
     /// As [`Server::start`], with SQL query methods from `queries`.
     pub fn start_with(sources: &[&str], data: &Path, lexicons: &Path, queries: &Path) -> Server {
+        Server::start_full(sources, data, lexicons, queries, &[])
+    }
+
+    /// As [`Server::start_with`], with more `serve` flags.
+    pub fn start_full(
+        sources: &[&str],
+        data: &Path,
+        lexicons: &Path,
+        queries: &Path,
+        extra: &[&str],
+    ) -> Server {
         let port = free_port();
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
@@ -62,6 +73,7 @@ impl Server {
         for s in sources {
             cmd.args(["--source", s]);
         }
+        cmd.args(extra);
         let child = cmd.spawn().expect("spawn lexview");
         let server = Server {
             child,

@@ -1,0 +1,515 @@
+//! Commit verification (`--verify full`): the signing key from the repo's DID
+//! document, the commit's signature over its unsigned DAG-CBOR encoding
+//! (secp256k1 or P-256, compact 64-byte signatures, low-S only), the commit's
+//! DID against the event's repo, its rev against the event's and against the
+//! last rev seen for the repo.
+//!
+//! The curve arithmetic is k256's and p256's and the multibase decoding the
+//! `multibase` crate's. What is written here is the atproto glue no crate in
+//! this dependency set offers on its own terms: which DID-document entry holds
+//! the key (Multikey and the legacy `EcdsaSecp256k1VerificationKey2019`), the
+//! unsigned commit bytes, and the low-S rule (the RustCrypto verifiers accept
+//! high-S signatures, atproto does not). jacquard-repo does this too but brings
+//! its own stack (see ../shared/DEPENDENCIES.md).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use serde_json::Value;
+
+/// Why a commit (or a key) was rejected. The variant names are the reasons
+/// counted in metrics.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum VerifyError {
+    #[error("signature does not verify against the DID document's key")]
+    BadSignature,
+    #[error("signature is not low-S")]
+    HighS,
+    #[error("signature is not 64 bytes (r || s)")]
+    SignatureFormat,
+    #[error("commit is for {commit}, event is for {repo}")]
+    DidMismatch { commit: String, repo: String },
+    #[error("commit rev {commit} differs from the event's rev {event}")]
+    RevMismatch { commit: String, event: String },
+    #[error("rev {rev} is not newer than {last}, the last seen for this repo")]
+    RevNotNewer { rev: String, last: String },
+    #[error("commit block: {0}")]
+    CommitBlock(String),
+    #[error("unsupported commit version {0}")]
+    Version(u64),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("DID resolution: {0}")]
+    Resolve(String),
+}
+
+impl VerifyError {
+    /// A short stable name, for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::BadSignature => "bad_signature",
+            VerifyError::HighS => "high_s",
+            VerifyError::SignatureFormat => "signature_format",
+            VerifyError::DidMismatch { .. } => "did_mismatch",
+            VerifyError::RevMismatch { .. } => "rev_mismatch",
+            VerifyError::RevNotNewer { .. } => "rev_not_newer",
+            VerifyError::CommitBlock(_) => "commit_block",
+            VerifyError::Version(_) => "commit_version",
+            VerifyError::Key(_) => "key",
+            VerifyError::Resolve(_) => "resolve",
+        }
+    }
+}
+
+// ---- keys ----
+
+/// A repo signing key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublicKey {
+    K256(k256::ecdsa::VerifyingKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+/// Multicodec prefixes of the two key types (varint-encoded).
+const SECP256K1_PUB: [u8; 2] = [0xe7, 0x01];
+const P256_PUB: [u8; 2] = [0x80, 0x24];
+
+fn multibase_bytes(s: &str) -> Result<Vec<u8>, VerifyError> {
+    let (base, bytes) =
+        multibase::decode(s).map_err(|e| VerifyError::Key(format!("multibase: {e}")))?;
+    if base != multibase::Base::Base58Btc {
+        return Err(VerifyError::Key(format!("{base:?} is not base58btc")));
+    }
+    Ok(bytes)
+}
+
+impl PublicKey {
+    /// A key from SEC1 bytes (compressed or not) of the given curve.
+    fn from_sec1(curve_k256: bool, bytes: &[u8]) -> Result<PublicKey, VerifyError> {
+        let bad = |e: &dyn std::fmt::Display| VerifyError::Key(format!("not a curve point: {e}"));
+        Ok(if curve_k256 {
+            PublicKey::K256(k256::ecdsa::VerifyingKey::from_sec1_bytes(bytes).map_err(|e| bad(&e))?)
+        } else {
+            PublicKey::P256(p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes).map_err(|e| bad(&e))?)
+        })
+    }
+
+    /// A `Multikey` value: multibase of the multicodec-prefixed compressed key.
+    pub fn from_multikey(s: &str) -> Result<PublicKey, VerifyError> {
+        let bytes = multibase_bytes(s)?;
+        match bytes.get(..2) {
+            Some(p) if p == SECP256K1_PUB => PublicKey::from_sec1(true, &bytes[2..]),
+            Some(p) if p == P256_PUB => PublicKey::from_sec1(false, &bytes[2..]),
+            _ => Err(VerifyError::Key("unknown multicodec key type".into())),
+        }
+    }
+
+    /// A `did:key`.
+    pub fn from_did_key(did: &str) -> Result<PublicKey, VerifyError> {
+        let s = did
+            .strip_prefix("did:key:")
+            .ok_or_else(|| VerifyError::Key(format!("{did:?} is not a did:key")))?;
+        PublicKey::from_multikey(s)
+    }
+
+    /// The `#atproto` verification method of a DID document, in the current
+    /// (`Multikey`) or legacy (`EcdsaSecp256k1VerificationKey2019`,
+    /// `EcdsaSecp256r1VerificationKey2019`: multibase of the bare key) form.
+    pub fn from_did_document(doc: &Value) -> Result<PublicKey, VerifyError> {
+        let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
+        let methods = doc
+            .get("verificationMethod")
+            .and_then(Value::as_array)
+            .ok_or_else(|| VerifyError::Key("DID document has no verificationMethod".into()))?;
+        let method = methods
+            .iter()
+            .find(|m| {
+                let mid = m.get("id").and_then(Value::as_str).unwrap_or_default();
+                mid == "#atproto" || mid == format!("{id}#atproto")
+            })
+            .ok_or_else(|| VerifyError::Key("DID document has no #atproto key".into()))?;
+        let multibase = method
+            .get("publicKeyMultibase")
+            .and_then(Value::as_str)
+            .ok_or_else(|| VerifyError::Key("#atproto key has no publicKeyMultibase".into()))?;
+        match method.get("type").and_then(Value::as_str) {
+            Some("Multikey") => PublicKey::from_multikey(multibase),
+            Some("EcdsaSecp256k1VerificationKey2019") => {
+                PublicKey::from_sec1(true, &multibase_bytes(multibase)?)
+            }
+            Some("EcdsaSecp256r1VerificationKey2019") => {
+                PublicKey::from_sec1(false, &multibase_bytes(multibase)?)
+            }
+            other => Err(VerifyError::Key(format!("unsupported key type {other:?}"))),
+        }
+    }
+
+    /// Verifies an atproto signature over `message` (hashed with SHA-256 by
+    /// the verifier): exactly 64 bytes `r || s`, with `s` in the lower half.
+    pub fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
+        use k256::ecdsa::signature::Verifier;
+        if sig.len() != 64 {
+            return Err(VerifyError::SignatureFormat);
+        }
+        match self {
+            PublicKey::K256(key) => {
+                let sig = k256::ecdsa::Signature::from_slice(sig)
+                    .map_err(|_| VerifyError::SignatureFormat)?;
+                if sig.normalize_s().is_some() {
+                    return Err(VerifyError::HighS);
+                }
+                key.verify(message, &sig)
+                    .map_err(|_| VerifyError::BadSignature)
+            }
+            PublicKey::P256(key) => {
+                let sig = p256::ecdsa::Signature::from_slice(sig)
+                    .map_err(|_| VerifyError::SignatureFormat)?;
+                if sig.normalize_s().is_some() {
+                    return Err(VerifyError::HighS);
+                }
+                key.verify(message, &sig)
+                    .map_err(|_| VerifyError::BadSignature)
+            }
+        }
+    }
+}
+
+// ---- commits ----
+
+/// A signed repo commit (v3; v2 differs only in its version).
+#[derive(Debug, serde::Deserialize)]
+struct SignedCommit {
+    did: String,
+    version: u64,
+    data: Cid,
+    rev: String,
+    prev: Option<Cid>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+/// The commit without `sig`, fields in DAG-CBOR key order (length, then
+/// bytes: did, rev, data, prev, version), as it was signed.
+#[derive(serde::Serialize)]
+struct UnsignedCommit<'a> {
+    did: &'a str,
+    rev: &'a str,
+    data: &'a Cid,
+    prev: &'a Option<Cid>,
+    version: u64,
+}
+
+/// What a verified commit says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedCommit {
+    pub did: String,
+    pub rev: String,
+    pub data: Cid,
+}
+
+/// Checks a commit block's signature with `key` and that it belongs to
+/// `repo` at `rev`.
+pub fn verify_commit(
+    block: &[u8],
+    repo: &str,
+    rev: &str,
+    key: &PublicKey,
+) -> Result<VerifiedCommit, VerifyError> {
+    let c: SignedCommit = serde_ipld_dagcbor::from_slice(block)
+        .map_err(|e| VerifyError::CommitBlock(e.to_string()))?;
+    if c.version != 3 && c.version != 2 {
+        return Err(VerifyError::Version(c.version));
+    }
+    if c.did != repo {
+        return Err(VerifyError::DidMismatch {
+            commit: c.did,
+            repo: repo.to_string(),
+        });
+    }
+    if c.rev != rev {
+        return Err(VerifyError::RevMismatch {
+            commit: c.rev,
+            event: rev.to_string(),
+        });
+    }
+    let unsigned = serde_ipld_dagcbor::to_vec(&UnsignedCommit {
+        did: &c.did,
+        rev: &c.rev,
+        data: &c.data,
+        prev: &c.prev,
+        version: c.version,
+    })
+    .map_err(|e| VerifyError::CommitBlock(e.to_string()))?;
+    key.verify(&unsigned, &c.sig)?;
+    Ok(VerifiedCommit {
+        did: c.did,
+        rev: c.rev,
+        data: c.data,
+    })
+}
+
+// ---- resolution ----
+
+/// Where signing keys come from.
+pub trait Resolve: Send + Sync {
+    /// The current signing key of `did`, from a cache or the network.
+    fn signing_key(&self, did: &str) -> Result<PublicKey, VerifyError>;
+    /// Forgets what is cached for `did` (an `#identity` event, or a
+    /// signature that failed with the cached key).
+    fn invalidate(&self, did: &str);
+}
+
+/// Keys from a fixed map of DID documents (tests, benchmarks, offline runs).
+pub struct StaticResolver(HashMap<String, PublicKey>);
+
+impl StaticResolver {
+    /// From a JSON object `{did: document}` (like the Jetstream corpus's
+    /// `did_docs.json`). Documents without a usable key are left out.
+    pub fn from_documents(docs: &Value) -> StaticResolver {
+        let keys = docs
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(did, doc)| Some((did.clone(), PublicKey::from_did_document(doc).ok()?)))
+            .collect();
+        StaticResolver(keys)
+    }
+}
+
+impl Resolve for StaticResolver {
+    fn signing_key(&self, did: &str) -> Result<PublicKey, VerifyError> {
+        self.0
+            .get(did)
+            .cloned()
+            .ok_or_else(|| VerifyError::Resolve(format!("no DID document for {did}")))
+    }
+    fn invalidate(&self, _did: &str) {}
+}
+
+/// did:plc through a PLC directory and did:web through HTTPS, with an lru
+/// cache whose entries live `ttl`. Blocking: it runs on the ingest thread,
+/// which waits for a DID it has not seen (see ARCHITECTURE.md).
+pub struct HttpResolver {
+    plc: String,
+    client: reqwest::blocking::Client,
+    cache: Mutex<lru::LruCache<String, (Instant, PublicKey)>>,
+    ttl: Duration,
+}
+
+impl HttpResolver {
+    pub fn new(plc: &str, ttl: Duration) -> HttpResolver {
+        HttpResolver {
+            plc: plc.trim_end_matches('/').to_string(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("HTTP client"),
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(100_000).expect("non-zero"),
+            )),
+            ttl,
+        }
+    }
+
+    /// The URL of a DID's document.
+    pub fn document_url(&self, did: &str) -> Result<String, VerifyError> {
+        if did.starts_with("did:plc:") {
+            Ok(format!("{}/{did}", self.plc))
+        } else if let Some(host) = did.strip_prefix("did:web:") {
+            if host.contains(':') {
+                // A port or a path: not allowed for atproto's did:web.
+                return Err(VerifyError::Resolve(format!("unsupported did:web {did}")));
+            }
+            Ok(format!("https://{host}/.well-known/did.json"))
+        } else {
+            Err(VerifyError::Resolve(format!(
+                "unsupported DID method: {did}"
+            )))
+        }
+    }
+
+    fn fetch(&self, did: &str) -> Result<PublicKey, VerifyError> {
+        let url = self.document_url(did)?;
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .map_err(|e| VerifyError::Resolve(format!("{url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(VerifyError::Resolve(format!(
+                "{url}: HTTP {}",
+                resp.status()
+            )));
+        }
+        let doc: Value = resp
+            .json()
+            .map_err(|e| VerifyError::Resolve(format!("{url}: {e}")))?;
+        if doc.get("id").and_then(Value::as_str) != Some(did) {
+            return Err(VerifyError::Resolve(format!(
+                "{url}: document is not for {did}"
+            )));
+        }
+        PublicKey::from_did_document(&doc)
+    }
+}
+
+impl Resolve for HttpResolver {
+    fn signing_key(&self, did: &str) -> Result<PublicKey, VerifyError> {
+        if let Some((at, key)) = self.cache.lock().expect("resolver cache").get(did) {
+            if at.elapsed() < self.ttl {
+                return Ok(key.clone());
+            }
+        }
+        let key = self.fetch(did)?;
+        self.cache
+            .lock()
+            .expect("resolver cache")
+            .put(did.to_string(), (Instant::now(), key.clone()));
+        Ok(key)
+    }
+    fn invalidate(&self, did: &str) {
+        self.cache.lock().expect("resolver cache").pop(did);
+    }
+}
+
+// ---- the verifier the pipeline uses ----
+
+/// Verifies commits for the ingest pipeline and remembers each repo's last
+/// rev (in memory: after a restart the first commit of a repo is checked
+/// against nothing).
+pub struct Verifier {
+    resolver: Box<dyn Resolve>,
+    revs: Mutex<HashMap<String, String, foldhash::fast::RandomState>>,
+}
+
+impl Verifier {
+    pub fn new(resolver: Box<dyn Resolve>) -> Verifier {
+        Verifier {
+            resolver,
+            revs: Mutex::new(HashMap::default()),
+        }
+    }
+
+    /// Verifies one commit event's commit block. On a bad signature the
+    /// cached key is dropped and the DID resolved again once (the key may
+    /// have been rotated).
+    pub fn verify(
+        &self,
+        block: &[u8],
+        repo: &str,
+        rev: &str,
+    ) -> Result<VerifiedCommit, VerifyError> {
+        if let Some(last) = self.revs.lock().expect("revs lock").get(repo) {
+            if rev <= last.as_str() {
+                return Err(VerifyError::RevNotNewer {
+                    rev: rev.to_string(),
+                    last: last.clone(),
+                });
+            }
+        }
+        let key = self.resolver.signing_key(repo)?;
+        let verified = match verify_commit(block, repo, rev, &key) {
+            Err(VerifyError::BadSignature) => {
+                self.resolver.invalidate(repo);
+                let fresh = self.resolver.signing_key(repo)?;
+                if fresh == key {
+                    return Err(VerifyError::BadSignature);
+                }
+                verify_commit(block, repo, rev, &fresh)?
+            }
+            other => other?,
+        };
+        self.revs
+            .lock()
+            .expect("revs lock")
+            .insert(repo.to_string(), rev.to_string());
+        Ok(verified)
+    }
+
+    /// An `#identity` event: the DID's key may have changed.
+    pub fn identity_changed(&self, did: &str) {
+        self.resolver.invalidate(did);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn the_interop_signature_vectors() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/interop/crypto/signature-fixtures.json"
+        );
+        let vectors: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(vectors.len(), 6);
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        for v in &vectors {
+            let message = b64.decode(v["messageBase64"].as_str().unwrap()).unwrap();
+            let sig = b64
+                .decode(v["signatureBase64"].as_str().unwrap().trim_end_matches('='))
+                .unwrap();
+            let from_did = PublicKey::from_did_key(v["publicKeyDid"].as_str().unwrap()).unwrap();
+            let k256 = v["algorithm"] == "ES256K";
+            let raw = multibase_bytes(v["publicKeyMultibase"].as_str().unwrap()).unwrap();
+            let from_doc = PublicKey::from_sec1(k256, &raw).unwrap();
+            assert_eq!(from_did, from_doc, "{}", v["comment"]);
+            let got = from_did.verify(&message, &sig);
+            assert_eq!(
+                got.is_ok(),
+                v["validSignature"].as_bool().unwrap(),
+                "{}: {got:?}",
+                v["comment"]
+            );
+            let tags: Vec<&str> = v["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            if tags.contains(&"high-s") {
+                assert_eq!(got, Err(VerifyError::HighS), "{}", v["comment"]);
+            }
+            if tags.contains(&"der-encoded") {
+                assert_eq!(got, Err(VerifyError::SignatureFormat), "{}", v["comment"]);
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_and_multikey_documents() {
+        let legacy: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/repos/greenground.didDoc.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            PublicKey::from_did_document(&legacy),
+            Ok(PublicKey::K256(_))
+        ));
+        let docs: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/jetstream/did_docs.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let n = docs.as_object().unwrap().len();
+        assert_eq!(
+            StaticResolver::from_documents(&docs).0.len(),
+            n,
+            "every production document has a key"
+        );
+    }
+}
