@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// Measure decoding and validation only, without the store.
     #[arg(long)]
     pub ingest_only: bool,
+    /// Verify every commit that touches a loaded collection, with keys from
+    /// this `{did: document}` file (case a; rev order is not checked, as the
+    /// loop replays the same commits).
+    #[arg(long)]
+    pub did_docs: Option<PathBuf>,
     /// Writer batch size in events.
     #[arg(long, default_value_t = 130_000)]
     pub batch: usize,
@@ -62,7 +67,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&store_dir);
         report(
             &format!("(a) {} recorded frames x {} loops", n, args.loops),
-            measure(&catalog, &store_dir, args.batch, args.ingest_only, iter)?,
+            measure(
+                &catalog,
+                &store_dir,
+                args.batch,
+                args.ingest_only,
+                verifier(&args)?,
+                iter,
+            )?,
         );
     }
     if args.generate > 0 {
@@ -83,11 +95,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&store_dir);
         report(
             &format!("(b) {} generated commit events", args.generate),
-            measure(&catalog, &store_dir, args.batch, args.ingest_only, reader)?,
+            measure(
+                &catalog,
+                &store_dir,
+                args.batch,
+                args.ingest_only,
+                None,
+                reader,
+            )?,
         );
     }
     println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
     Ok(())
+}
+
+fn verifier(args: &BenchArgs) -> anyhow::Result<Option<Arc<crate::verify::Verifier>>> {
+    let Some(path) = &args.did_docs else {
+        return Ok(None);
+    };
+    let docs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let resolver = crate::verify::StaticResolver::from_documents(&docs);
+    Ok(Some(Arc::new(
+        crate::verify::Verifier::new(Box::new(resolver)).without_rev_order(),
+    )))
 }
 
 struct Measured {
@@ -98,7 +130,7 @@ struct Measured {
 
 fn report(label: &str, m: Measured) {
     println!(
-        "{label}: {} events in {:.2} s = {:.0} events/s ({} records indexed, {} deleted, {} invalid, {} ops skipped)",
+        "{label}: {} events in {:.2} s = {:.0} events/s ({} records indexed, {} deleted, {} invalid, {} ops skipped, {} commits verified, {} rejected)",
         m.events,
         m.secs,
         m.events as f64 / m.secs,
@@ -106,6 +138,8 @@ fn report(label: &str, m: Measured) {
         m.metrics.records_deleted_total.load(std::sync::atomic::Ordering::Relaxed),
         m.metrics.records_invalid_total.load(std::sync::atomic::Ordering::Relaxed),
         m.metrics.ops_skipped_total.load(std::sync::atomic::Ordering::Relaxed),
+        m.metrics.commits_verified_total.load(std::sync::atomic::Ordering::Relaxed),
+        m.metrics.commits_rejected_total.load(std::sync::atomic::Ordering::Relaxed),
     );
 }
 
@@ -115,11 +149,15 @@ fn measure(
     store_dir: &Path,
     batch: usize,
     ingest_only: bool,
+    verifier: Option<Arc<crate::verify::Verifier>>,
     frames: impl Iterator<Item = Vec<u8>> + Send + 'static,
 ) -> anyhow::Result<Measured> {
     let mut store = Store::open(store_dir)?;
     let metrics = Arc::new(Metrics::default());
-    let ingestor = Ingestor::new(catalog.clone(), metrics.clone());
+    let mut ingestor = Ingestor::new(catalog.clone(), metrics.clone());
+    if let Some(v) = verifier {
+        ingestor = ingestor.with_verifier(v);
+    }
     // The producer hands over small chunks; the writer takes everything that
     // is waiting when it becomes free, up to `batch` events, as `serve`'s
     // writer does under load. So the first commit does not wait for a whole
@@ -131,13 +169,21 @@ fn measure(
     let producer = std::thread::spawn(move || {
         let mut n = 0usize;
         let mut chunk = Vec::with_capacity(CHUNK);
-        for frame in frames {
-            n += 1;
-            if let Ok(Outcome::Event(ev)) = ingestor.process("bench", &frame) {
-                chunk.push(ev);
-            }
-            if chunk.len() >= CHUNK {
-                let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+        // Rounds of 256 frames, as `serve`'s ingest loop takes them (signature
+        // checks in parallel first when verifying).
+        let mut frames = frames.peekable();
+        while frames.peek().is_some() {
+            let round: Vec<Vec<u8>> = frames.by_ref().take(256).collect();
+            let views: Vec<&[u8]> = round.iter().map(Vec::as_slice).collect();
+            ingestor.precheck(&views);
+            for frame in &round {
+                n += 1;
+                if let Ok(Outcome::Event(ev)) = ingestor.process("bench", frame) {
+                    chunk.push(ev);
+                }
+                if chunk.len() >= CHUNK {
+                    let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                }
             }
         }
         let _ = tx.send(chunk);

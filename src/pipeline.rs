@@ -104,6 +104,35 @@ impl Ingestor {
         self
     }
 
+    /// With a verifier: checks the signatures of these frames' commits in
+    /// parallel (rayon), ahead of [`Ingestor::process`], which then handles
+    /// the frames one by one in order (rev order, DID, everything else).
+    pub fn precheck(&self, frames: &[&[u8]]) {
+        use rayon::prelude::*;
+        let Some(verifier) = &self.verifier else {
+            return;
+        };
+        verifier.clear_prechecked();
+        let catalog = self.catalog.load();
+        frames.par_iter().for_each(|bytes| {
+            let Ok(Frame::Commit(c)) = decode_frame(bytes) else {
+                return;
+            };
+            let wanted = c.ops.iter().any(|op| {
+                op.split_path()
+                    .is_some_and(|(collection, _)| catalog.has_record(collection))
+            });
+            let Ok(blocks) = read_car(c.blocks) else {
+                return;
+            };
+            if let Some(block) = blocks.blocks.get(&c.commit) {
+                if wanted && verify_block(&c.commit, block).is_ok() {
+                    verifier.precheck(c.commit, block, c.repo, c.rev);
+                }
+            }
+        });
+    }
+
     /// Processes one `subscribeRepos` frame from `source`.
     pub fn process(&self, source: &str, bytes: &[u8]) -> Result<Outcome, IngestError> {
         let m = &self.metrics;
@@ -338,7 +367,7 @@ impl Ingestor {
                 .and_then(|block| {
                     verify_block(&c.commit, block)
                         .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
-                    verifier.verify(block, c.repo, c.rev)
+                    verifier.verify(&c.commit, block, c.repo, c.rev)
                 });
             match checked {
                 Ok(_) => Metrics::inc(&m.commits_verified_total),

@@ -260,34 +260,68 @@ fn ingest_loop(
     tx: mpsc::Sender<IndexEvent>,
     resume: HashMap<String, Option<i64>>,
 ) {
-    while let Some(frame) = rx.blocking_recv() {
-        let processed = match frame.wire {
-            Wire::Firehose => ingestor.process(&frame.source, &frame.bytes),
-            Wire::Jetstream => ingestor.process_jetstream(&frame.source, &frame.bytes),
-        };
-        match processed {
-            Ok(Outcome::Event(ev)) => {
-                let already = resume.get(&*frame.source).copied().flatten();
-                if let (Some(seq), Some(done), Wire::Firehose) = (ev.cursor, already, frame.wire) {
-                    if seq <= done {
-                        continue; // applied before a restart
-                    }
-                }
-                // Jetstream resumes rewound and out of time order: its events
-                // are applied again, which is harmless.
-                if tx.blocking_send(ev).is_err() {
-                    return;
-                }
+    // Frames are taken in rounds of what is waiting (up to ROUND), so that
+    // signature checks can run in parallel before the frames are handled one
+    // by one, in order.
+    const ROUND: usize = 256;
+    let mut round: Vec<RawFrame> = Vec::with_capacity(ROUND);
+    while let Some(first) = rx.blocking_recv() {
+        round.push(first);
+        while round.len() < ROUND {
+            match rx.try_recv() {
+                Ok(f) => round.push(f),
+                Err(_) => break,
             }
-            Ok(Outcome::SourceError { error, message }) => {
-                tracing::warn!(source = %frame.source, error, ?message, "error frame from source");
+        }
+        let firehose: Vec<&[u8]> = round
+            .iter()
+            .filter(|f| f.wire == Wire::Firehose)
+            .map(|f| f.bytes.as_slice())
+            .collect();
+        if firehose.len() > 1 {
+            ingestor.precheck(&firehose);
+        }
+        for frame in round.drain(..) {
+            if !handle_frame(&ingestor, &frame, &resume, &tx) {
+                return;
             }
-            Ok(Outcome::Info { name, message }) => {
-                tracing::warn!(source = %frame.source, name, ?message, "info frame from source");
-            }
-            Err(e) => tracing::warn!(source = %frame.source, "frame skipped: {e}"),
         }
     }
+}
+
+/// Ingests one frame and hands its event to the writer; false once the
+/// writer is gone.
+fn handle_frame(
+    ingestor: &Ingestor,
+    frame: &RawFrame,
+    resume: &HashMap<String, Option<i64>>,
+    tx: &mpsc::Sender<IndexEvent>,
+) -> bool {
+    let processed = match frame.wire {
+        Wire::Firehose => ingestor.process(&frame.source, &frame.bytes),
+        Wire::Jetstream => ingestor.process_jetstream(&frame.source, &frame.bytes),
+    };
+    match processed {
+        Ok(Outcome::Event(ev)) => {
+            let already = resume.get(&*frame.source).copied().flatten();
+            if let (Some(seq), Some(done), Wire::Firehose) = (ev.cursor, already, frame.wire) {
+                if seq <= done {
+                    return true; // applied before a restart
+                }
+            }
+            // Jetstream resumes rewound and out of time order: its events
+            // are applied again, which is harmless.
+            return tx.blocking_send(ev).is_ok();
+        }
+        Ok(Outcome::SourceError { error, message }) => {
+            tracing::warn!(source = %frame.source, error, ?message, "error frame from source");
+        }
+        Ok(Outcome::Info { name, message }) => {
+            tracing::warn!(source = %frame.source, name, ?message, "info frame from source");
+        }
+        Err(e) => tracing::warn!(source = %frame.source, "frame skipped: {e}"),
+    }
+    true
 }
 
 /// Query methods and feeds for `catalog`, each bad file logged with its path.

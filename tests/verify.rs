@@ -174,6 +174,9 @@ fn tampered_frames_are_rejected_with_the_right_reason() {
         };
         sig[10] ^= 0x01;
     });
+    // Signatures pre-checked in parallel first, as `serve` does: the
+    // sequential pass still rejects the bad one and orders revs.
+    ingestor.precheck(&[&flipped, &frame, &frame]);
     assert!(rejection(&ingestor, &flipped).contains("(bad_signature)"));
     assert_eq!(get(&metrics.verify_rejected_signature_total), 1);
     // The untouched frame still verifies: nothing was poisoned.
