@@ -218,6 +218,59 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         json!({"__typename": "AppBskyEmbedRecord", "record": {"uri": p1["uri"]}})
     );
 
+    // Reverse joins, typed per source lexicon and path, with their counts: a
+    // post's likes and replies, its author's followers and follows, an
+    // event's RSVPs filtered by status.
+    let gql = server.graphql(&format!(
+        r#"{{ p: appBskyFeedPostByUri(uri: "{}") {{
+                 appBskyFeedLikeBySubjectCount appBskyFeedPostByReplyParentCount
+                 appBskyFeedLikeBySubject {{ totalCount nodes {{ author {{ handle }} }} }}
+                 appBskyFeedPostByReplyParent {{ nodes {{ uri }} }}
+                 author {{ followers: appBskyGraphFollowBySubjectCount follows: appBskyGraphFollowCount
+                   appBskyGraphFollowBySubject {{ nodes {{ author {{ handle }} }} }} }} }}
+              e: communityLexiconCalendarEventByUri(uri: "{}") {{ communityLexiconCalendarRsvpBySubjectCount
+                 going: communityLexiconCalendarRsvpBySubject(where: {{status: {{eq: "community.lexicon.calendar.rsvp#going"}}}}) {{
+                   totalCount nodes {{ author {{ handle }} }} }} }} }}"#,
+        p1["uri"].as_str().unwrap(),
+        event["uri"].as_str().unwrap()
+    ));
+    assert!(gql.get("errors").is_none(), "{gql}");
+    let p = &gql["data"]["p"];
+    assert_eq!(
+        (
+            &p["appBskyFeedLikeBySubjectCount"],
+            &p["appBskyFeedPostByReplyParentCount"]
+        ),
+        (&json!(1), &json!(1)),
+        "{gql}"
+    );
+    assert_eq!(
+        p["appBskyFeedLikeBySubject"],
+        json!({"totalCount": 1, "nodes": [{"author": {"handle": "bob.test"}}]}),
+        "carol's like was deleted"
+    );
+    assert_eq!(
+        p["appBskyFeedPostByReplyParent"]["nodes"],
+        json!([{"uri": r1["uri"]}])
+    );
+    assert_eq!(
+        (&p["author"]["followers"], &p["author"]["follows"]),
+        (&json!(2), &json!(1))
+    );
+    let mut followers: Vec<&str> = p["author"]["appBskyGraphFollowBySubject"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["author"]["handle"].as_str().unwrap())
+        .collect();
+    followers.sort();
+    assert_eq!(followers, ["bob.test", "carol.test"]);
+    assert_eq!(
+        gql["data"]["e"],
+        json!({"communityLexiconCalendarRsvpBySubjectCount": 2,
+               "going": {"totalCount": 1, "nodes": [{"author": {"handle": "bob.test"}}]}})
+    );
+
     // Forward joins: a strongRef's target record, typed, with its own counts.
     let gql = server.graphql(
         r#"{ communityLexiconCalendarRsvp { nodes { status subject { target {
@@ -373,6 +426,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
                sortBy: indexedAt, order: DESC, first: 3, after: $after) { totalCount nodes { text } } }
            query ByStatus($event: String) { communityLexiconCalendarRsvpAggregate(groupBy: [status],
                where: {linksTo: $event}, bucket: DAY) { keys count } }
+           query Joins($uri: String!) { appBskyFeedPostByUri(uri: $uri) { appBskyFeedLikeBySubjectCount
+               appBskyFeedLikeBySubject(first: 5) { totalCount nodes { author { handle } } }
+               author { appBskyGraphFollowBySubjectCount appBskyGraphFollow { nodes { subject } } } } }
            query Search($q: String!) { search(query: $q, collection: "app.bsky.feed.post", first: 10) {
                totalCount hits { score record { ... on AppBskyFeedPost { uri text author { handle } } } } } }"#,
     );

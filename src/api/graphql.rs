@@ -620,6 +620,10 @@ pub fn build_schema(
     let mut inputs: Vec<InputObject> = Vec::new();
     let mut enums: Vec<Enum> = Vec::new();
     let mut count = 0;
+    // Per record type, what reverse joins need: its connection's type and
+    // filters, and the paths at which its records link to records or DIDs.
+    let mut sources: Vec<JoinSource> = Vec::new();
+    let mut record_objects: Vec<Object> = Vec::new();
     let mut nested =
         super::graphql_types::Nested::new(catalog, catalog.records().map(|rt| type_name(&rt.nsid)));
     for rt in catalog.records() {
@@ -812,79 +816,15 @@ pub fn build_schema(
                     })
                 },
             ));
-        let collection = rt.nsid.clone();
-        let pool = readers.clone();
-        let fields = Arc::new(scalar_fields.clone());
         query = query.field(
-            GqlField::new(
+            connection_field(
                 field_name(&rt.nsid),
-                TypeRef::named_nn(format!("{tname}Connection")),
-                move |ctx| {
-                    let (collection, pool, fields) =
-                        (collection.clone(), pool.clone(), fields.clone());
-                    FieldFuture::new(async move {
-                        let int = |name: &str| ctx.args.get(name).map(|v| v.i64()).transpose();
-                        let text = |name: &str| {
-                            ctx.args
-                                .get(name)
-                                .map(|v| v.string().map(str::to_string))
-                                .transpose()
-                        };
-                        let (first, last, after, before) =
-                            (int("first")?, int("last")?, text("after")?, text("before")?);
-                        let (n, cursor, backward) = match (first, last, &after, &before) {
-                            (Some(_), Some(_), _, _) => {
-                                return Err("give first or last, not both".into())
-                            }
-                            (_, Some(_), Some(_), _) | (Some(_), _, _, Some(_)) => {
-                                return Err("after goes with first, before with last".into())
-                            }
-                            (_, Some(n), _, _) => (n, before, true),
-                            (_, None, _, Some(_)) => (20, before, true),
-                            (n, None, _, None) => (n.unwrap_or(20), after, false),
-                        };
-                        if !(0..=MAX_PAGE).contains(&n) {
-                            let which = if backward { "last" } else { "first" };
-                            return Err(format!("{which} must be between 0 and {MAX_PAGE}").into());
-                        }
-                        let query = read_query(&ctx, &fields)?;
-                        let page =
-                            fetch_page(&pool, collection, query, cursor, n, backward).await?;
-                        Ok(Some(FieldValue::owned_any(page)))
-                    })
-                },
+                &tname,
+                rt.nsid.clone(),
+                readers.clone(),
+                Arc::new(scalar_fields.clone()),
+                Join::None,
             )
-            .argument(
-                InputValue::new("first", TypeRef::named(TypeRef::INT))
-                    .description("Page size, at most 100 (default 20)."),
-            )
-            .argument(
-                InputValue::new("after", TypeRef::named(TypeRef::STRING))
-                    .description("endCursor of the previous page."),
-            )
-            .argument(
-                InputValue::new("last", TypeRef::named(TypeRef::INT)).description(
-                    "Page size counting back from `before` (or from the end), at most 100.",
-                ),
-            )
-            .argument(
-                InputValue::new("before", TypeRef::named(TypeRef::STRING))
-                    .description("startCursor of the following page."),
-            )
-            .argument(
-                InputValue::new("did", TypeRef::named(TypeRef::STRING))
-                    .description("Only records of this author DID."),
-            )
-            .argument(
-                InputValue::new("where", TypeRef::named(format!("{tname}Where"))).description(
-                    "Filters on the record's scalar fields and its author, all of which must hold.",
-                ),
-            )
-            .argument(
-                InputValue::new("sortBy", TypeRef::named(format!("{tname}SortField")))
-                    .description("Order by this field (default: uri); ties by uri."),
-            )
-            .argument(InputValue::new("order", TypeRef::named("SortOrder")))
             .description(format!("{} records.", rt.nsid)),
         );
         for (suffix, kind) in [
@@ -1040,7 +980,13 @@ pub fn build_schema(
         }
         inputs.push(where_input);
         enums.push(sort_enum);
-        builder_types.push(obj);
+        sources.push(JoinSource {
+            nsid: rt.nsid.clone(),
+            tname: tname.clone(),
+            fields: Arc::new(scalar_fields.clone()),
+            paths: link_paths(catalog, schema),
+        });
+        record_objects.push(obj);
         builder_types.push(conn);
         count += 1;
     }
@@ -1050,6 +996,9 @@ pub fn build_schema(
             TypeRef::named_nn(TypeRef::INT),
             |_| FieldFuture::new(async { Ok(Some(FieldValue::value(0))) }),
         ));
+    }
+    for obj in record_objects {
+        builder_types.push(add_reverse_joins(obj, &sources, &readers, false));
     }
     let actor = Object::new("Actor")
         .description("An account: its DID and, when known, its handle.")
@@ -1081,7 +1030,7 @@ pub fn build_schema(
     let subscription_root = (!subscriptions.is_empty()).then_some("Subscription");
     let mut builder = Schema::build("Query", None, subscription_root)
         .register(Scalar::new("JSON").description("Any value of the atproto data model, as JSON."))
-        .register(actor)
+        .register(add_reverse_joins(actor, &sources, &readers, true))
         .register(backlink_count)
         .register(filter_input("StringFilter", TypeRef::STRING, true))
         .register(filter_input("IntFilter", TypeRef::INT, false))
@@ -1318,6 +1267,285 @@ fn search_field(search: Arc<crate::search::Search>) -> (GqlField, Vec<Object>) {
     .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
     .argument(InputValue::new("offset", TypeRef::named(TypeRef::INT)));
     (field, vec![hit, results])
+}
+
+/// A record type as the source of reverse joins.
+struct JoinSource {
+    nsid: String,
+    tname: String,
+    fields: Arc<Vec<(String, String, Kind)>>,
+    /// (path in the backlink index, whether it holds a DID rather than an AT-URI).
+    paths: Vec<(String, bool)>,
+}
+
+/// The paths at which a record type's lexicon puts AT-URIs (`format: at-uri`,
+/// or the `uri` of a strongRef-like object) and DIDs, as the backlink index
+/// writes them: top-level fields and fields of objects one level down
+/// (`.subject.uri`, `.reply.parent.uri`, `.subject`). Arrays and unions are
+/// not followed (their paths vary per element).
+fn link_paths(catalog: &Catalog, schema: &crate::lexicon::ObjectSchema) -> Vec<(String, bool)> {
+    use crate::syntax::Format;
+    fn object<'a>(catalog: &'a Catalog, f: &'a Field) -> Option<&'a crate::lexicon::ObjectSchema> {
+        match f {
+            Field::Object(o) => Some(o),
+            Field::Ref { target } => match catalog.def(target) {
+                Some(Field::Object(o)) => Some(o),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    fn walk(
+        catalog: &Catalog,
+        o: &crate::lexicon::ObjectSchema,
+        prefix: &str,
+        depth: usize,
+        out: &mut Vec<(String, bool)>,
+    ) {
+        for (prop, f) in &o.properties {
+            let path = format!("{prefix}.{prop}");
+            match f {
+                Field::String(s) if s.format == Some(Format::AtUri) => out.push((path, false)),
+                Field::String(s) if s.format == Some(Format::Did) => out.push((path, true)),
+                _ if depth < 2 => {
+                    if let Some(inner) = object(catalog, f) {
+                        walk(catalog, inner, &path, depth + 1, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(catalog, schema, "", 0, &mut out);
+    out
+}
+
+/// `subject.uri` -> `Subject`, `.reply.parent.uri` -> `ReplyParent`.
+fn path_name(path: &str) -> String {
+    let trimmed = path.strip_suffix(".uri").unwrap_or(path);
+    trimmed
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .map(|seg| {
+            let mut c = seg.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Adds the reverse joins to a record type (`actor` false: every AT-URI path
+/// of every record type, e.g. a post's `appBskyFeedLikeBySubject` and
+/// `appBskyFeedPostByReplyParent`) or to `Actor` (every DID path, e.g.
+/// `appBskyGraphFollowBySubject` for followers, plus each collection the
+/// actor authored, e.g. `appBskyGraphFollow` for follows), each with a count.
+fn add_reverse_joins(
+    mut obj: Object,
+    sources: &[JoinSource],
+    readers: &Arc<ReadPool>,
+    actor: bool,
+) -> Object {
+    for s in sources {
+        let fname = field_name(&s.nsid);
+        let mut joins: Vec<(String, Join, String)> = s
+            .paths
+            .iter()
+            .filter(|(_, is_did)| *is_did == actor)
+            .map(|(path, _)| {
+                (
+                    format!("{fname}By{}", path_name(path)),
+                    Join::LinksHere { path: path.clone() },
+                    format!("{} records whose `{}` links here.", s.nsid, &path[1..]),
+                )
+            })
+            .collect();
+        if actor {
+            joins.push((
+                fname.clone(),
+                Join::AuthoredBy,
+                format!("{} records by this account.", s.nsid),
+            ));
+        }
+        for (name, join, description) in joins {
+            obj = obj.field(
+                connection_field(
+                    name.clone(),
+                    &s.tname,
+                    s.nsid.clone(),
+                    readers.clone(),
+                    s.fields.clone(),
+                    join.clone(),
+                )
+                .description(description),
+            );
+            let collection = s.nsid.clone();
+            obj = obj.field(GqlField::new(
+                format!("{name}Count"),
+                TypeRef::named_nn(TypeRef::INT),
+                move |ctx| {
+                    let (collection, join) = (collection.clone(), join.clone());
+                    FieldFuture::new(async move {
+                        // A record's counts came with its page; an actor's are read here.
+                        if let (Some(r), Join::LinksHere { path }) =
+                            (ctx.parent_value.downcast_ref::<RecordRow>(), &join)
+                        {
+                            let n: i64 = r
+                                .counts
+                                .iter()
+                                .filter(|(c, p, _)| *c == collection && p == path)
+                                .map(|(_, _, n)| n)
+                                .sum();
+                            return Ok(Some(FieldValue::value(n)));
+                        }
+                        let did = ctx.parent_value.try_downcast_ref::<Actor>()?.did.clone();
+                        let pool = ctx.data::<Arc<ReadPool>>()?.clone();
+                        let n = pool
+                            .with(move |c| match join {
+                                Join::LinksHere { path } => c.query_row(
+                                    "SELECT coalesce(sum(n), 0)::BIGINT FROM link_counts
+                                     WHERE target = ? AND collection = ? AND path = ?",
+                                    params![did, collection, path],
+                                    |r| r.get::<_, i64>(0),
+                                ),
+                                _ => c.query_row(
+                                    "SELECT count(*) FROM records WHERE did = ? AND collection = ?",
+                                    params![did, collection],
+                                    |r| r.get::<_, i64>(0),
+                                ),
+                            })
+                            .await
+                            .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+                        Ok(Some(FieldValue::value(n)))
+                    })
+                },
+            ));
+        }
+    }
+    obj
+}
+
+/// How a connection of records relates to the object it hangs from.
+#[derive(Clone)]
+enum Join {
+    /// A root field: all records of the collection.
+    None,
+    /// Records whose `path` links to the parent record's URI (or, on an
+    /// Actor, the parent's DID): a reverse join from the backlink index.
+    LinksHere { path: String },
+    /// Records by the parent Actor.
+    AuthoredBy,
+}
+
+impl Join {
+    /// Adds the join's condition (with its bound value) to `q`.
+    fn apply(&self, ctx: &ResolverContext<'_>, q: &mut Query) -> async_graphql::Result<()> {
+        let parent = || -> async_graphql::Result<String> {
+            if let Some(r) = ctx.parent_value.downcast_ref::<RecordRow>() {
+                return Ok(r.uri.clone());
+            }
+            Ok(ctx.parent_value.try_downcast_ref::<Actor>()?.did.clone())
+        };
+        match self {
+            Join::None => {}
+            Join::LinksHere { path } => {
+                q.conditions.push(
+                    "r.uri IN (SELECT source_uri FROM links WHERE target = ? AND path = ?)".into(),
+                );
+                q.values.push(duckdb::types::Value::Text(parent()?));
+                q.values.push(duckdb::types::Value::Text(path.clone()));
+            }
+            Join::AuthoredBy => {
+                q.conditions.push("r.did = ?".into());
+                q.values.push(duckdb::types::Value::Text(parent()?));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A connection field over `collection` (type `tname`), with `first/after`,
+/// `last/before`, `did`, `where`, `sortBy` and `order`, restricted by `join`.
+fn connection_field(
+    name: String,
+    tname: &str,
+    collection: String,
+    pool: Arc<ReadPool>,
+    fields: Arc<Vec<(String, String, Kind)>>,
+    join: Join,
+) -> GqlField {
+    GqlField::new(
+        name,
+        TypeRef::named_nn(format!("{tname}Connection")),
+        move |ctx| {
+            let (collection, pool, fields, join) = (
+                collection.clone(),
+                pool.clone(),
+                fields.clone(),
+                join.clone(),
+            );
+            FieldFuture::new(async move {
+                let int = |name: &str| ctx.args.get(name).map(|v| v.i64()).transpose();
+                let text = |name: &str| {
+                    ctx.args
+                        .get(name)
+                        .map(|v| v.string().map(str::to_string))
+                        .transpose()
+                };
+                let (first, last, after, before) =
+                    (int("first")?, int("last")?, text("after")?, text("before")?);
+                let (n, cursor, backward) = match (first, last, &after, &before) {
+                    (Some(_), Some(_), _, _) => return Err("give first or last, not both".into()),
+                    (_, Some(_), Some(_), _) | (Some(_), _, _, Some(_)) => {
+                        return Err("after goes with first, before with last".into())
+                    }
+                    (_, Some(n), _, _) => (n, before, true),
+                    (_, None, _, Some(_)) => (20, before, true),
+                    (n, None, _, None) => (n.unwrap_or(20), after, false),
+                };
+                if !(0..=MAX_PAGE).contains(&n) {
+                    let which = if backward { "last" } else { "first" };
+                    return Err(format!("{which} must be between 0 and {MAX_PAGE}").into());
+                }
+                let mut query = read_query(&ctx, &fields)?;
+                join.apply(&ctx, &mut query)?;
+                let page = fetch_page(&pool, collection, query, cursor, n, backward).await?;
+                Ok(Some(FieldValue::owned_any(page)))
+            })
+        },
+    )
+    .argument(
+        InputValue::new("first", TypeRef::named(TypeRef::INT))
+            .description("Page size, at most 100 (default 20)."),
+    )
+    .argument(
+        InputValue::new("after", TypeRef::named(TypeRef::STRING))
+            .description("endCursor of the previous page."),
+    )
+    .argument(
+        InputValue::new("last", TypeRef::named(TypeRef::INT))
+            .description("Page size counting back from `before` (or from the end), at most 100."),
+    )
+    .argument(
+        InputValue::new("before", TypeRef::named(TypeRef::STRING))
+            .description("startCursor of the following page."),
+    )
+    .argument(
+        InputValue::new("did", TypeRef::named(TypeRef::STRING))
+            .description("Only records of this author DID."),
+    )
+    .argument(
+        InputValue::new("where", TypeRef::named(format!("{tname}Where"))).description(
+            "Filters on the record's scalar fields and its author, all of which must hold.",
+        ),
+    )
+    .argument(
+        InputValue::new("sortBy", TypeRef::named(format!("{tname}SortField")))
+            .description("Order by this field (default: uri); ties by uri."),
+    )
+    .argument(InputValue::new("order", TypeRef::named("SortOrder")))
 }
 
 const RECORD_COLUMNS: &str =
