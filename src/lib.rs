@@ -5,12 +5,14 @@
 //! `index` (DuckDB writer) -> `api` (XRPC, GraphQL). See ARCHITECTURE.md.
 
 pub mod api;
+pub mod backfill;
 pub mod bench;
 pub mod decode;
 pub mod index;
 pub mod lexicon;
 pub mod metrics;
 pub mod pipeline;
+pub mod repo;
 pub mod search;
 pub mod serve;
 pub mod source;

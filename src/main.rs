@@ -35,6 +35,9 @@ enum Command {
         #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
         data: PathBuf,
     },
+    /// Index whole repositories from a PDS or relay (listRepos + getRepo) or
+    /// from local CAR files (stop `lexview serve` first).
+    Backfill(lexview::backfill::BackfillArgs),
     /// Rebuild derived indexes from the store (stop `lexview serve` first).
     Reindex {
         /// Rebuild the full-text search index from DuckDB.
@@ -173,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             println!("search index rebuilt: {n} records");
             Ok(())
         }
+        Command::Backfill(args) => lexview::backfill::run(args),
         Command::Bench(args) => lexview::bench::run(args),
     }
 }

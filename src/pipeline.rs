@@ -321,6 +321,54 @@ impl Ingestor {
         }))
     }
 
+    /// A record block (already hash-checked against `cid`) decoded and
+    /// validated: a `Put`, or an `Invalid` with the reason. Counted.
+    pub fn record_from_block(
+        &self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        cid: &cid::Cid,
+        rev: &str,
+        block: &[u8],
+    ) -> Change {
+        let m = &self.metrics;
+        let cid = cid.to_string();
+        let quarantine = |reason: String, record| {
+            Metrics::inc(&m.records_invalid_total);
+            Change::Invalid(Quarantined {
+                did: did.to_string(),
+                collection: collection.to_string(),
+                rkey: rkey.to_string(),
+                cid: Some(cid.clone()),
+                rev: rev.to_string(),
+                reason,
+                record,
+            })
+        };
+        let record = match dagcbor_to_json(block) {
+            Ok(v) => v,
+            Err(e) => return quarantine(format!("record is not valid DAG-CBOR: {e}"), None),
+        };
+        if let Err(e) = self.catalog.load().validate_record(collection, &record) {
+            return quarantine(e.to_string(), Some(record));
+        }
+        Metrics::inc(&m.records_indexed_total);
+        Change::Put(RecordWrite::new(
+            did.to_string(),
+            collection.to_string(),
+            rkey.to_string(),
+            cid.clone(),
+            rev.to_string(),
+            record,
+        ))
+    }
+
+    /// Whether records of `collection` are indexed (per the current catalog).
+    pub fn wants(&self, collection: &str) -> bool {
+        self.catalog.load().has_record(collection)
+    }
+
     fn commit_changes(&self, c: &Commit<'_>) -> Result<Vec<Change>, IngestError> {
         let m = &self.metrics;
         let reject = |reason: String| IngestError::CommitRejected {
@@ -447,33 +495,12 @@ impl Ingestor {
                     };
                     // The record's bytes must be what its CID says.
                     verify_block(&cid, block).map_err(|e| reject(e.to_string()))?;
-                    let cid_str = cid.to_string();
-                    let record = match dagcbor_to_json(block) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            changes.push(quarantine(
-                                Some(cid_str),
-                                format!("record is not valid DAG-CBOR: {e}"),
-                                None,
-                            ));
-                            continue;
-                        }
-                    };
-                    if let Err(e) = catalog.validate_record(collection, &record) {
-                        changes.push(quarantine(Some(cid_str), e.to_string(), Some(record)));
-                        continue;
+                    let mut change =
+                        self.record_from_block(c.repo, collection, rkey, &cid, c.rev, block);
+                    if let Change::Put(w) = &mut change {
+                        w.update = op.action == "update";
                     }
-                    Metrics::inc(&m.records_indexed_total);
-                    let mut write = RecordWrite::new(
-                        c.repo.to_string(),
-                        collection.to_string(),
-                        rkey.to_string(),
-                        cid_str,
-                        c.rev.to_string(),
-                        record,
-                    );
-                    write.update = op.action == "update";
-                    changes.push(Change::Put(write));
+                    changes.push(change);
                 }
                 other => {
                     changes.push(quarantine(

@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "002_hidden.sql",
         include_str!("../../schema/002_hidden.sql"),
     ),
+    (
+        3,
+        "003_backfill.sql",
+        include_str!("../../schema/003_backfill.sql"),
+    ),
 ];
 
 /// Store errors.
@@ -202,8 +207,20 @@ impl Store {
     /// quarantine, actors and the cursor of every source in the batch. Either
     /// all of it is durable or none of it is.
     pub fn apply(&mut self, events: &[IndexEvent]) -> Result<ApplyStats> {
+        self.apply_with(events, |_| Ok(()))
+    }
+
+    /// As [`Store::apply`], with `extra` run in the same transaction (e.g. a
+    /// backfill's bookkeeping).
+    pub fn apply_with(
+        &mut self,
+        events: &[IndexEvent],
+        extra: impl FnOnce(&Connection) -> duckdb::Result<()>,
+    ) -> Result<ApplyStats> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
-        let result = self.apply_in_txn(events);
+        let result = self
+            .apply_in_txn(events)
+            .and_then(|stats| Ok(extra(&self.conn).map(|()| stats)?));
         let clock = std::time::Instant::now();
         let result = finish_transaction(&self.conn, result);
         tracing::debug!(commit_ms = clock.elapsed().as_millis(), "batch committed");

@@ -1,0 +1,258 @@
+//! `lexview backfill`: index whole repositories, from a PDS or relay
+//! (`com.atproto.sync.listRepos` + `getRepo`) or from local CAR files, into
+//! the store. Each repository is a snapshot: its records replace what the
+//! store holds for the DID (records absent from it are removed), in one
+//! transaction with a `backfill_repos` row, so a killed backfill resumes by
+//! skipping the repositories already done at the same rev.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use duckdb::params;
+
+use crate::index::event::{Change, IndexEvent};
+use crate::index::store::Store;
+use crate::metrics::Metrics;
+use crate::pipeline::Ingestor;
+use crate::repo::read_repo;
+use crate::verify::{HttpResolver, Resolve, StaticResolver};
+
+#[derive(clap::Args, Debug)]
+pub struct BackfillArgs {
+    /// A PDS or relay to list (`listRepos`) and fetch (`getRepo`) repositories from.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Local repository CAR files (instead of --host).
+    #[arg(long = "car", num_args = 1..)]
+    pub cars: Vec<PathBuf>,
+    #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
+    pub lexicons: PathBuf,
+    /// Check each repository's commit signature (full) or not (none).
+    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "none")]
+    pub verify: crate::serve::Verify,
+    /// PLC directory for DID resolution.
+    #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
+    pub plc: String,
+    /// Signing keys from a `{did: document}` file instead of the network.
+    #[arg(long, env = "LEXVIEW_DID_DOCS")]
+    pub did_docs: Option<PathBuf>,
+}
+
+/// What one repository contributed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RepoStats {
+    pub records: usize,
+    pub removed: usize,
+}
+
+/// Indexes one repository CAR as a snapshot of its DID.
+pub fn apply_repo(
+    store: &mut Store,
+    ingestor: &Ingestor,
+    resolver: Option<&dyn Resolve>,
+    car: &[u8],
+) -> anyhow::Result<(String, RepoStats)> {
+    let repo = read_repo(car)?;
+    let rev = repo.rev.clone().unwrap_or_default();
+    if let Some(resolver) = resolver {
+        let Some(rev) = &repo.rev else {
+            bail!("{}: legacy (v2) commit, not verified", repo.did);
+        };
+        let key = resolver.signing_key(&repo.did)?;
+        crate::verify::verify_commit(repo.commit.1, &repo.did, rev, &key)
+            .with_context(|| format!("{}: commit does not verify", repo.did))?;
+    }
+    let mut changes = Vec::with_capacity(repo.records.len());
+    let mut kept = std::collections::HashSet::new();
+    for (key, cid) in &repo.records {
+        let Some((collection, rkey)) = key.split_once('/') else {
+            continue;
+        };
+        if !ingestor.wants(collection) {
+            continue;
+        }
+        let block = repo.block(cid)?;
+        kept.insert(format!("at://{}/{key}", repo.did));
+        changes.push(ingestor.record_from_block(&repo.did, collection, rkey, cid, &rev, block));
+    }
+    // What the store holds for this DID that the snapshot no longer has.
+    let did = repo.did.clone();
+    let held: Vec<(String, String, String)> = store.readers().with_blocking(|c| {
+        let mut stmt = c.prepare("SELECT uri, collection, rkey FROM records WHERE did = ?")?;
+        let rows = stmt.query_map(params![did], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect()
+    })?;
+    let mut removed = 0;
+    for (uri, collection, rkey) in held {
+        if !kept.contains(&uri) {
+            changes.push(Change::Delete {
+                did: repo.did.clone(),
+                collection,
+                rkey,
+                rev: rev.clone(),
+            });
+            removed += 1;
+        }
+    }
+    let records = changes.len() - removed;
+    store.apply_with(
+        &[IndexEvent {
+            source: "backfill".into(),
+            cursor: None,
+            time: None,
+            changes,
+        }],
+        |conn| {
+            conn.execute(
+                "INSERT INTO backfill_repos (did, rev, done_at) VALUES (?, ?, current_timestamp::TIMESTAMP)
+                 ON CONFLICT DO UPDATE SET rev = excluded.rev, done_at = excluded.done_at",
+                params![repo.did, rev],
+            )?;
+            Ok(())
+        },
+    )?;
+    Ok((repo.did, RepoStats { records, removed }))
+}
+
+/// GET with retries: 429 and 5xx answers and connection errors are retried
+/// with backoff (1, 2, 4, 8 s), other answers returned.
+fn get_with_retries(
+    client: &reqwest::blocking::Client,
+    url: &str,
+) -> anyhow::Result<reqwest::blocking::Response> {
+    let mut wait = Duration::from_secs(1);
+    for attempt in 0..5 {
+        match client.get(url).send() {
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                tracing::warn!(url, status = %r.status(), attempt, "retrying");
+            }
+            Ok(r) => return Ok(r),
+            Err(e) => tracing::warn!(url, error = %e, attempt, "retrying"),
+        }
+        std::thread::sleep(wait);
+        wait *= 2;
+    }
+    bail!("{url}: gave up after 5 attempts")
+}
+
+/// Runs `lexview backfill`.
+pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
+    let catalog = Arc::new(crate::serve::load_catalog(&args.lexicons)?);
+    let metrics = Arc::new(Metrics::default());
+    let ingestor = Ingestor::new(catalog, metrics.clone());
+    let mut store = Store::open(&args.data)
+        .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+    let resolver: Option<Box<dyn Resolve>> = match (args.verify, &args.did_docs) {
+        (crate::serve::Verify::None, _) => None,
+        (_, Some(path)) => Some(Box::new(StaticResolver::from_documents(
+            &serde_json::from_str(&std::fs::read_to_string(path)?)?,
+        ))),
+        (_, None) => Some(Box::new(HttpResolver::new(
+            &args.plc,
+            Duration::from_secs(3600),
+        ))),
+    };
+    let started = Instant::now();
+    let (mut repos, mut records, mut failed) = (0usize, 0usize, 0usize);
+    let mut report = |did: &str, r: anyhow::Result<RepoStats>, total: usize| match r {
+        Ok(s) => {
+            repos += 1;
+            records += s.records;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            let eta =
+                (total.saturating_sub(repos + failed)) as f64 * secs / (repos + failed) as f64;
+            eprintln!(
+                "[{}/{total}] {did}: {} records ({} removed) | {:.0} records/s, ETA {:.0} s",
+                repos + failed,
+                s.records,
+                s.removed,
+                records as f64 / secs,
+                eta
+            );
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("[{}/{total}] {did}: failed: {e:#}", repos + failed);
+        }
+    };
+    if !args.cars.is_empty() {
+        let total = args.cars.len();
+        for path in &args.cars {
+            let car = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let r = apply_repo(&mut store, &ingestor, resolver.as_deref(), &car);
+            let name = path.display().to_string();
+            match r {
+                Ok((did, s)) => report(&did, Ok(s), total),
+                Err(e) => report(&name, Err(e), total),
+            }
+        }
+    } else if let Some(host) = &args.host {
+        let host = host.trim_end_matches('/');
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        // Every repository first (the listing is small next to the CARs).
+        let mut listed: Vec<(String, String)> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{host}/xrpc/com.atproto.sync.listRepos?limit=1000");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let page: serde_json::Value = get_with_retries(&client, &url)?
+                .error_for_status()?
+                .json()?;
+            for r in page["repos"].as_array().into_iter().flatten() {
+                let active = r["active"].as_bool().unwrap_or(true);
+                if let (Some(did), Some(rev), true) = (r["did"].as_str(), r["rev"].as_str(), active)
+                {
+                    listed.push((did.to_string(), rev.to_string()));
+                }
+            }
+            cursor = page["cursor"].as_str().map(str::to_string);
+            if cursor.is_none() || page["repos"].as_array().is_none_or(|a| a.is_empty()) {
+                break;
+            }
+        }
+        let done: std::collections::HashMap<String, String> =
+            store.readers().with_blocking(|c| {
+                let mut stmt = c.prepare("SELECT did, rev FROM backfill_repos")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })?;
+        let total = listed.len();
+        let todo: Vec<_> = listed
+            .into_iter()
+            .filter(|(did, rev)| done.get(did) != Some(rev))
+            .collect();
+        eprintln!(
+            "{total} repositories on {host}; {} already backfilled at their current rev",
+            total - todo.len()
+        );
+        for (did, _) in todo {
+            let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={did}");
+            let r = get_with_retries(&client, &url)
+                .and_then(|resp| Ok(resp.error_for_status()?.bytes()?))
+                .and_then(|car| {
+                    Ok(apply_repo(&mut store, &ingestor, resolver.as_deref(), &car)?.1)
+                });
+            report(&did, r, total);
+        }
+    } else {
+        bail!("give --host URL (a PDS or relay) or --car FILE...");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backfilled {repos} repositories ({failed} failed), {records} records in {secs:.2} s = {:.0} records/s",
+        records as f64 / secs.max(1e-9)
+    );
+    if failed > 0 {
+        bail!("{failed} repositories failed (see above); run again to retry them");
+    }
+    Ok(())
+}
