@@ -38,6 +38,9 @@ enum Command {
     /// Index whole repositories from a PDS or relay (listRepos + getRepo) or
     /// from local CAR files (stop `lexview serve` first).
     Backfill(lexview::backfill::BackfillArgs),
+    /// Compare the index with a repository's current `getRepo` and print every
+    /// difference (stop `lexview serve` first).
+    Audit(lexview::backfill::AuditArgs),
     /// Rebuild derived indexes from the store (stop `lexview serve` first).
     Reindex {
         /// Rebuild the full-text search index from DuckDB.
@@ -177,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backfill(args) => lexview::backfill::run(args),
+        Command::Audit(args) => lexview::backfill::run_audit(args),
         Command::Bench(args) => lexview::bench::run(args),
     }
 }

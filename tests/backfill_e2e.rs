@@ -129,4 +129,56 @@ fn a_backfill_from_the_pds_equals_the_live_index_and_resumes() {
         "{log}"
     );
     common::assert_lines_eq(&expected, &dump(filled.path()));
+
+    // Audit: both indexes match each repository (the PDS found through the
+    // DID document in the PLC)...
+    let plc = pds.plc.clone();
+    let audit = |did: &serde_json::Value, data: &Path| {
+        let out = Command::new(bin())
+            .args(["audit", did.as_str().unwrap(), "--plc", &plc])
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "--lexicons",
+                lexicons.to_str().unwrap(),
+            ])
+            .env("LEXVIEW_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    for did in [&alice, &bob] {
+        for data in [live.path(), filled.path()] {
+            let (ok, report) = audit(did, data);
+            assert!(ok && report.contains(": 0 differences"), "{report}");
+        }
+    }
+    // ...and report what changed in a repository since.
+    let late = pds.cmd(
+        json!({"op": "create", "did": alice, "collection": "app.bsky.feed.post",
+        "record": {"text": "written while nothing was indexing", "createdAt": now}}),
+    );
+    pds.cmd(json!({"op": "delete", "did": alice, "collection": "app.bsky.feed.post", "rkey": post["rkey"]}));
+    let (ok, report) = audit(&alice, live.path());
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains(&format!("missing  {}", late["uri"].as_str().unwrap())),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("extra    {}", post["uri"].as_str().unwrap())),
+        "{report}"
+    );
+    assert!(report.contains(": 2 differences"), "{report}");
+    // A backfill catches up with alice's new rev (only hers) and the audit is clean.
+    let log = backfill(&pds, filled.path());
+    assert!(
+        log.contains("1 already backfilled") && log.contains("backfilled 1 repositories"),
+        "{log}"
+    );
+    let (ok, report) = audit(&alice, filled.path());
+    assert!(ok && report.contains(": 0 differences"), "{report}");
 }
