@@ -66,8 +66,20 @@ pub fn apply_repo(
         crate::verify::verify_commit(repo.commit.1, &repo.did, rev, &key)
             .with_context(|| format!("{}: commit does not verify", repo.did))?;
     }
-    let mut changes = Vec::with_capacity(repo.records.len());
+    // Records go in chunks of CHUNK per transaction (the writer's batch), so
+    // the index work does not hold the whole repository; the last one removes
+    // what the snapshot lacks and records the repository as done. A kill
+    // before it leaves the repository to be applied again, which is harmless.
+    const CHUNK: usize = 130_000;
+    let event = |changes| IndexEvent {
+        source: "backfill".into(),
+        cursor: None,
+        time: None,
+        changes,
+    };
+    let mut changes = Vec::with_capacity(CHUNK.min(repo.records.len()));
     let mut kept = std::collections::HashSet::new();
+    let mut records = 0;
     for (key, cid) in &repo.records {
         let Some((collection, rkey)) = key.split_once('/') else {
             continue;
@@ -78,6 +90,10 @@ pub fn apply_repo(
         let block = repo.block(cid)?;
         kept.insert(format!("at://{}/{key}", repo.did));
         changes.push(ingestor.record_from_block(&repo.did, collection, rkey, cid, &rev, block));
+        records += 1;
+        if changes.len() == CHUNK {
+            store.apply(&[event(std::mem::take(&mut changes))])?;
+        }
     }
     // What the store holds for this DID that the snapshot no longer has.
     let did = repo.did.clone();
@@ -98,23 +114,14 @@ pub fn apply_repo(
             removed += 1;
         }
     }
-    let records = changes.len() - removed;
-    store.apply_with(
-        &[IndexEvent {
-            source: "backfill".into(),
-            cursor: None,
-            time: None,
-            changes,
-        }],
-        |conn| {
-            conn.execute(
-                "INSERT INTO backfill_repos (did, rev, done_at) VALUES (?, ?, current_timestamp::TIMESTAMP)
-                 ON CONFLICT DO UPDATE SET rev = excluded.rev, done_at = excluded.done_at",
-                params![repo.did, rev],
-            )?;
-            Ok(())
-        },
-    )?;
+    store.apply_with(&[event(changes)], |conn| {
+        conn.execute(
+            "INSERT INTO backfill_repos (did, rev, done_at) VALUES (?, ?, current_timestamp::TIMESTAMP)
+             ON CONFLICT DO UPDATE SET rev = excluded.rev, done_at = excluded.done_at",
+            params![repo.did, rev],
+        )?;
+        Ok(())
+    })?;
     Ok((repo.did, RepoStats { records, removed }))
 }
 

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod index;
 pub mod lexicon;
 pub mod metrics;
+pub mod mst;
 pub mod pipeline;
 pub mod repo;
 pub mod search;

@@ -142,6 +142,34 @@ pub fn read_repo(car: &[u8]) -> Result<Repo<'_>, RepoError> {
     })
 }
 
+/// Writes a CAR v1 with one root (a repository export, or a test's).
+pub fn write_car(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Header {
+        roots: Vec<Cid>,
+        version: u64,
+    }
+    let header = serde_ipld_dagcbor::to_vec(&Header {
+        roots: vec![root],
+        version: 1,
+    })
+    .expect("a CAR header serialises");
+    let mut out = Vec::new();
+    let mut buf = unsigned_varint::encode::usize_buffer();
+    out.extend_from_slice(unsigned_varint::encode::usize(header.len(), &mut buf));
+    out.extend_from_slice(&header);
+    for (cid, data) in blocks {
+        let c = cid.to_bytes();
+        out.extend_from_slice(unsigned_varint::encode::usize(
+            c.len() + data.len(),
+            &mut buf,
+        ));
+        out.extend_from_slice(&c);
+        out.extend_from_slice(data);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
