@@ -38,6 +38,7 @@ counters! {
     verify_rejected_signature_total: "#commit events rejected for their signature (bad, high-S or malformed).",
     verify_rejected_identity_total: "#commit events rejected because the commit's DID is not the event's repo.",
     verify_rejected_rev_total: "#commit events rejected for their rev (not the event's, or not newer than the last).",
+    verify_rejected_proof_total: "#commit events whose ops, inverted on the MST, do not give prevData (Sync 1.1).",
     verify_rejected_other_total: "#commit events rejected because the commit block or the signing key could not be read.",
     commits_too_big_total: "#commit events marked tooBig whose records could not be read from the frame.",
     ops_skipped_total: "Repo ops in collections with no loaded record lexicon (skipped before decoding).",

@@ -103,6 +103,244 @@ fn node(keys: &[(&[u8], Cid, u32)], layer: u32, blocks: &mut Vec<(Cid, Vec<u8>)>
     cid
 }
 
+// ---- Sync 1.1: inverting a commit's ops on a partial tree ----
+
+/// An item of a partial tree flattened in key order: a record, or a subtree
+/// whose node was not in the proof (its CID and layer).
+#[derive(Debug, Clone, PartialEq)]
+enum Item {
+    Leaf(Vec<u8>, Cid),
+    Opaque(Cid, u32),
+}
+
+/// Why an inversion could not be carried out.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProofError {
+    #[error("MST node {0} is not valid DAG-CBOR: {1}")]
+    Node(Cid, String),
+    #[error("the proof lacks a node needed to place {0}")]
+    Incomplete(String),
+    #[error("op on {0} does not match the tree")]
+    OpMismatch(String),
+}
+
+#[derive(serde::Deserialize)]
+struct NodeIn {
+    l: Option<Cid>,
+    e: Vec<EntryIn>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryIn {
+    p: usize,
+    #[serde(with = "serde_bytes")]
+    k: Vec<u8>,
+    v: Cid,
+    t: Option<Cid>,
+}
+
+/// One operation of a commit, as the inversion needs it.
+pub struct Op<'a> {
+    pub path: &'a str,
+    /// The value after the commit (None for a delete).
+    pub cid: Option<Cid>,
+    /// The value before (None for a create).
+    pub prev: Option<Cid>,
+}
+
+fn flatten(
+    cid: Cid,
+    layer: Option<u32>,
+    get: &dyn Fn(&Cid) -> Option<Vec<u8>>,
+    out: &mut Vec<Item>,
+) -> Result<(), ProofError> {
+    let Some(bytes) = get(&cid) else {
+        let layer = layer.ok_or_else(|| ProofError::Incomplete("the root".into()))?;
+        out.push(Item::Opaque(cid, layer));
+        return Ok(());
+    };
+    let node: NodeIn =
+        serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| ProofError::Node(cid, e.to_string()))?;
+    let mut keys = Vec::with_capacity(node.e.len());
+    let mut key: Vec<u8> = Vec::new();
+    for e in &node.e {
+        if e.p > key.len() {
+            return Err(ProofError::Node(cid, "bad prefix length".into()));
+        }
+        key.truncate(e.p);
+        key.extend_from_slice(&e.k);
+        keys.push(key.clone());
+    }
+    // A node's layer is its keys' height; an empty node is one above its child.
+    let layer = match (keys.first(), layer) {
+        (Some(k), _) => key_height(k),
+        (None, Some(l)) => l,
+        (None, None) => match node.l.and_then(|l| get(&l)) {
+            Some(child) => {
+                let c: NodeIn = serde_ipld_dagcbor::from_slice(&child)
+                    .map_err(|e| ProofError::Node(cid, e.to_string()))?;
+                match c.e.first() {
+                    Some(e) if e.p == 0 => key_height(&e.k) + 1,
+                    _ => return Err(ProofError::Incomplete("the root's layer".into())),
+                }
+            }
+            None => return Err(ProofError::Incomplete("the root's layer".into())),
+        },
+    };
+    let below = layer.checked_sub(1);
+    if let Some(l) = node.l {
+        flatten(l, below, get, out)?;
+    }
+    for (e, k) in node.e.iter().zip(keys) {
+        out.push(Item::Leaf(k, e.v));
+        if let Some(t) = e.t {
+            flatten(t, below, get, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds a tree over items, placing each unloaded subtree whole; `None`
+/// when a subtree would have to be split (the proof is incomplete).
+fn build_items(
+    items: &[Item],
+    layer: u32,
+    blocks: &mut Vec<(Cid, Vec<u8>)>,
+) -> Result<Cid, ProofError> {
+    if let [Item::Opaque(cid, l)] = items {
+        if *l == layer {
+            return Ok(*cid);
+        }
+    }
+    let mut left: Option<Cid> = None;
+    let mut here: Vec<(&[u8], Cid, Option<Cid>)> = Vec::new();
+    let mut start = 0;
+    let sub =
+        |range: &[Item], blocks: &mut Vec<(Cid, Vec<u8>)>| -> Result<Option<Cid>, ProofError> {
+            if range.is_empty() {
+                return Ok(None);
+            }
+            let below = layer
+                .checked_sub(1)
+                .ok_or_else(|| ProofError::Incomplete("a subtree below layer 0".into()))?;
+            Ok(Some(build_items(range, below, blocks)?))
+        };
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Item::Leaf(k, v) if key_height(k) == layer => {
+                let below = sub(&items[start..i], blocks)?;
+                match here.last_mut() {
+                    Some(last) => last.2 = below,
+                    None => left = below,
+                }
+                here.push((k, *v, None));
+                start = i + 1;
+            }
+            Item::Leaf(k, _) if key_height(k) > layer => {
+                return Err(ProofError::Incomplete(String::from_utf8_lossy(k).into()))
+            }
+            Item::Opaque(_, l) if *l >= layer => {
+                return Err(ProofError::Incomplete("an unloaded subtree".into()))
+            }
+            _ => {}
+        }
+    }
+    let below = sub(&items[start..], blocks)?;
+    match here.last_mut() {
+        Some(last) => last.2 = below,
+        None => left = below,
+    }
+    let mut prev: &[u8] = &[];
+    let e = here
+        .iter()
+        .map(|(k, v, t)| {
+            let p = prev
+                .iter()
+                .zip(k.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
+            prev = k;
+            Entry {
+                k: &k[p..],
+                p,
+                t: *t,
+                v: *v,
+            }
+        })
+        .collect();
+    let bytes = serde_ipld_dagcbor::to_vec(&Node { e, l: left }).expect("a node serialises");
+    let cid = dag_cbor_cid(&bytes);
+    blocks.push((cid, bytes));
+    Ok(cid)
+}
+
+/// Sync 1.1's inductive proof: undoes `ops` on the tree rooted at `root`
+/// (only the nodes `get` returns are known) and returns the root before the
+/// commit, to compare with the commit's `prevData`.
+pub fn invert(
+    root: Cid,
+    ops: &[Op<'_>],
+    get: &dyn Fn(&Cid) -> Option<Vec<u8>>,
+) -> Result<Cid, ProofError> {
+    let mut items = Vec::new();
+    flatten(root, None, get, &mut items)?;
+    let find = |items: &[Item], key: &[u8]| {
+        items
+            .iter()
+            .position(|i| matches!(i, Item::Leaf(k, _) if k == key))
+    };
+    for op in ops {
+        let key = op.path.as_bytes();
+        match (op.cid, op.prev) {
+            // A create: the key goes.
+            (Some(cid), None) => match find(&items, key) {
+                Some(i) if items[i] == Item::Leaf(key.to_vec(), cid) => {
+                    items.remove(i);
+                }
+                _ => return Err(ProofError::OpMismatch(op.path.into())),
+            },
+            // An update: the old value comes back.
+            (Some(cid), Some(prev)) => match find(&items, key) {
+                Some(i) if items[i] == Item::Leaf(key.to_vec(), cid) => {
+                    items[i] = Item::Leaf(key.to_vec(), prev);
+                }
+                _ => return Err(ProofError::OpMismatch(op.path.into())),
+            },
+            // A delete: the key comes back, between two known leaves.
+            (None, Some(prev)) => {
+                if find(&items, key).is_some() {
+                    return Err(ProofError::OpMismatch(op.path.into()));
+                }
+                let at = items
+                    .iter()
+                    .position(|i| matches!(i, Item::Leaf(k, _) if k.as_slice() > key))
+                    .unwrap_or(items.len());
+                let before = items[..at]
+                    .iter()
+                    .rposition(|i| matches!(i, Item::Leaf(..)))
+                    .map_or(0, |p| p + 1);
+                if items[before..at]
+                    .iter()
+                    .any(|i| matches!(i, Item::Opaque(..)))
+                {
+                    return Err(ProofError::Incomplete(op.path.into()));
+                }
+                items.insert(at, Item::Leaf(key.to_vec(), prev));
+            }
+            (None, None) => return Err(ProofError::OpMismatch(op.path.into())),
+        }
+    }
+    let top = items
+        .iter()
+        .map(|i| match i {
+            Item::Leaf(k, _) => key_height(k),
+            Item::Opaque(_, l) => l + 1,
+        })
+        .max()
+        .unwrap_or(0);
+    build_items(&items, top, &mut Vec::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +439,68 @@ mod tests {
             keys,
             entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn each_commit_proof_vector_inverts_to_the_root_before() {
+        for v in fixture("commit-proof-fixtures.json").as_array().unwrap() {
+            let leaf: Cid = v["leafValue"].as_str().unwrap().parse().unwrap();
+            let strs = |f: &str| -> Vec<String> {
+                v[f].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_str().unwrap().to_string())
+                    .collect()
+            };
+            let (before, adds, dels) = (strs("keys"), strs("adds"), strs("dels"));
+            let mut after: Vec<String> = before
+                .iter()
+                .filter(|k| !dels.contains(k))
+                .chain(adds.iter())
+                .cloned()
+                .collect();
+            after.sort();
+            let entries: Vec<(Vec<u8>, Cid)> = after
+                .iter()
+                .map(|k| (k.as_bytes().to_vec(), leaf))
+                .collect();
+            let mut blocks = Vec::new();
+            let root = build(&entries, &mut blocks);
+            // Only the proof's blocks are known, as in a #commit frame.
+            let proof: Vec<String> = strs("blocksInProof");
+            let known: std::collections::HashMap<Cid, Vec<u8>> = blocks
+                .into_iter()
+                .filter(|(c, _)| proof.contains(&c.to_string()))
+                .collect();
+            let ops: Vec<Op> = adds
+                .iter()
+                .map(|k| Op {
+                    path: k,
+                    cid: Some(leaf),
+                    prev: None,
+                })
+                .chain(dels.iter().map(|k| Op {
+                    path: k,
+                    cid: None,
+                    prev: Some(leaf),
+                }))
+                .collect();
+            let got = invert(root, &ops, &|c| known.get(c).cloned())
+                .unwrap_or_else(|e| panic!("{}: {e}", v["comment"]));
+            assert_eq!(got.to_string(), v["rootBeforeCommit"], "{}", v["comment"]);
+            // A wrong prev value does not reach the root before.
+            if let Some(k) = dels.first() {
+                let bad = [Op {
+                    path: k,
+                    cid: None,
+                    prev: Some(dag_cbor_cid(b"other")),
+                }];
+                let got = invert(root, &bad, &|c| known.get(c).cloned());
+                assert!(
+                    got.map(|r| r.to_string())
+                        != Ok(v["rootBeforeCommit"].as_str().unwrap().to_string())
+                );
+            }
+        }
     }
 }

@@ -416,6 +416,35 @@ impl Ingestor {
                     verify_block(&c.commit, block)
                         .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
                     verifier.verify(&c.commit, block, c.repo, c.rev)
+                })
+                .and_then(|v| {
+                    // Sync 1.1: the commit's ops, undone on the MST nodes the
+                    // frame carries, must give the previous root.
+                    let Some(prev_data) = c.prev_data else {
+                        return Ok(v);
+                    };
+                    let ops: Vec<crate::mst::Op> = c
+                        .ops
+                        .iter()
+                        .map(|op| crate::mst::Op {
+                            path: op.path,
+                            cid: op.cid,
+                            prev: op.prev,
+                        })
+                        .collect();
+                    let get = |cid: &cid::Cid| {
+                        blocks
+                            .get(cid)
+                            .filter(|b| verify_block(cid, b).is_ok())
+                            .map(|b| b.to_vec())
+                    };
+                    match crate::mst::invert(v.data, &ops, &get) {
+                        Ok(root) if root == prev_data => Ok(v),
+                        Ok(root) => Err(crate::verify::VerifyError::Proof(format!(
+                            "ops inverted give {root}, not prevData {prev_data}"
+                        ))),
+                        Err(e) => Err(crate::verify::VerifyError::Proof(e.to_string())),
+                    }
                 });
             match checked {
                 Ok(_) => Metrics::inc(&m.commits_verified_total),
@@ -429,6 +458,7 @@ impl Ingestor {
                         V::RevMismatch { .. } | V::RevNotNewer { .. } => {
                             &m.verify_rejected_rev_total
                         }
+                        V::Proof(_) => &m.verify_rejected_proof_total,
                         _ => &m.verify_rejected_other_total,
                     });
                     return Err(reject(format!("verification failed ({}): {e}", e.reason())));

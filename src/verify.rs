@@ -44,6 +44,8 @@ pub enum VerifyError {
     Key(String),
     #[error("DID resolution: {0}")]
     Resolve(String),
+    #[error("Sync 1.1 proof: {0}")]
+    Proof(String),
 }
 
 impl VerifyError {
@@ -60,6 +62,7 @@ impl VerifyError {
             VerifyError::Version(_) => "commit_version",
             VerifyError::Key(_) => "key",
             VerifyError::Resolve(_) => "resolve",
+            VerifyError::Proof(_) => "proof",
         }
     }
 }

@@ -36,7 +36,7 @@ fn verifying_ingestor() -> (Ingestor, Arc<Metrics>) {
 }
 
 #[test]
-fn all_148_production_commits_verify_against_their_did_documents() {
+fn all_148_production_commits_verify_against_their_did_documents_with_their_proofs() {
     let resolver = StaticResolver::from_documents(&did_docs());
     let mut verified = 0;
     for frame in common::frames("jetstream/frames.bin") {
@@ -48,6 +48,21 @@ fn all_148_production_commits_verify_against_their_did_documents() {
         let commit = verify_commit(blocks[&c.commit], c.repo, c.rev, &key)
             .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
         assert_eq!(commit.did, c.repo);
+        // Sync 1.1: every op undone on the frame's MST nodes gives prevData.
+        let ops: Vec<lexview::mst::Op> = c
+            .ops
+            .iter()
+            .map(|op| lexview::mst::Op {
+                path: op.path,
+                cid: op.cid,
+                prev: op.prev,
+            })
+            .collect();
+        let root = lexview::mst::invert(commit.data, &ops, &|cid| {
+            blocks.get(cid).map(|b| b.to_vec())
+        })
+        .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
+        assert_eq!(Some(root), c.prev_data, "seq {}", c.seq);
         verified += 1;
     }
     assert_eq!(verified, 148);
@@ -212,6 +227,21 @@ fn tampered_frames_are_rejected_with_the_right_reason() {
     body.insert("repo".into(), Ipld::String(other));
     assert!(rejection(&ingestor, &join(&header, &body)).contains("(did_mismatch)"));
     assert_eq!(get(&metrics.verify_rejected_identity_total), 1);
+
+    // A prevData that the ops, inverted on the MST, do not give (the frame
+    // body is not signed, so only the Sync 1.1 proof can tell).
+    let (ingestor, metrics) = verifying_ingestor();
+    let (header, mut body) = split(&frame);
+    assert!(
+        matches!(body["prevData"], Ipld::Link(_)),
+        "a Sync 1.1 frame"
+    );
+    body.insert(
+        "prevData".into(),
+        Ipld::Link(dag_cbor_cid(b"not the previous root")),
+    );
+    assert!(rejection(&ingestor, &join(&header, &body)).contains("(proof)"));
+    assert_eq!(get(&metrics.verify_rejected_proof_total), 1);
 
     // A repo with no DID document.
     let (ingestor, metrics) = verifying_ingestor();
