@@ -48,37 +48,24 @@ pub fn dag_cbor_cid(bytes: &[u8]) -> Cid {
 /// Builds the tree of `entries` (sorted by key, keys unique): its root CID
 /// and every node block, appended to `blocks`.
 pub fn build(entries: &[(Vec<u8>, Cid)], blocks: &mut Vec<(Cid, Vec<u8>)>) -> Cid {
-    let keyed: Vec<(&[u8], Cid, u32)> = entries
+    let items: Vec<Item> = entries
         .iter()
-        .map(|(k, v)| (k.as_slice(), *v, key_height(k)))
+        .map(|(k, v)| Item::Leaf(k.clone(), *v))
         .collect();
-    let top = keyed.iter().map(|k| k.2).max().unwrap_or(0);
-    node(&keyed, top, blocks)
+    let top = entries
+        .iter()
+        .map(|(k, _)| key_height(k))
+        .max()
+        .unwrap_or(0);
+    build_items(&items, top, blocks).expect("a tree of records only has no unloaded subtree")
 }
 
-fn node(keys: &[(&[u8], Cid, u32)], layer: u32, blocks: &mut Vec<(Cid, Vec<u8>)>) -> Cid {
-    let mut left: Option<Cid> = None;
-    let mut here: Vec<(&[u8], Cid, Option<Cid>)> = Vec::new();
-    let mut start = 0;
-    let sub = |range: &[(&[u8], Cid, u32)], blocks: &mut Vec<(Cid, Vec<u8>)>| {
-        (!range.is_empty()).then(|| node(range, layer - 1, blocks))
-    };
-    for (i, k) in keys.iter().enumerate() {
-        if k.2 == layer {
-            let below = sub(&keys[start..i], blocks);
-            match here.last_mut() {
-                Some(last) => last.2 = below,
-                None => left = below,
-            }
-            here.push((k.0, k.1, None));
-            start = i + 1;
-        }
-    }
-    let below = sub(&keys[start..], blocks);
-    match here.last_mut() {
-        Some(last) => last.2 = below,
-        None => left = below,
-    }
+/// Encodes one node (its entries' keys prefix-compressed) into `blocks`.
+fn encode_node(
+    left: Option<Cid>,
+    here: &[(&[u8], Cid, Option<Cid>)],
+    blocks: &mut Vec<(Cid, Vec<u8>)>,
+) -> Cid {
     let mut prev: &[u8] = &[];
     let e = here
         .iter()
@@ -200,7 +187,7 @@ fn flatten(
     Ok(())
 }
 
-/// Builds a tree over items, placing each unloaded subtree whole; `None`
+/// Builds a tree over items, placing each unloaded subtree whole; an error
 /// when a subtree would have to be split (the proof is incomplete).
 fn build_items(
     items: &[Item],
@@ -250,28 +237,7 @@ fn build_items(
         Some(last) => last.2 = below,
         None => left = below,
     }
-    let mut prev: &[u8] = &[];
-    let e = here
-        .iter()
-        .map(|(k, v, t)| {
-            let p = prev
-                .iter()
-                .zip(k.iter())
-                .take_while(|(a, b)| a == b)
-                .count();
-            prev = k;
-            Entry {
-                k: &k[p..],
-                p,
-                t: *t,
-                v: *v,
-            }
-        })
-        .collect();
-    let bytes = serde_ipld_dagcbor::to_vec(&Node { e, l: left }).expect("a node serialises");
-    let cid = dag_cbor_cid(&bytes);
-    blocks.push((cid, bytes));
-    Ok(cid)
+    Ok(encode_node(left, &here, blocks))
 }
 
 /// Sync 1.1's inductive proof: undoes `ops` on the tree rooted at `root`

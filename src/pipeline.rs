@@ -13,6 +13,41 @@ use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::syntax::{is_valid_did, is_valid_record_key};
 
+/// Sync 1.1: the commit's ops, undone on the MST nodes the frame carries
+/// (each hash-checked), must give the event's `prevData`. Frames without
+/// `prevData` (before Sync 1.1) have nothing to check.
+fn check_proof(
+    c: &Commit<'_>,
+    blocks: &std::collections::HashMap<cid::Cid, &[u8], foldhash::fast::RandomState>,
+    data: &cid::Cid,
+) -> Result<(), crate::verify::VerifyError> {
+    let Some(prev_data) = c.prev_data else {
+        return Ok(());
+    };
+    let ops: Vec<crate::mst::Op> = c
+        .ops
+        .iter()
+        .map(|op| crate::mst::Op {
+            path: op.path,
+            cid: op.cid,
+            prev: op.prev,
+        })
+        .collect();
+    let get = |cid: &cid::Cid| {
+        blocks
+            .get(cid)
+            .filter(|b| verify_block(cid, b).is_ok())
+            .map(|b| b.to_vec())
+    };
+    match crate::mst::invert(*data, &ops, &get) {
+        Ok(root) if root == prev_data => Ok(()),
+        Ok(root) => Err(crate::verify::VerifyError::Proof(format!(
+            "ops inverted give {root}, not prevData {prev_data}"
+        ))),
+        Err(e) => Err(crate::verify::VerifyError::Proof(e.to_string())),
+    }
+}
+
 /// A Jetstream v1 event (only the fields lexview uses).
 #[derive(serde::Deserialize)]
 struct JetEvent {
@@ -127,7 +162,10 @@ impl Ingestor {
             };
             if let Some(block) = blocks.blocks.get(&c.commit) {
                 if wanted && verify_block(&c.commit, block).is_ok() {
-                    verifier.precheck(c.commit, block, c.repo, c.rev);
+                    let key = crate::verify::frame_key(bytes);
+                    verifier.precheck(key, block, c.repo, c.rev, |data| {
+                        check_proof(&c, &blocks.blocks, data)
+                    });
                 }
             }
         });
@@ -148,7 +186,7 @@ impl Ingestor {
                 Metrics::inc(&m.commits_total);
                 event.time = Some(c.time.to_string());
                 event.changes = self
-                    .commit_changes(&c)
+                    .commit_changes(&c, bytes)
                     .inspect_err(|_| Metrics::inc(&m.commits_rejected_total))?;
             }
             Frame::Identity(i) => {
@@ -369,7 +407,7 @@ impl Ingestor {
         self.catalog.load().has_record(collection)
     }
 
-    fn commit_changes(&self, c: &Commit<'_>) -> Result<Vec<Change>, IngestError> {
+    fn commit_changes(&self, c: &Commit<'_>, frame: &[u8]) -> Result<Vec<Change>, IngestError> {
         let m = &self.metrics;
         let reject = |reason: String| IngestError::CommitRejected {
             seq: c.seq,
@@ -415,39 +453,19 @@ impl Ingestor {
                 .and_then(|block| {
                     verify_block(&c.commit, block)
                         .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
-                    verifier.verify(&c.commit, block, c.repo, c.rev)
+                    verifier.verify(&crate::verify::frame_key(frame), block, c.repo, c.rev)
                 })
                 .and_then(|v| {
-                    // Sync 1.1: the commit's ops, undone on the MST nodes the
-                    // frame carries, must give the previous root.
-                    let Some(prev_data) = c.prev_data else {
+                    if v.proven {
                         return Ok(v);
-                    };
-                    let ops: Vec<crate::mst::Op> = c
-                        .ops
-                        .iter()
-                        .map(|op| crate::mst::Op {
-                            path: op.path,
-                            cid: op.cid,
-                            prev: op.prev,
-                        })
-                        .collect();
-                    let get = |cid: &cid::Cid| {
-                        blocks
-                            .get(cid)
-                            .filter(|b| verify_block(cid, b).is_ok())
-                            .map(|b| b.to_vec())
-                    };
-                    match crate::mst::invert(v.data, &ops, &get) {
-                        Ok(root) if root == prev_data => Ok(v),
-                        Ok(root) => Err(crate::verify::VerifyError::Proof(format!(
-                            "ops inverted give {root}, not prevData {prev_data}"
-                        ))),
-                        Err(e) => Err(crate::verify::VerifyError::Proof(e.to_string())),
                     }
+                    check_proof(c, &blocks, &v.data).map(|()| v)
                 });
             match checked {
-                Ok(_) => Metrics::inc(&m.commits_verified_total),
+                Ok(_) => {
+                    verifier.accepted(c.repo, c.rev);
+                    Metrics::inc(&m.commits_verified_total);
+                }
                 Err(e) => {
                     use crate::verify::VerifyError as V;
                     Metrics::inc(match e {

@@ -211,6 +211,8 @@ pub struct VerifiedCommit {
     pub did: String,
     pub rev: String,
     pub data: Cid,
+    /// The Sync 1.1 proof was checked too (by a pre-check).
+    pub proven: bool,
 }
 
 /// Checks a commit block's signature with `key` and that it belongs to
@@ -251,6 +253,7 @@ pub fn verify_commit(
         did: c.did,
         rev: c.rev,
         data: c.data,
+        proven: false,
     })
 }
 
@@ -381,6 +384,15 @@ impl Resolve for HttpResolver {
 
 // ---- the verifier the pipeline uses ----
 
+/// The SHA-256 of a whole frame.
+pub type FrameKey = [u8; 32];
+
+/// The key [`Verifier::precheck`] and [`Verifier::verify`] share for a frame.
+pub fn frame_key(frame: &[u8]) -> FrameKey {
+    use sha2::Digest;
+    sha2::Sha256::digest(frame).into()
+}
+
 /// Verifies commits for the ingest pipeline and remembers each repo's last
 /// rev (in memory: after a restart the first commit of a repo is checked
 /// against nothing).
@@ -388,8 +400,10 @@ pub struct Verifier {
     resolver: Box<dyn Resolve>,
     revs: Mutex<HashMap<String, String, foldhash::fast::RandomState>>,
     rev_order: bool,
-    /// Signatures already checked by [`Verifier::precheck`], by commit CID.
-    prechecked: Mutex<HashMap<Cid, VerifiedCommit, foldhash::fast::RandomState>>,
+    /// Commits already checked by [`Verifier::precheck`], by the SHA-256 of
+    /// their whole frame: any other frame (even one carrying the same commit
+    /// with other ops or another prevData) is checked in full.
+    prechecked: Mutex<HashMap<FrameKey, VerifiedCommit, foldhash::fast::RandomState>>,
 }
 
 impl Verifier {
@@ -414,15 +428,25 @@ impl Verifier {
     /// Checks a commit's signature ahead of [`Verifier::verify`], which then
     /// only checks rev order for it. Pure apart from key resolution, so many
     /// run in parallel; a failure is left for `verify` to find and report.
-    pub fn precheck(&self, commit: Cid, block: &[u8], repo: &str, rev: &str) {
+    /// `proof` checks the commit's Sync 1.1 proof given its MST root; when
+    /// it passes too, the result says so and the in-order pass skips it.
+    pub fn precheck(
+        &self,
+        frame: FrameKey,
+        block: &[u8],
+        repo: &str,
+        rev: &str,
+        proof: impl FnOnce(&Cid) -> Result<(), VerifyError>,
+    ) {
         let Ok(key) = self.resolver.signing_key(repo) else {
             return;
         };
-        if let Ok(v) = verify_commit(block, repo, rev, &key) {
+        if let Ok(mut v) = verify_commit(block, repo, rev, &key) {
+            v.proven = proof(&v.data).is_ok();
             self.prechecked
                 .lock()
                 .expect("precheck lock")
-                .insert(commit, v);
+                .insert(frame, v);
         }
     }
 
@@ -431,10 +455,11 @@ impl Verifier {
         self.prechecked.lock().expect("precheck lock").clear();
     }
 
-    /// Verifies one commit event's commit block (whose CID is `commit`).
+    /// Verifies one commit event's commit block (its frame's key is `frame`);
+    /// the caller calls [`Verifier::accepted`] once the rest checks out.
     pub fn verify(
         &self,
-        commit: &Cid,
+        frame: &FrameKey,
         block: &[u8],
         repo: &str,
         rev: &str,
@@ -447,19 +472,15 @@ impl Verifier {
                 });
             }
         }
-        // Kept until the next round: a CID names one commit block, so a
-        // repeat of it (a replay) may use the result too.
+        // Kept until the next round: an identical frame (a replay) may use
+        // the result too.
         let pre = self
             .prechecked
             .lock()
             .expect("precheck lock")
-            .get(commit)
+            .get(frame)
             .cloned();
         if let Some(v) = pre.filter(|v| v.did == repo && v.rev == rev) {
-            self.revs
-                .lock()
-                .expect("revs lock")
-                .insert(repo.to_string(), rev.to_string());
             return Ok(v);
         }
         let key = self.resolver.signing_key(repo)?;
@@ -474,11 +495,16 @@ impl Verifier {
             }
             other => other?,
         };
+        Ok(verified)
+    }
+
+    /// Records `rev` as the repo's latest, once every check of its commit
+    /// passed (a rejected commit must not move the rev order on).
+    pub fn accepted(&self, repo: &str, rev: &str) {
         self.revs
             .lock()
             .expect("revs lock")
             .insert(repo.to_string(), rev.to_string());
-        Ok(verified)
     }
 
     /// An `#identity` event: the DID's key may have changed.

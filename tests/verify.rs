@@ -240,8 +240,16 @@ fn tampered_frames_are_rejected_with_the_right_reason() {
         "prevData".into(),
         Ipld::Link(dag_cbor_cid(b"not the previous root")),
     );
-    assert!(rejection(&ingestor, &join(&header, &body)).contains("(proof)"));
+    let tampered = join(&header, &body);
+    // Pre-checked in the same round as the genuine frame (same commit): the
+    // genuine frame's result must not vouch for the tampered one.
+    ingestor.precheck(&[&frame, &tampered]);
+    assert!(rejection(&ingestor, &tampered).contains("(proof)"));
     assert_eq!(get(&metrics.verify_rejected_proof_total), 1);
+    assert!(matches!(
+        ingestor.process("test", &frame),
+        Ok(Outcome::Event(_))
+    ));
 
     // A repo with no DID document.
     let (ingestor, metrics) = verifying_ingestor();
