@@ -398,7 +398,10 @@ pub fn frame_key(frame: &[u8]) -> FrameKey {
 /// against nothing).
 pub struct Verifier {
     resolver: Box<dyn Resolve>,
-    revs: Mutex<HashMap<String, String, foldhash::fast::RandomState>>,
+    /// The last accepted rev per repo, for the most recently active million
+    /// repos (~100 MB at most): a repo that fell out is checked against
+    /// nothing, as after a restart.
+    revs: Mutex<lru::LruCache<String, String, foldhash::fast::RandomState>>,
     rev_order: bool,
     /// Commits already checked by [`Verifier::precheck`], by the SHA-256 of
     /// their whole frame: any other frame (even one carrying the same commit
@@ -410,7 +413,10 @@ impl Verifier {
     pub fn new(resolver: Box<dyn Resolve>) -> Verifier {
         Verifier {
             resolver,
-            revs: Mutex::new(HashMap::default()),
+            revs: Mutex::new(lru::LruCache::with_hasher(
+                NonZeroUsize::new(1_000_000).expect("non-zero"),
+                foldhash::fast::RandomState::default(),
+            )),
             rev_order: true,
             prechecked: Mutex::new(HashMap::default()),
         }
@@ -464,7 +470,7 @@ impl Verifier {
         repo: &str,
         rev: &str,
     ) -> Result<VerifiedCommit, VerifyError> {
-        if let Some(last) = self.revs.lock().expect("revs lock").get(repo) {
+        if let Some(last) = self.revs.lock().expect("revs lock").peek(repo) {
             if self.rev_order && rev <= last.as_str() {
                 return Err(VerifyError::RevNotNewer {
                     rev: rev.to_string(),
@@ -504,7 +510,7 @@ impl Verifier {
         self.revs
             .lock()
             .expect("revs lock")
-            .insert(repo.to_string(), rev.to_string());
+            .put(repo.to_string(), rev.to_string());
     }
 
     /// An `#identity` event: the DID's key may have changed.
