@@ -17,7 +17,7 @@ use crate::index::store::Store;
 use crate::metrics::Metrics;
 use crate::pipeline::Ingestor;
 use crate::repo::read_repo;
-use crate::verify::{HttpResolver, Resolve, StaticResolver};
+use crate::verify::{HttpResolver, Resolve};
 
 #[derive(clap::Args, Debug)]
 pub struct BackfillArgs {
@@ -153,15 +153,12 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let ingestor = Ingestor::new(catalog, metrics.clone());
     let mut store = Store::open(&args.data)
         .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
-    let resolver: Option<Box<dyn Resolve>> = match (args.verify, &args.did_docs) {
-        (crate::serve::Verify::None, _) => None,
-        (_, Some(path)) => Some(Box::new(StaticResolver::from_documents(
-            &serde_json::from_str(&std::fs::read_to_string(path)?)?,
-        ))),
-        (_, None) => Some(Box::new(HttpResolver::new(
+    let resolver: Option<Box<dyn Resolve>> = match args.verify {
+        crate::serve::Verify::None => None,
+        crate::serve::Verify::Full => Some(crate::verify::resolver(
             &args.plc,
-            Duration::from_secs(3600),
-        ))),
+            args.did_docs.as_deref(),
+        )?),
     };
     let started = Instant::now();
     let (mut repos, mut records, mut failed) = (0usize, 0usize, 0usize);

@@ -10,7 +10,6 @@ use std::time::Instant;
 use anyhow::Context;
 use cid::Cid;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::index::event::IndexEvent;
 use crate::index::store::Store;
@@ -192,7 +191,7 @@ fn generate_repo(path: &Path, n: usize) -> anyhow::Result<()> {
         version: 3,
         sig: vec![0; 64],
     })?;
-    let commit_cid = cid_for(&commit);
+    let commit_cid = crate::mst::dag_cbor_cid(&commit);
     blocks.push((commit_cid, commit));
     std::fs::write(path, car_bytes(commit_cid, &blocks))?;
     Ok(())
@@ -202,10 +201,7 @@ fn verifier(args: &BenchArgs) -> anyhow::Result<Option<Arc<crate::verify::Verifi
     let Some(path) = &args.did_docs else {
         return Ok(None);
     };
-    let docs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    let resolver = crate::verify::StaticResolver::from_documents(&docs);
+    let resolver = crate::verify::StaticResolver::from_file(path)?;
     Ok(Some(Arc::new(
         crate::verify::Verifier::new(Box::new(resolver)).without_rev_order(),
     )))
@@ -369,12 +365,6 @@ struct CommitOut {
     time: String,
 }
 
-fn cid_for(block: &[u8]) -> Cid {
-    let digest = Sha256::digest(block);
-    let mh = multihash::Multihash::<64>::wrap(0x12, &digest).expect("sha256 fits");
-    Cid::new_v1(0x71, mh)
-}
-
 fn car_bytes(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
     crate::repo::write_car(root, blocks)
 }
@@ -488,7 +478,7 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
         let (path_rkey, mut blocks, cid, repo_idx) = match &record {
             Some(r) => {
                 let bytes = serde_ipld_dagcbor::to_vec(r)?;
-                let cid = cid_for(&bytes);
+                let cid = crate::mst::dag_cbor_cid(&bytes);
                 created.push((author, collection, rkey.clone()));
                 if created.len() > 10_000 {
                     created.drain(..5000);
@@ -540,7 +530,7 @@ pub fn commit_frame(
 ) -> anyhow::Result<Vec<u8>> {
     let commit_block =
         serde_ipld_dagcbor::to_vec(&serde_json::json!({"did": repo, "rev": rev, "version": 3}))?;
-    let commit_cid = cid_for(&commit_block);
+    let commit_cid = crate::mst::dag_cbor_cid(&commit_block);
     blocks.push((commit_cid, commit_block));
     let body = CommitOut {
         seq,
@@ -578,5 +568,5 @@ pub fn commit_frame(
 /// A record's DAG-CBOR block and its CID.
 pub fn record_block(record: &serde_json::Value) -> anyhow::Result<(Cid, Vec<u8>)> {
     let bytes = serde_ipld_dagcbor::to_vec(record)?;
-    Ok((cid_for(&bytes), bytes))
+    Ok((crate::mst::dag_cbor_cid(&bytes), bytes))
 }

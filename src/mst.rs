@@ -320,6 +320,47 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
+    fn strings(v: &Value) -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// A commit-proof vector's keys: before, added, deleted, and after (sorted).
+    struct CommitVector {
+        leaf: Cid,
+        before: Vec<String>,
+        adds: Vec<String>,
+        dels: Vec<String>,
+        after: Vec<String>,
+    }
+
+    impl CommitVector {
+        fn of(v: &Value) -> CommitVector {
+            let (before, adds, dels) = (
+                strings(&v["keys"]),
+                strings(&v["adds"]),
+                strings(&v["dels"]),
+            );
+            let mut after: Vec<String> = before
+                .iter()
+                .filter(|k| !dels.contains(k))
+                .chain(adds.iter())
+                .cloned()
+                .collect();
+            after.sort();
+            CommitVector {
+                leaf: v["leafValue"].as_str().unwrap().parse().unwrap(),
+                before,
+                adds,
+                dels,
+                after,
+            }
+        }
+    }
+
     #[test]
     fn key_heights_match_the_interop_vectors() {
         for v in fixture("mst/key_heights.json").as_array().unwrap() {
@@ -335,14 +376,12 @@ mod tests {
     #[test]
     fn roots_before_and_after_each_commit_proof_vector() {
         for v in fixture("commit-proof-fixtures.json").as_array().unwrap() {
-            let leaf: Cid = v["leafValue"].as_str().unwrap().parse().unwrap();
-            let strs = |f: &str| -> Vec<String> {
-                v[f].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|k| k.as_str().unwrap().to_string())
-                    .collect()
-            };
+            let CommitVector {
+                leaf,
+                before,
+                after,
+                ..
+            } = CommitVector::of(v);
             let tree = |keys: &[String]| {
                 let mut keys = keys.to_vec();
                 keys.sort();
@@ -350,15 +389,7 @@ mod tests {
                     keys.iter().map(|k| (k.as_bytes().to_vec(), leaf)).collect();
                 build(&entries, &mut Vec::new()).to_string()
             };
-            let before = strs("keys");
             assert_eq!(tree(&before), v["rootBeforeCommit"], "{}", v["comment"]);
-            let (adds, dels) = (strs("adds"), strs("dels"));
-            let after: Vec<String> = before
-                .iter()
-                .filter(|k| !dels.contains(k))
-                .chain(adds.iter())
-                .cloned()
-                .collect();
             assert_eq!(tree(&after), v["rootAfterCommit"], "{}", v["comment"]);
         }
     }
@@ -410,22 +441,13 @@ mod tests {
     #[test]
     fn each_commit_proof_vector_inverts_to_the_root_before() {
         for v in fixture("commit-proof-fixtures.json").as_array().unwrap() {
-            let leaf: Cid = v["leafValue"].as_str().unwrap().parse().unwrap();
-            let strs = |f: &str| -> Vec<String> {
-                v[f].as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|k| k.as_str().unwrap().to_string())
-                    .collect()
-            };
-            let (before, adds, dels) = (strs("keys"), strs("adds"), strs("dels"));
-            let mut after: Vec<String> = before
-                .iter()
-                .filter(|k| !dels.contains(k))
-                .chain(adds.iter())
-                .cloned()
-                .collect();
-            after.sort();
+            let CommitVector {
+                leaf,
+                adds,
+                dels,
+                after,
+                ..
+            } = CommitVector::of(v);
             let entries: Vec<(Vec<u8>, Cid)> = after
                 .iter()
                 .map(|k| (k.as_bytes().to_vec(), leaf))
@@ -433,7 +455,7 @@ mod tests {
             let mut blocks = Vec::new();
             let root = build(&entries, &mut blocks);
             // Only the proof's blocks are known, as in a #commit frame.
-            let proof: Vec<String> = strs("blocksInProof");
+            let proof = strings(&v["blocksInProof"]);
             let known: std::collections::HashMap<Cid, Vec<u8>> = blocks
                 .into_iter()
                 .filter(|(c, _)| proof.contains(&c.to_string()))

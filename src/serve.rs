@@ -392,22 +392,9 @@ fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
 /// The commit verifier: keys from `--did-docs`, or resolved through `--plc`
 /// and did:web (cached for an hour, or until an `#identity` event).
 fn verifier(cfg: &ServeConfig) -> anyhow::Result<crate::verify::Verifier> {
-    use crate::verify::{HttpResolver, Resolve, StaticResolver, Verifier};
-    let resolver: Box<dyn Resolve> = match &cfg.did_docs {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --did-docs {}", path.display()))?;
-            let docs: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("--did-docs {} is not JSON", path.display()))?;
-            Box::new(StaticResolver::from_documents(&docs))
-        }
-        None => Box::new(HttpResolver::new(
-            &cfg.plc,
-            std::time::Duration::from_secs(3600),
-        )),
-    };
+    let resolver = crate::verify::resolver(&cfg.plc, cfg.did_docs.as_deref())?;
     tracing::info!(plc = %cfg.plc, did_docs = ?cfg.did_docs, "verifying commits");
-    Ok(Verifier::new(resolver))
+    Ok(crate::verify::Verifier::new(resolver))
 }
 
 /// Opens the search index, fills it from the store where it lags, and starts

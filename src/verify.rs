@@ -285,6 +285,30 @@ impl StaticResolver {
     }
 }
 
+impl StaticResolver {
+    /// From a `{did: document}` JSON file (`--did-docs`).
+    pub fn from_file(path: &std::path::Path) -> Result<StaticResolver, VerifyError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            VerifyError::Resolve(format!("--did-docs {}: {e}", path.display()))
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+        let docs: Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+        Ok(StaticResolver::from_documents(&docs))
+    }
+}
+
+/// The resolver of `--did-docs FILE` when given, else of `--plc` and did:web
+/// (documents cached for an hour, or until the DID's `#identity` event).
+pub fn resolver(
+    plc: &str,
+    did_docs: Option<&std::path::Path>,
+) -> Result<Box<dyn Resolve>, VerifyError> {
+    Ok(match did_docs {
+        Some(path) => Box::new(StaticResolver::from_file(path)?),
+        None => Box::new(HttpResolver::new(plc, Duration::from_secs(3600))),
+    })
+}
+
 impl Resolve for StaticResolver {
     fn signing_key(&self, did: &str) -> Result<PublicKey, VerifyError> {
         self.0

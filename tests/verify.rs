@@ -7,15 +7,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cid::Cid;
 use ipld_core::ipld::Ipld;
 use lexview::decode::car::read_car;
 use lexview::decode::frame::{cbor_item_len, decode_frame, Frame};
 use lexview::metrics::Metrics;
+use lexview::mst::dag_cbor_cid;
 use lexview::pipeline::{IngestError, Ingestor, Outcome};
+use lexview::repo::write_car;
 use lexview::verify::{verify_commit, StaticResolver, Verifier};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 fn did_docs() -> Value {
     let path = concat!(
@@ -96,23 +96,6 @@ fn join(header: &[u8], body: &BTreeMap<String, Ipld>) -> Vec<u8> {
     out
 }
 
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn dag_cbor_cid(bytes: &[u8]) -> Cid {
-    let hash = multihash::Multihash::<64>::wrap(0x12, &Sha256::digest(bytes)).unwrap();
-    Cid::new_v1(0x71, hash)
-}
-
 /// The frame with its commit block replaced by `edit(block)` (re-hashed, so
 /// only the signature can tell).
 fn with_commit_block(frame: &[u8], edit: impl Fn(&mut BTreeMap<String, Ipld>)) -> Vec<u8> {
@@ -129,26 +112,14 @@ fn with_commit_block(frame: &[u8], edit: impl Fn(&mut BTreeMap<String, Ipld>)) -
     edit(&mut commit);
     let new_block = serde_ipld_dagcbor::to_vec(&commit).unwrap();
     let new_root = dag_cbor_cid(&new_block);
-    let header_bytes = serde_ipld_dagcbor::to_vec(&BTreeMap::from([
-        ("version".to_string(), Ipld::Integer(1)),
-        ("roots".to_string(), Ipld::List(vec![Ipld::Link(new_root)])),
-    ]))
-    .unwrap();
-    let mut out = Vec::new();
-    varint(header_bytes.len(), &mut out);
-    out.extend(&header_bytes);
-    let mut put = |cid: &Cid, data: &[u8]| {
-        let c = cid.to_bytes();
-        varint(c.len() + data.len(), &mut out);
-        out.extend(c);
-        out.extend(data);
-    };
-    put(&new_root, &new_block);
-    for (cid, data) in &blocks {
-        if *cid != old_root {
-            put(cid, data);
-        }
-    }
+    let mut new_blocks = vec![(new_root, new_block)];
+    new_blocks.extend(
+        blocks
+            .iter()
+            .filter(|(cid, _)| **cid != old_root)
+            .map(|(cid, data)| (*cid, data.to_vec())),
+    );
+    let out = write_car(new_root, &new_blocks);
     body.insert("blocks".into(), Ipld::Bytes(out));
     body.insert("commit".into(), Ipld::Link(new_root));
     join(&header, &body)

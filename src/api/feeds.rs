@@ -251,7 +251,10 @@ async fn search_skeleton(
         recency: saved.recency,
     };
     let (found, total) = super::search::run(&search, &state.readers, q).await?;
-    let items: Vec<Value> = found.iter().map(|f| json!({ "post": f.uri })).collect();
+    let items: Vec<Value> = found
+        .iter()
+        .map(|(_, f)| json!({ "post": f.uri }))
+        .collect();
     let mut out = json!({ "feed": items });
     if offset + (limit as usize) < total {
         out["cursor"] = json!((offset + limit as usize).to_string());

@@ -1223,14 +1223,8 @@ fn search_field(search: Arc<crate::search::Search>) -> (GqlField, Vec<Object>) {
                         .index
                         .search(&q)
                         .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    let list = hits.iter().map(|h| h.uri.as_str()).collect::<Vec<_>>().join(" ");
-                    let mut stmt = c.prepare(&format!(
-                        "SELECT {RECORD_COLUMNS} FROM records r
-                         WHERE r.uri IN (SELECT unnest(string_split(?, ' ')))"
-                    ))?;
-                    let mut rows = stmt
-                        .query_map(params![list], read_row)?
-                        .collect::<duckdb::Result<Vec<_>>>()?;
+                    let mut rows =
+                        records_by_uri(c, hits.iter().map(|h| h.uri.as_str()))?;
                     attach_counts(c, &mut rows)?;
                     attach_targets(c, &mut rows)?;
                     let mut by_uri: std::collections::HashMap<String, RecordRow> =
@@ -1551,6 +1545,20 @@ fn connection_field(
 const RECORD_COLUMNS: &str =
     "r.uri, r.cid, r.did, r.rkey, strftime(r.indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ'),
      r.record::VARCHAR, (SELECT handle FROM actors a WHERE a.did = r.did)";
+
+/// The records of `uris` that the store holds, in no particular order.
+pub(crate) fn records_by_uri<'a>(
+    c: &duckdb::Connection,
+    uris: impl Iterator<Item = &'a str>,
+) -> duckdb::Result<Vec<RecordRow>> {
+    // AT-URIs contain no spaces.
+    let list = uris.collect::<Vec<_>>().join(" ");
+    let mut stmt = c.prepare(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.uri IN (SELECT unnest(string_split(?, ' ')))"
+    ))?;
+    let rows = stmt.query_map(params![list], read_row)?;
+    rows.collect()
+}
 
 fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
     let record: String = r.get(5)?;

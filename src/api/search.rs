@@ -4,35 +4,24 @@
 
 use std::sync::Arc;
 
-use duckdb::params;
 use serde_json::{json, Value};
 
+use super::graphql::{records_by_uri, RecordRow};
 use super::params::parse;
 use super::xrpc::resolve_repo;
 use super::{AppState, XrpcError};
 use crate::index::store::ReadPool;
 use crate::search::{Search, SearchQuery};
 
-/// A hit with its record, as stored.
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub uri: String,
-    pub cid: String,
-    pub did: String,
-    pub handle: Option<String>,
-    pub record: Value,
-    pub indexed_at: String,
-    pub score: f32,
-}
-
-/// Runs `q` and loads the hits' records, best first. Hits whose record is no
-/// longer in the store (deleted since the last search commit) are dropped.
-/// Returns the page and the total number of matches.
+/// Runs `q` and loads the hits' records, best first, with their scores.
+/// Hits whose record is no longer in the store (deleted since the last
+/// search commit) are dropped. Returns the page and the total number of
+/// matches.
 pub async fn run(
     search: &Arc<Search>,
     readers: &Arc<ReadPool>,
     q: SearchQuery,
-) -> Result<(Vec<Found>, usize), XrpcError> {
+) -> Result<(Vec<(f32, RecordRow)>, usize), XrpcError> {
     let index = search.index.clone();
     let (hits, total) = tokio::task::spawn_blocking(move || index.search(&q))
         .await
@@ -44,48 +33,15 @@ pub async fn run(
     if hits.is_empty() {
         return Ok((Vec::new(), total));
     }
-    // AT-URIs contain no spaces.
-    let list = hits
-        .iter()
-        .map(|h| h.uri.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut rows = readers
-        .with(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT r.uri, r.cid, r.did, (SELECT handle FROM actors a WHERE a.did = r.did),
-                        r.record::VARCHAR, strftime(r.indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ')
-                 FROM records r WHERE r.uri IN (SELECT unnest(string_split(?, ' ')))",
-            )?;
-            let rows = stmt.query_map(params![list], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    (
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                    ),
-                ))
-            })?;
-            rows.collect::<duckdb::Result<std::collections::HashMap<_, _>>>()
-        })
+    let uris: Vec<String> = hits.iter().map(|h| h.uri.clone()).collect();
+    let rows = readers
+        .with(move |c| records_by_uri(c, uris.iter().map(String::as_str)))
         .await?;
+    let mut by_uri: std::collections::HashMap<String, RecordRow> =
+        rows.into_iter().map(|r| (r.uri.clone(), r)).collect();
     let found = hits
         .into_iter()
-        .filter_map(|h| {
-            let (cid, did, handle, record, indexed_at) = rows.remove(&h.uri)?;
-            Some(Found {
-                uri: h.uri,
-                cid,
-                did,
-                handle,
-                record: serde_json::from_str(&record).ok()?,
-                indexed_at,
-                score: h.score,
-            })
-        })
+        .filter_map(|h| Some((h.score, by_uri.remove(&h.uri)?)))
         .collect();
     Ok((found, total))
 }
@@ -128,7 +84,7 @@ pub async fn search_records(
     let (found, total) = run(&search, &state.readers, q).await?;
     let records: Vec<Value> = found
         .into_iter()
-        .map(|f| {
+        .map(|(_, f)| {
             let mut author = json!({ "did": f.did });
             if let Some(h) = f.handle {
                 author["handle"] = Value::String(h);

@@ -440,17 +440,7 @@ impl Store {
                 params![did],
             )?;
         }
-        self.conn.execute(
-            &format!(
-                "INSERT INTO link_counts (target, collection, path, n)
-                   SELECT target, source_collection, path, {sign} * count(*) FROM {from_links}
-                   WHERE source_did = ? GROUP BY ALL
-                 ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n"
-            ),
-            params![did],
-        )?;
-        self.conn
-            .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+        self.shift_counts(from_links, did, sign)?;
         self.conn.execute(
             &format!("INSERT INTO {to_links} SELECT * FROM {from_links} WHERE source_did = ?"),
             params![did],
@@ -471,18 +461,27 @@ impl Store {
         Ok(moved)
     }
 
-    /// Removes every record and link of a deleted account, visible or hidden,
-    /// and its visible links from `link_counts`. Returns the records removed.
-    fn purge_account(&self, did: &str) -> Result<usize> {
+    /// Adds `sign` times the links of `did` in `links_table` to `link_counts`
+    /// (dropping rows that reach zero).
+    fn shift_counts(&self, links_table: &str, did: &str, sign: i64) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO link_counts (target, collection, path, n)
-               SELECT target, source_collection, path, -count(*) FROM links
-               WHERE source_did = ? GROUP BY ALL
-             ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n",
+            &format!(
+                "INSERT INTO link_counts (target, collection, path, n)
+                   SELECT target, source_collection, path, {sign} * count(*) FROM {links_table}
+                   WHERE source_did = ? GROUP BY ALL
+                 ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n"
+            ),
             params![did],
         )?;
         self.conn
             .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+        Ok(())
+    }
+
+    /// Removes every record and link of a deleted account, visible or hidden,
+    /// and its visible links from `link_counts`. Returns the records removed.
+    fn purge_account(&self, did: &str) -> Result<usize> {
+        self.shift_counts("links", did, -1)?;
         let mut purged = 0;
         for (table, column) in [
             ("links", "source_did"),
