@@ -17,6 +17,7 @@ use crate::index::store::Store;
 use crate::metrics::Metrics;
 use crate::pipeline::Ingestor;
 use crate::repo::read_repo;
+use crate::resync::{get_with_retries, snapshot_chunks};
 use crate::verify::{HttpResolver, Resolve};
 
 #[derive(clap::Args, Debug)]
@@ -49,101 +50,35 @@ pub struct RepoStats {
     pub removed: usize,
 }
 
-/// Indexes one repository CAR as a snapshot of its DID.
+/// Indexes one repository CAR as a snapshot of its DID, in transactions of
+/// 130k records (the writer's batch), so the index work does not hold the
+/// whole repository. The last one removes what the snapshot lacks and
+/// records the repository as done; a kill before it leaves the repository
+/// to be applied again, which is harmless.
 pub fn apply_repo(
     store: &mut Store,
     ingestor: &Ingestor,
     resolver: Option<&dyn Resolve>,
     car: &[u8],
 ) -> anyhow::Result<(String, RepoStats)> {
-    let repo = read_repo(car)?;
-    let rev = repo.rev.clone().unwrap_or_default();
-    if let Some(resolver) = resolver {
-        let Some(rev) = &repo.rev else {
-            bail!("{}: legacy (v2) commit, not verified", repo.did);
-        };
-        let key = resolver.signing_key(&repo.did)?;
-        crate::verify::verify_commit(repo.commit.1, &repo.did, rev, &key)
-            .with_context(|| format!("{}: commit does not verify", repo.did))?;
-    }
-    // Records go in chunks of CHUNK per transaction (the writer's batch), so
-    // the index work does not hold the whole repository; the last one removes
-    // what the snapshot lacks and records the repository as done. A kill
-    // before it leaves the repository to be applied again, which is harmless.
     const CHUNK: usize = 130_000;
-    let event = |changes| IndexEvent {
-        source: "backfill".into(),
-        cursor: None,
-        time: None,
-        changes,
-    };
-    let mut changes = Vec::with_capacity(CHUNK.min(repo.records.len()));
-    let mut kept = std::collections::HashSet::new();
-    let mut records = 0;
-    for (key, cid) in &repo.records {
-        let Some((collection, rkey)) = key.split_once('/') else {
-            continue;
-        };
-        if !ingestor.wants(collection) {
-            continue;
-        }
-        let block = repo.block(cid)?;
-        kept.insert(format!("at://{}/{key}", repo.did));
-        changes.push(ingestor.record_from_block(&repo.did, collection, rkey, cid, &rev, block));
-        records += 1;
-        if changes.len() == CHUNK {
-            store.apply(&[event(std::mem::take(&mut changes))])?;
-        }
-    }
-    // What the store holds for this DID that the snapshot no longer has.
-    let did = repo.did.clone();
-    let held: Vec<(String, String, String)> = store.readers().with_blocking(|c| {
-        let mut stmt = c.prepare("SELECT uri, collection, rkey FROM records WHERE did = ?")?;
-        let rows = stmt.query_map(params![did], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect()
-    })?;
-    let mut removed = 0;
-    for (uri, collection, rkey) in held {
-        if !kept.contains(&uri) {
-            changes.push(Change::Delete {
-                did: repo.did.clone(),
-                collection,
-                rkey,
-                rev: rev.clone(),
-            });
-            removed += 1;
-        }
-    }
-    store.apply_with(&[event(changes)], |conn| {
-        conn.execute(
-            "INSERT INTO backfill_repos (did, rev, done_at) VALUES (?, ?, current_timestamp::TIMESTAMP)
-             ON CONFLICT DO UPDATE SET rev = excluded.rev, done_at = excluded.done_at",
-            params![repo.did, rev],
-        )?;
+    let (mut records, mut removed) = (0, 0);
+    let (did, _) = snapshot_chunks(ingestor, resolver, car, CHUNK, |changes| {
+        records += changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Snapshot { .. }))
+            .count();
+        let mut events = [IndexEvent {
+            source: "backfill".into(),
+            cursor: None,
+            time: None,
+            changes,
+        }];
+        removed += store.expand_snapshots(&mut events)?;
+        store.apply(&events)?;
         Ok(())
     })?;
-    Ok((repo.did, RepoStats { records, removed }))
-}
-
-/// GET with retries: 429 and 5xx answers and connection errors are retried
-/// with backoff (1, 2, 4, 8 s), other answers returned.
-fn get_with_retries(
-    client: &reqwest::blocking::Client,
-    url: &str,
-) -> anyhow::Result<reqwest::blocking::Response> {
-    let mut wait = Duration::from_secs(1);
-    for attempt in 0..5 {
-        match client.get(url).send() {
-            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-                tracing::warn!(url, status = %r.status(), attempt, "retrying");
-            }
-            Ok(r) => return Ok(r),
-            Err(e) => tracing::warn!(url, error = %e, attempt, "retrying"),
-        }
-        std::thread::sleep(wait);
-        wait *= 2;
-    }
-    bail!("{url}: gave up after 5 attempts")
+    Ok((did, RepoStats { records, removed }))
 }
 
 /// Runs `lexview backfill`.
@@ -153,7 +88,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let ingestor = Ingestor::new(catalog, metrics.clone());
     let mut store = Store::open(&args.data)
         .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
-    let resolver: Option<Box<dyn Resolve>> = match args.verify {
+    let resolver: Option<Arc<dyn Resolve>> = match args.verify {
         crate::serve::Verify::None => None,
         crate::serve::Verify::Full => Some(crate::verify::resolver(
             &args.plc,

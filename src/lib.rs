@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mst;
 pub mod pipeline;
 pub mod repo;
+pub mod resync;
 pub mod search;
 pub mod serve;
 pub mod source;

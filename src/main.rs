@@ -101,6 +101,11 @@ struct ServeArgs {
     /// instead of the network, e.g. for a recording.
     #[arg(long, env = "LEXVIEW_DID_DOCS")]
     did_docs: Option<PathBuf>,
+    /// Repositories fetched at once (getRepo from their PDS) when a `#sync`
+    /// event, a broken commit chain or a reactivation asks for a resync;
+    /// 0 turns resyncs off (requests are kept for a later run).
+    #[arg(long, env = "LEXVIEW_RESYNC_CONCURRENCY", default_value_t = 4)]
+    resync_concurrency: usize,
     /// Writer batch: commit after this many events...
     #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
     batch_events: usize,
@@ -153,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                 plc: a.plc,
                 verify: a.verify,
                 did_docs: a.did_docs,
+                resync_concurrency: a.resync_concurrency,
                 writer: WriterConfig {
                     max_events: a.batch_events,
                     max_delay: std::time::Duration::from_millis(a.batch_ms),

@@ -108,6 +108,9 @@ pub enum Outcome {
         name: String,
         message: Option<String>,
     },
+    /// A well-formed event that is not applied, by rule: a seq not above the
+    /// source's last, or a commit of an account that is not active.
+    Dropped { reason: String },
 }
 
 /// Turns frames into index events, given the loaded lexicons.
@@ -117,6 +120,12 @@ pub struct Ingestor {
     metrics: Arc<Metrics>,
     /// Present with `--verify full`.
     verifier: Option<Arc<crate::verify::Verifier>>,
+    /// The last seq per firehose source, with [`Ingestor::with_seq_order`].
+    seqs: Option<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// Accounts whose last `#account` event said they are not active: their
+    /// commits are dropped (as a relay drops them), and their reactivation
+    /// asks for a resync of what they may have written meanwhile.
+    inactive: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Ingestor {
@@ -130,7 +139,57 @@ impl Ingestor {
             catalog,
             metrics,
             verifier: None,
+            seqs: None,
+            inactive: Default::default(),
         }
+    }
+
+    /// Drops firehose frames whose seq is not above the last one seen from
+    /// the same source (a relay's or PDS's seq only grows).
+    pub fn with_seq_order(mut self) -> Ingestor {
+        self.seqs = Some(Default::default());
+        self
+    }
+
+    /// Starts `source` after `seq` (its stored cursor): frames at or before
+    /// it were applied before a restart. Needs [`Ingestor::with_seq_order`].
+    pub fn resume_after(&self, source: &str, seq: i64) {
+        if let Some(seqs) = &self.seqs {
+            seqs.lock()
+                .expect("seqs lock")
+                .insert(source.to_string(), seq);
+        }
+    }
+
+    /// Accounts the store knows as not active (at start).
+    pub fn set_inactive(&self, dids: impl IntoIterator<Item = String>) {
+        self.inactive.lock().expect("inactive lock").extend(dids);
+    }
+
+    /// An account event: whether it changed the account's active state, and
+    /// a resync request when it reactivates it (commits made while it was
+    /// inactive were dropped).
+    fn account_changed(&self, did: &str, active: bool) -> (bool, Option<Change>) {
+        let mut inactive = self.inactive.lock().expect("inactive lock");
+        let was_active = !inactive.contains(did);
+        if active {
+            inactive.remove(did);
+        } else {
+            inactive.insert(did.to_string());
+        }
+        let resync = (!was_active && active).then(|| {
+            Metrics::inc(&self.metrics.resyncs_requested_total);
+            Change::Resync {
+                did: did.to_string(),
+                reason: "account reactivated".into(),
+            }
+        });
+        (was_active != active, resync)
+    }
+
+    /// Whether the last `#account` event for `did` said it is not active.
+    pub fn is_inactive(&self, did: &str) -> bool {
+        self.inactive.lock().expect("inactive lock").contains(did)
     }
 
     /// Verifies every commit that touches a loaded collection before using it.
@@ -176,6 +235,20 @@ impl Ingestor {
         let m = &self.metrics;
         Metrics::inc(&m.frames_total);
         let frame = decode_frame(bytes).inspect_err(|_| Metrics::inc(&m.frames_malformed_total))?;
+        if let (Some(seqs), Some(seq)) = (&self.seqs, frame.seq()) {
+            let mut seqs = seqs.lock().expect("seqs lock");
+            match seqs.get(source) {
+                Some(&last) if seq <= last => {
+                    Metrics::inc(&m.frames_stale_seq_total);
+                    return Ok(Outcome::Dropped {
+                        reason: format!("seq {seq} is not above {last}, the last from {source}"),
+                    });
+                }
+                _ => {
+                    seqs.insert(source.to_string(), seq);
+                }
+            }
+        }
         let mut event = IndexEvent {
             source: source.to_string(),
             cursor: frame.seq(),
@@ -184,6 +257,12 @@ impl Ingestor {
         match frame {
             Frame::Commit(c) => {
                 Metrics::inc(&m.commits_total);
+                if self.is_inactive(c.repo) {
+                    Metrics::inc(&m.commits_inactive_total);
+                    return Ok(Outcome::Dropped {
+                        reason: format!("commit {} of {}: account not active", c.rev, c.repo),
+                    });
+                }
                 event.time = Some(c.time.to_string());
                 event.changes = self
                     .commit_changes(&c, bytes)
@@ -208,12 +287,16 @@ impl Ingestor {
                     active: a.active,
                     status: a.status.map(str::to_string),
                 });
+                let (_, resync) = self.account_changed(a.did, a.active);
+                event.changes.extend(resync);
             }
             Frame::Sync(s) => {
-                // Resync from getRepo is the verifying path's job (issue 4);
-                // here the event only advances the cursor.
                 Metrics::inc(&m.sync_events_total);
-                tracing::debug!(did = s.did, rev = s.rev, "#sync event");
+                event.time = Some(s.time.to_string());
+                event.changes.extend(
+                    self.sync_change(&s, bytes)
+                        .inspect_err(|_| Metrics::inc(&m.commits_rejected_total))?,
+                );
             }
             Frame::Info(i) => {
                 Metrics::inc(&m.info_frames_total);
@@ -258,6 +341,13 @@ impl Ingestor {
             ..Default::default()
         };
         match (ev.kind.as_str(), ev.commit, ev.identity, ev.account) {
+            ("commit", Some(_), _, _) if self.is_inactive(&ev.did) => {
+                Metrics::inc(&m.commits_total);
+                Metrics::inc(&m.commits_inactive_total);
+                return Ok(Outcome::Dropped {
+                    reason: format!("commit of {}: account not active", ev.did),
+                });
+            }
             ("commit", Some(c), _, _) => {
                 Metrics::inc(&m.commits_total);
                 event.changes = self
@@ -275,11 +365,13 @@ impl Ingestor {
             }
             ("account", _, _, Some(a)) => {
                 Metrics::inc(&m.account_events_total);
+                let (_, resync) = self.account_changed(&ev.did, a.active);
                 event.changes.push(Change::Account {
                     did: ev.did,
                     active: a.active,
                     status: a.status,
                 });
+                event.changes.extend(resync);
             }
             (kind, ..) => {
                 Metrics::inc(&m.unknown_frames_total);
@@ -428,6 +520,14 @@ impl Ingestor {
             .collect();
         Metrics::add(&m.ops_skipped_total, (c.ops.len() - wanted.len()) as u64);
         if wanted.is_empty() {
+            // Not verified (a signature costs ~70 us), but its MST root is
+            // remembered so the next verified commit's chain can be checked.
+            if let Some(verifier) = &self.verifier {
+                let data = read_car(c.blocks)
+                    .ok()
+                    .and_then(|b| crate::verify::commit_data(b.blocks.get(&c.commit)?).ok());
+                verifier.passed_over(c.repo, data);
+            }
             return Ok(Vec::new());
         }
         if !is_valid_did(c.repo) {
@@ -444,6 +544,7 @@ impl Ingestor {
         };
         // Only commits that touch a loaded collection get here: a signature
         // check costs ~70 us.
+        let mut resync = None;
         if let Some(verifier) = &self.verifier {
             let checked = blocks
                 .get(&c.commit)
@@ -462,9 +563,23 @@ impl Ingestor {
                     check_proof(c, &blocks, &v.data).map(|()| v)
                 });
             match checked {
-                Ok(_) => {
-                    verifier.accepted(c.repo, c.rev);
+                Ok(v) => {
                     Metrics::inc(&m.commits_verified_total);
+                    let chain = verifier.accepted(c.repo, c.rev, v.data, c.prev_data);
+                    if chain == crate::verify::Chain::Broken {
+                        // Applied (it is authentic), and the repo is fetched
+                        // whole, since something between was missed.
+                        Metrics::inc(&m.resyncs_requested_total);
+                        tracing::warn!(
+                            repo = c.repo,
+                            rev = c.rev,
+                            "prevData does not follow the last commit seen: resync"
+                        );
+                        resync = Some(Change::Resync {
+                            did: c.repo.to_string(),
+                            reason: format!("broken chain at rev {}", c.rev),
+                        });
+                    }
                 }
                 Err(e) => {
                     use crate::verify::VerifyError as V;
@@ -559,6 +674,51 @@ impl Ingestor {
                 }
             }
         }
+        changes.extend(resync);
         Ok(changes)
+    }
+
+    /// A `#sync` event: the repo's state changed without the commits on the
+    /// stream. With a verifier its commit is checked (signature, DID, rev
+    /// order) and the repo resynced unless its MST root is the one already
+    /// known; without one, the repo is resynced.
+    fn sync_change(
+        &self,
+        s: &crate::decode::frame::Sync<'_>,
+        frame: &[u8],
+    ) -> Result<Option<Change>, IngestError> {
+        let reject = |reason: String| IngestError::CommitRejected {
+            seq: s.seq,
+            repo: s.did.to_string(),
+            reason,
+        };
+        if !is_valid_did(s.did) {
+            return Err(reject(format!("#sync for {:?}: not a valid DID", s.did)));
+        }
+        if let Some(verifier) = &self.verifier {
+            let car = read_car(s.blocks).map_err(|e| reject(e.to_string()))?;
+            let root = car
+                .roots
+                .first()
+                .ok_or_else(|| reject("#sync CAR has no root".into()))?;
+            let block = car
+                .blocks
+                .get(root)
+                .ok_or_else(|| reject("#sync commit block missing".into()))?;
+            verify_block(root, block).map_err(|e| reject(e.to_string()))?;
+            let v = verifier
+                .verify(&crate::verify::frame_key(frame), block, s.did, s.rev)
+                .map_err(|e| reject(format!("#sync verification failed ({}): {e}", e.reason())))?;
+            let known = verifier.last_data(s.did);
+            verifier.accepted(s.did, s.rev, v.data, None);
+            if known == Some(v.data) {
+                return Ok(None);
+            }
+        }
+        Metrics::inc(&self.metrics.resyncs_requested_total);
+        Ok(Some(Change::Resync {
+            did: s.did.to_string(),
+            reason: format!("#sync at rev {}", s.rev),
+        }))
     }
 }

@@ -893,7 +893,7 @@ impl Search {
             Change::Delete { collection, .. } => fields.covers(collection),
             Change::Invalid(q) => fields.covers(&q.collection),
             Change::Account { .. } => true,
-            Change::Identity { .. } => false,
+            Change::Identity { .. } | Change::Resync { .. } | Change::Snapshot { .. } => false,
         };
         let picked: Vec<IndexEvent> = batch
             .iter()

@@ -22,8 +22,8 @@ use crate::source::{firehose, jetstream, replay, RawFrame, SourceSpec, Wire};
 /// Whether commits are verified before they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Verify {
-    /// Check each commit's signature against its DID document, its DID and
-    /// its rev order (MST proofs are not checked yet: issue 4).
+    /// Check each commit's signature against its DID document, its DID,
+    /// its rev order and (with `prevData`) its Sync 1.1 proof.
     Full,
     /// Trust the source.
     None,
@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub verify: Verify,
     /// With `verify`, keys from this `{did: document}` file, not the network.
     pub did_docs: Option<PathBuf>,
+    /// Repositories resynced at once; 0: none (requests stay in `resyncs`).
+    pub resync_concurrency: usize,
     pub writer: WriterConfig,
 }
 
@@ -101,6 +103,17 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         tracing::info!(source = %id, ?cursor, "source position");
         resume.insert(id.clone(), cursor);
     }
+    let (inactive, pending_resyncs) = store.readers().with_blocking(|c| {
+        let dids = |sql: &str| -> duckdb::Result<Vec<String>> {
+            let mut stmt = c.prepare(sql)?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        };
+        Ok((
+            dids("SELECT did FROM actors WHERE NOT active")?,
+            dids("SELECT did FROM resyncs ORDER BY requested_at")?,
+        ))
+    })?;
 
     let shutdown = CancellationToken::new();
     let (raw_tx, raw_rx) = mpsc::channel::<RawFrame>(1024);
@@ -139,14 +152,53 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     drop(raw_tx);
 
     let shared_catalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
+    // One resolver (and its cache) for verification and resyncs.
+    let resolver = crate::verify::resolver(&cfg.plc, cfg.did_docs.as_deref())?;
+    let (fetched_tx, fetched_rx) = mpsc::unbounded_channel();
+    let workers = if cfg.resync_concurrency > 0 {
+        Some(Arc::new(crate::resync::Workers::start(
+            cfg.resync_concurrency,
+            resolver.clone(),
+            Arc::new(Ingestor::shared(shared_catalog.clone(), metrics.clone())),
+            cfg.verify == Verify::Full,
+            fetched_tx,
+        )?))
+    } else {
+        None
+    };
     let ingest = {
-        let mut ingestor = Ingestor::shared(shared_catalog.clone(), metrics.clone());
+        let mut ingestor =
+            Ingestor::shared(shared_catalog.clone(), metrics.clone()).with_seq_order();
         if cfg.verify == Verify::Full {
-            ingestor = ingestor.with_verifier(Arc::new(verifier(&cfg)?));
+            tracing::info!(plc = %cfg.plc, did_docs = ?cfg.did_docs, "verifying commits");
+            ingestor =
+                ingestor.with_verifier(Arc::new(crate::verify::Verifier::shared(resolver.clone())));
         }
+        for (source, cursor) in &resume {
+            if let Some(seq) = cursor {
+                ingestor.resume_after(source, *seq);
+            }
+        }
+        ingestor.set_inactive(inactive);
+        let mut router = crate::resync::Router::new(cfg.resync_concurrency, metrics.clone());
+        for did in &pending_resyncs {
+            router.request(did);
+        }
+        if !pending_resyncs.is_empty() {
+            tracing::info!(
+                repos = pending_resyncs.len(),
+                "resuming resyncs left unfinished"
+            );
+        }
+        let ctx = IngestContext {
+            handle: tokio::runtime::Handle::current(),
+            workers: workers.clone(),
+            fetched: fetched_rx,
+            shutdown: shutdown.clone(),
+        };
         std::thread::Builder::new()
             .name("lexview-ingest".into())
-            .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, resume))?
+            .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, router, ctx))?
     };
     // The writer owns the store; the API reads through the store's read pool.
     let readers = store.readers();
@@ -247,6 +299,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+    if let Some(w) = workers {
+        let _ = tokio::task::spawn_blocking(move || w.close()).await;
+    }
     let _store = writer.await.context("writer task")?;
     tracing::info!("writer drained; all received events are committed");
     let _ = tokio::task::spawn_blocking(move || search.close()).await;
@@ -254,18 +309,71 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the ingest thread needs besides frames: resync workers and their
+/// results, and the shutdown signal.
+struct IngestContext {
+    handle: tokio::runtime::Handle,
+    workers: Option<Arc<crate::resync::Workers>>,
+    fetched: mpsc::UnboundedReceiver<crate::resync::Fetched>,
+    shutdown: CancellationToken,
+}
+
+/// What the ingest thread waits for.
+enum Input {
+    Frame(Option<RawFrame>),
+    Fetched(crate::resync::Fetched),
+    Stop,
+}
+
 fn ingest_loop(
     ingestor: Ingestor,
     mut rx: mpsc::Receiver<RawFrame>,
     tx: mpsc::Sender<IndexEvent>,
-    resume: HashMap<String, Option<i64>>,
+    mut router: crate::resync::Router,
+    mut ctx: IngestContext,
 ) {
     // Frames are taken in rounds of what is waiting (up to ROUND), so that
     // signature checks can run in parallel before the frames are handled one
     // by one, in order.
     const ROUND: usize = 256;
     let mut round: Vec<RawFrame> = Vec::with_capacity(ROUND);
-    while let Some(first) = rx.blocking_recv() {
+    let mut sources_open = true;
+    loop {
+        if let Some(workers) = &ctx.workers {
+            for did in router.start_fetches() {
+                tracing::info!(did, "resync: fetching the repository");
+                workers.fetch(&did);
+            }
+        }
+        if !sources_open && (router.idle() || ctx.workers.is_none()) {
+            return;
+        }
+        let input = ctx.handle.block_on(async {
+            tokio::select! {
+                biased;
+                Some(f) = ctx.fetched.recv() => Input::Fetched(f),
+                f = rx.recv(), if sources_open => Input::Frame(f),
+                _ = ctx.shutdown.cancelled(), if !sources_open => Input::Stop,
+            }
+        });
+        let first = match input {
+            Input::Fetched(f) => {
+                for ev in router.finished(f) {
+                    if tx.blocking_send(ev).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            // Sources are done, but resyncs are in flight: wait for them
+            // (unless shutting down: they are resumed on the next start).
+            Input::Frame(None) => {
+                sources_open = false;
+                continue;
+            }
+            Input::Stop => return,
+            Input::Frame(Some(f)) => f,
+        };
         round.push(first);
         while round.len() < ROUND {
             match rx.try_recv() {
@@ -282,19 +390,19 @@ fn ingest_loop(
             ingestor.precheck(&firehose);
         }
         for frame in round.drain(..) {
-            if !handle_frame(&ingestor, &frame, &resume, &tx) {
+            if !handle_frame(&ingestor, &frame, &mut router, &tx) {
                 return;
             }
         }
     }
 }
 
-/// Ingests one frame and hands its event to the writer; false once the
-/// writer is gone.
+/// Ingests one frame and hands its events to the writer (through the resync
+/// router); false once the writer is gone.
 fn handle_frame(
     ingestor: &Ingestor,
     frame: &RawFrame,
-    resume: &HashMap<String, Option<i64>>,
+    router: &mut crate::resync::Router,
     tx: &mpsc::Sender<IndexEvent>,
 ) -> bool {
     let processed = match frame.wire {
@@ -303,15 +411,17 @@ fn handle_frame(
     };
     match processed {
         Ok(Outcome::Event(ev)) => {
-            let already = resume.get(&*frame.source).copied().flatten();
-            if let (Some(seq), Some(done), Wire::Firehose) = (ev.cursor, already, frame.wire) {
-                if seq <= done {
-                    return true; // applied before a restart
+            // Firehose events at or before the stored cursor were dropped by
+            // the ingestor's seq order. Jetstream resumes rewound and out of
+            // time order: its events are applied again, which is harmless.
+            for ev in router.route(ev) {
+                if tx.blocking_send(ev).is_err() {
+                    return false;
                 }
             }
-            // Jetstream resumes rewound and out of time order: its events
-            // are applied again, which is harmless.
-            return tx.blocking_send(ev).is_ok();
+        }
+        Ok(Outcome::Dropped { reason }) => {
+            tracing::debug!(source = %frame.source, "event dropped: {reason}");
         }
         Ok(Outcome::SourceError { error, message }) => {
             tracing::warn!(source = %frame.source, error, ?message, "error frame from source");
@@ -387,14 +497,6 @@ fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
         "lexicons reloaded"
     );
     Ok(())
-}
-
-/// The commit verifier: keys from `--did-docs`, or resolved through `--plc`
-/// and did:web (cached for an hour, or until an `#identity` event).
-fn verifier(cfg: &ServeConfig) -> anyhow::Result<crate::verify::Verifier> {
-    let resolver = crate::verify::resolver(&cfg.plc, cfg.did_docs.as_deref())?;
-    tracing::info!(plc = %cfg.plc, did_docs = ?cfg.did_docs, "verifying commits");
-    Ok(crate::verify::Verifier::new(resolver))
 }
 
 /// Opens the search index, fills it from the store where it lags, and starts

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -257,19 +257,48 @@ pub fn verify_commit(
     })
 }
 
+/// The MST root (`data`) of a commit block, unverified.
+pub fn commit_data(block: &[u8]) -> Result<Cid, VerifyError> {
+    #[derive(serde::Deserialize)]
+    struct Data {
+        data: Cid,
+    }
+    serde_ipld_dagcbor::from_slice::<Data>(block)
+        .map(|d| d.data)
+        .map_err(|e| VerifyError::CommitBlock(e.to_string()))
+}
+
 // ---- resolution ----
 
 /// Where signing keys come from.
 pub trait Resolve: Send + Sync {
     /// The current signing key of `did`, from a cache or the network.
     fn signing_key(&self, did: &str) -> Result<PublicKey, VerifyError>;
+    /// The PDS that hosts `did`'s repository (the DID document's
+    /// `#atproto_pds` service), for fetching it with `getRepo`.
+    fn pds_endpoint(&self, did: &str) -> Result<String, VerifyError>;
     /// Forgets what is cached for `did` (an `#identity` event, or a
     /// signature that failed with the cached key).
     fn invalidate(&self, did: &str);
 }
 
+/// The `#atproto_pds` service endpoint of a DID document.
+pub fn pds_of_document(doc: &Value) -> Option<String> {
+    doc.get("service")?
+        .as_array()?
+        .iter()
+        .find(|s| {
+            s.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.ends_with("#atproto_pds"))
+        })?
+        .get("serviceEndpoint")?
+        .as_str()
+        .map(|e| e.trim_end_matches('/').to_string())
+}
+
 /// Keys from a fixed map of DID documents (tests, benchmarks, offline runs).
-pub struct StaticResolver(HashMap<String, PublicKey>);
+pub struct StaticResolver(HashMap<String, PublicKey>, HashMap<String, String>);
 
 impl StaticResolver {
     /// From a JSON object `{did: document}` (like the Jetstream corpus's
@@ -281,7 +310,13 @@ impl StaticResolver {
             .flatten()
             .filter_map(|(did, doc)| Some((did.clone(), PublicKey::from_did_document(doc).ok()?)))
             .collect();
-        StaticResolver(keys)
+        let hosts = docs
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(did, doc)| Some((did.clone(), pds_of_document(doc)?)))
+            .collect();
+        StaticResolver(keys, hosts)
     }
 }
 
@@ -302,10 +337,10 @@ impl StaticResolver {
 pub fn resolver(
     plc: &str,
     did_docs: Option<&std::path::Path>,
-) -> Result<Box<dyn Resolve>, VerifyError> {
+) -> Result<Arc<dyn Resolve>, VerifyError> {
     Ok(match did_docs {
-        Some(path) => Box::new(StaticResolver::from_file(path)?),
-        None => Box::new(HttpResolver::new(plc, Duration::from_secs(3600))),
+        Some(path) => Arc::new(StaticResolver::from_file(path)?),
+        None => Arc::new(HttpResolver::new(plc, Duration::from_secs(3600))),
     })
 }
 
@@ -316,6 +351,12 @@ impl Resolve for StaticResolver {
             .cloned()
             .ok_or_else(|| VerifyError::Resolve(format!("no DID document for {did}")))
     }
+    fn pds_endpoint(&self, did: &str) -> Result<String, VerifyError> {
+        self.1
+            .get(did)
+            .cloned()
+            .ok_or_else(|| VerifyError::Resolve(format!("no #atproto_pds service for {did}")))
+    }
     fn invalidate(&self, _did: &str) {}
 }
 
@@ -325,7 +366,7 @@ impl Resolve for StaticResolver {
 pub struct HttpResolver {
     plc: String,
     client: reqwest::blocking::Client,
-    cache: Mutex<lru::LruCache<String, (Instant, PublicKey)>>,
+    cache: Mutex<lru::LruCache<String, (Instant, Resolved)>>,
     ttl: Duration,
 }
 
@@ -362,7 +403,7 @@ impl HttpResolver {
         }
     }
 
-    fn fetch(&self, did: &str) -> Result<PublicKey, VerifyError> {
+    fn fetch(&self, did: &str) -> Result<Resolved, VerifyError> {
         let url = self.document_url(did)?;
         let resp = self
             .client
@@ -383,23 +424,42 @@ impl HttpResolver {
                 "{url}: document is not for {did}"
             )));
         }
-        PublicKey::from_did_document(&doc)
+        Ok(Resolved {
+            key: PublicKey::from_did_document(&doc)?,
+            pds: pds_of_document(&doc),
+        })
     }
+
+    fn resolve(&self, did: &str) -> Result<Resolved, VerifyError> {
+        if let Some((at, r)) = self.cache.lock().expect("resolver cache").get(did) {
+            if at.elapsed() < self.ttl {
+                return Ok(r.clone());
+            }
+        }
+        let r = self.fetch(did)?;
+        self.cache
+            .lock()
+            .expect("resolver cache")
+            .put(did.to_string(), (Instant::now(), r.clone()));
+        Ok(r)
+    }
+}
+
+/// What a DID document says that lexview uses.
+#[derive(Debug, Clone)]
+struct Resolved {
+    key: PublicKey,
+    pds: Option<String>,
 }
 
 impl Resolve for HttpResolver {
     fn signing_key(&self, did: &str) -> Result<PublicKey, VerifyError> {
-        if let Some((at, key)) = self.cache.lock().expect("resolver cache").get(did) {
-            if at.elapsed() < self.ttl {
-                return Ok(key.clone());
-            }
-        }
-        let key = self.fetch(did)?;
-        self.cache
-            .lock()
-            .expect("resolver cache")
-            .put(did.to_string(), (Instant::now(), key.clone()));
-        Ok(key)
+        Ok(self.resolve(did)?.key)
+    }
+    fn pds_endpoint(&self, did: &str) -> Result<String, VerifyError> {
+        self.resolve(did)?
+            .pds
+            .ok_or_else(|| VerifyError::Resolve(format!("{did}: no #atproto_pds service")))
     }
     fn invalidate(&self, did: &str) {
         self.cache.lock().expect("resolver cache").pop(did);
@@ -417,15 +477,35 @@ pub fn frame_key(frame: &[u8]) -> FrameKey {
     sha2::Sha256::digest(frame).into()
 }
 
+/// What the verifier remembers of a repo: its last accepted rev and, when
+/// the commit carried it, the MST root (`data`) at that rev.
+#[derive(Debug, Clone)]
+struct RepoHead {
+    rev: String,
+    data: Option<Cid>,
+}
+
+/// Whether a commit continues the repo's chain as the verifier knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// Its `prevData` is the data of the last accepted commit.
+    Continues,
+    /// Nothing to compare (first commit seen, or no `prevData`).
+    Unknown,
+    /// Its `prevData` is not the last accepted commit's data: commits were
+    /// missed (or the repo changed out of band), so the repo needs a resync.
+    Broken,
+}
+
 /// Verifies commits for the ingest pipeline and remembers each repo's last
-/// rev (in memory: after a restart the first commit of a repo is checked
-/// against nothing).
+/// rev and data CID (in memory: after a restart the first commit of a repo
+/// is checked against nothing).
 pub struct Verifier {
-    resolver: Box<dyn Resolve>,
-    /// The last accepted rev per repo, for the most recently active million
-    /// repos (~100 MB at most): a repo that fell out is checked against
+    resolver: Arc<dyn Resolve>,
+    /// The last accepted head per repo, for the most recently active million
+    /// repos (~150 MB at most): a repo that fell out is checked against
     /// nothing, as after a restart.
-    revs: Mutex<lru::LruCache<String, String, foldhash::fast::RandomState>>,
+    revs: Mutex<lru::LruCache<String, RepoHead, foldhash::fast::RandomState>>,
     rev_order: bool,
     /// Commits already checked by [`Verifier::precheck`], by the SHA-256 of
     /// their whole frame: any other frame (even one carrying the same commit
@@ -435,6 +515,11 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(resolver: Box<dyn Resolve>) -> Verifier {
+        Verifier::shared(Arc::from(resolver))
+    }
+
+    /// A verifier over a resolver others use too (resync shares its cache).
+    pub fn shared(resolver: Arc<dyn Resolve>) -> Verifier {
         Verifier {
             resolver,
             revs: Mutex::new(lru::LruCache::with_hasher(
@@ -495,10 +580,10 @@ impl Verifier {
         rev: &str,
     ) -> Result<VerifiedCommit, VerifyError> {
         if let Some(last) = self.revs.lock().expect("revs lock").peek(repo) {
-            if self.rev_order && rev <= last.as_str() {
+            if self.rev_order && rev <= last.rev.as_str() {
                 return Err(VerifyError::RevNotNewer {
                     rev: rev.to_string(),
-                    last: last.clone(),
+                    last: last.rev.clone(),
                 });
             }
         }
@@ -528,13 +613,44 @@ impl Verifier {
         Ok(verified)
     }
 
-    /// Records `rev` as the repo's latest, once every check of its commit
-    /// passed (a rejected commit must not move the rev order on).
-    pub fn accepted(&self, repo: &str, rev: &str) {
-        self.revs
-            .lock()
-            .expect("revs lock")
-            .put(repo.to_string(), rev.to_string());
+    /// Records `rev` (with MST root `data`) as the repo's latest, once every
+    /// check of its commit passed (a rejected commit must not move the rev
+    /// order on), and says whether `prev_data` continued the chain.
+    pub fn accepted(&self, repo: &str, rev: &str, data: Cid, prev_data: Option<Cid>) -> Chain {
+        let mut revs = self.revs.lock().expect("revs lock");
+        let chain = match (revs.peek(repo).and_then(|h| h.data), prev_data) {
+            (Some(last), Some(prev)) if last == prev => Chain::Continues,
+            (Some(_), Some(_)) => Chain::Broken,
+            _ => Chain::Unknown,
+        };
+        revs.put(
+            repo.to_string(),
+            RepoHead {
+                rev: rev.to_string(),
+                data: Some(data),
+            },
+        );
+        chain
+    }
+
+    /// A commit that was not verified (it touches no loaded collection):
+    /// its MST root (if it could be read) becomes the one the next commit's
+    /// `prevData` is compared with; the rev order stays with verified commits.
+    pub fn passed_over(&self, repo: &str, data: Option<Cid>) {
+        let mut revs = self.revs.lock().expect("revs lock");
+        if let Some(head) = revs.get_mut(repo) {
+            head.data = data;
+        }
+    }
+
+    /// The MST root of the repo's last accepted commit, if known.
+    pub fn last_data(&self, repo: &str) -> Option<Cid> {
+        self.revs.lock().expect("revs lock").peek(repo)?.data
+    }
+
+    /// The resolver this verifier uses.
+    pub fn resolver(&self) -> Arc<dyn Resolve> {
+        self.resolver.clone()
     }
 
     /// An `#identity` event: the DID's key may have changed.

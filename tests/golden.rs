@@ -39,6 +39,9 @@ fn production_frames_match_production_jetstream() {
                     format!("commit {} {} {} {}", q.did, q.rev, q.collection, q.rkey),
                     json!({"cid": q.cid, "record": q.record}),
                 ),
+                Change::Resync { did, .. } | Change::Snapshot { did, .. } => {
+                    panic!("no #sync in this corpus, no resync for {did}")
+                }
                 Change::Delete {
                     did,
                     collection,

@@ -98,6 +98,8 @@ pub struct Sync<'a> {
     pub rev: &'a str,
     #[serde(borrow, with = "serde_bytes")]
     pub blocks: &'a [u8],
+    #[serde(borrow)]
+    pub time: &'a str,
 }
 
 /// `#info`, e.g. `OutdatedCursor`.

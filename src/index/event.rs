@@ -111,6 +111,20 @@ pub enum Change {
         active: bool,
         status: Option<String>,
     },
+    /// The repository of `did` must be fetched again (`getRepo`) and applied
+    /// as a snapshot; kept in `resyncs` until a [`Change::Snapshot`] for it.
+    Resync { did: String, reason: String },
+    /// The end of a repository snapshot at `rev`: every record of `did` the
+    /// index holds (including those written earlier in the same batch) that
+    /// is not in `keep` is deleted. The snapshot's records come as `Put`s
+    /// before it (possibly in earlier batches). `keep` is `None` once
+    /// `Store::expand_snapshots` has turned it into explicit `Delete`s
+    /// placed before it (so that search and subscribers see them).
+    Snapshot {
+        did: String,
+        rev: String,
+        keep: Option<std::sync::Arc<std::collections::HashSet<String>>>,
+    },
 }
 
 impl Change {

@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "003_backfill.sql",
         include_str!("../../schema/003_backfill.sql"),
     ),
+    (
+        4,
+        "004_resync.sql",
+        include_str!("../../schema/004_resync.sql"),
+    ),
 ];
 
 /// Store errors.
@@ -63,6 +68,8 @@ pub struct ApplyStats {
     pub restored: usize,
     /// Records removed with their deleted accounts.
     pub purged: usize,
+    /// Records removed because a repository snapshot no longer had them.
+    pub deletes_by_snapshot: usize,
 }
 
 /// Which way [`Store::move_account`] moves an account's rows.
@@ -233,6 +240,10 @@ impl Store {
             ..Default::default()
         };
         let clock = std::time::Instant::now();
+        let snapshot_deletes = self.snapshot_deletes(events)?;
+        let mut snapshots = snapshot_deletes.iter();
+        // Resyncs asked for and snapshots applied, in batch order.
+        let mut resyncs: Vec<(&str, Option<&str>, &str)> = Vec::new();
         // The final state of every record the batch touches: later changes win.
         let mut changes: Vec<(Cow<str>, &Change)> = Vec::new();
         let mut actors: IndexMap<&str, ActorUpdate> = IndexMap::new();
@@ -240,6 +251,17 @@ impl Store {
         for ev in events {
             for change in &ev.changes {
                 match change {
+                    Change::Resync { did, reason } => resyncs.push((did, Some(reason), "")),
+                    Change::Snapshot { did, rev, keep } => {
+                        if keep.is_some() {
+                            let deletes = snapshots.next().expect("one list per snapshot");
+                            for d in deletes {
+                                changes.push((d.record_uri().expect("a delete"), d));
+                            }
+                            stats.deletes_by_snapshot += deletes.len();
+                        }
+                        resyncs.push((did, None, rev));
+                    }
                     Change::Identity { did, handle } => {
                         actors.entry(did).or_default().0 = Some(handle.as_deref())
                     }
@@ -396,6 +418,24 @@ impl Store {
                 }
             }
         }
+        for (did, reason, rev) in resyncs {
+            match reason {
+                Some(reason) => self.conn.execute(
+                    "INSERT INTO resyncs (did, reason, requested_at) VALUES (?, ?, ?)
+                     ON CONFLICT DO UPDATE SET reason = excluded.reason, requested_at = excluded.requested_at",
+                    params![did, reason, now],
+                )?,
+                None => {
+                    self.conn
+                        .execute("DELETE FROM resyncs WHERE did = ?", params![did])?;
+                    self.conn.execute(
+                        "INSERT INTO backfill_repos (did, rev, done_at) VALUES (?, ?, ?)
+                         ON CONFLICT DO UPDATE SET rev = excluded.rev, done_at = excluded.done_at",
+                        params![did, rev, now],
+                    )?
+                }
+            };
+        }
         for (source, (cursor, time)) in cursors {
             self.conn.execute(
                 "INSERT INTO cursors (source, cursor, event_time, updated_at) VALUES (?, ?, ?, ?)
@@ -419,6 +459,90 @@ impl Store {
 }
 
 impl Store {
+    /// Turns every `Snapshot` in `events` into explicit `Delete`s placed
+    /// before it (its `keep` becomes `None`), so that what reads the batch
+    /// after the commit (search, subscriptions, caches) sees them. Idempotent.
+    pub fn expand_snapshots(&self, events: &mut [IndexEvent]) -> Result<usize> {
+        let lists = self.snapshot_deletes(events)?;
+        if lists.is_empty() {
+            return Ok(0);
+        }
+        let mut lists = lists.into_iter();
+        let mut n = 0;
+        for ev in events.iter_mut() {
+            if !ev
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Snapshot { keep: Some(_), .. }))
+            {
+                continue;
+            }
+            let mut out = Vec::with_capacity(ev.changes.len());
+            for mut change in std::mem::take(&mut ev.changes) {
+                if let Change::Snapshot { keep, .. } = &mut change {
+                    if keep.take().is_some() {
+                        let deletes = lists.next().expect("one list per snapshot");
+                        n += deletes.len();
+                        out.extend(deletes);
+                    }
+                }
+                out.push(change);
+            }
+            ev.changes = out;
+        }
+        Ok(n)
+    }
+
+    /// For each `Snapshot` in `events` that still has its `keep`, in order: deletes for the records of
+    /// its DID that the store holds or that the batch wrote before it, and
+    /// that it does not keep.
+    fn snapshot_deletes(&self, events: &[IndexEvent]) -> Result<Vec<Vec<Change>>> {
+        let mut out = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
+            for (j, change) in ev.changes.iter().enumerate() {
+                let Change::Snapshot {
+                    did,
+                    rev,
+                    keep: Some(keep),
+                } = change
+                else {
+                    continue;
+                };
+                let mut stmt = self
+                    .conn
+                    .prepare_cached("SELECT collection, rkey FROM records WHERE did = ?")?;
+                let mut held: indexmap::IndexSet<(String, String)> = stmt
+                    .query_map(params![did], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<duckdb::Result<_>>()?;
+                let earlier = events[..i]
+                    .iter()
+                    .flat_map(|e| e.changes.iter())
+                    .chain(ev.changes[..j].iter());
+                for c in earlier {
+                    if let Change::Put(w) = c {
+                        if w.did == *did {
+                            held.insert((w.collection.clone(), w.rkey.clone()));
+                        }
+                    }
+                }
+                out.push(
+                    held.into_iter()
+                        .filter(|(collection, rkey)| {
+                            !keep.contains(&format!("at://{did}/{collection}/{rkey}"))
+                        })
+                        .map(|(collection, rkey)| Change::Delete {
+                            did: did.clone(),
+                            collection,
+                            rkey,
+                            rev: rev.clone(),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Moves every record and link of `did` out of view (or back), keeping
     /// `link_counts` exact: the moved links are subtracted (or added). On a
     /// restore, a hidden version of a URI that was written again meanwhile

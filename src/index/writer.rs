@@ -112,7 +112,11 @@ async fn commit(
     let mut attempt = 0u32;
     loop {
         let (s, b, result) = tokio::task::spawn_blocking(move || {
-            let r = store.apply(&batch);
+            // Snapshots become explicit deletes first, so that `on_commit`
+            // (search, subscriptions, caches) sees every removed record.
+            let r = store
+                .expand_snapshots(&mut batch)
+                .and_then(|_| store.apply(&batch));
             (store, batch, r)
         })
         .await

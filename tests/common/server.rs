@@ -68,6 +68,9 @@ impl Server {
             ])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
             .env("LEXVIEW_LOG", "info")
+            // Nothing leaves loopback: a DID lookup (for a resync) that a
+            // test does not point at its own PLC fails at once.
+            .env("LEXVIEW_PLC", "http://127.0.0.1:9")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for s in sources {

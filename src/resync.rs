@@ -1,0 +1,520 @@
+//! Resync: a repository fetched whole from its PDS (`getRepo`) and applied
+//! as a snapshot, after a `#sync` event, a broken commit chain or a
+//! reactivation (see `pipeline`), with the live events of that repository
+//! held back meanwhile and applied after the snapshot, by rev, so the
+//! cut-over has no gap and no double count.
+//!
+//! [`Router`] runs on the ingest thread and decides, per event, whether it
+//! goes to the writer now or waits behind its repository's snapshot; it
+//! starts at most `max_in_flight` fetches at a time. The fetches run on
+//! [`Workers`] threads (blocking HTTP, like backfill).
+//!
+//! **Cursor invariant.** A source's cursor handed to the writer never passes
+//! an event that is held back: while repositories are in flight, events go
+//! out with the cursor each source had when the oldest of them started, and
+//! the held-back events themselves go out without one. A restart replays
+//! from there (applying is idempotent) and resumes the unfinished resyncs
+//! from the `resyncs` table.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::mpsc;
+
+use crate::index::event::{Change, IndexEvent};
+use crate::metrics::Metrics;
+use crate::pipeline::Ingestor;
+use crate::repo::read_repo;
+use crate::verify::Resolve;
+
+/// A repository read whole, as changes: a `Put` (or `Invalid`) per record
+/// of a loaded collection, then the `Snapshot` that removes the rest.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub did: String,
+    pub rev: String,
+    pub changes: Vec<Change>,
+}
+
+/// What a fetch produced.
+#[derive(Debug)]
+pub enum Fetched {
+    Done(Snapshot),
+    Failed { did: String, error: String },
+}
+
+/// The changes that make the index hold exactly the repository `car`'s
+/// records of loaded collections. With `resolver`, the commit's signature is
+/// checked against the DID's key first; every block read is hash-checked.
+pub fn snapshot_of(
+    ingestor: &Ingestor,
+    resolver: Option<&dyn Resolve>,
+    car: &[u8],
+) -> anyhow::Result<Snapshot> {
+    let mut changes = Vec::new();
+    let (did, rev) = snapshot_chunks(ingestor, resolver, car, usize::MAX, |chunk| {
+        changes.extend(chunk);
+        Ok(())
+    })?;
+    Ok(Snapshot { did, rev, changes })
+}
+
+/// As [`snapshot_of`], handing the changes to `emit` in chunks of at most
+/// `chunk` records (the last one ends with the `Snapshot`), so a large
+/// repository is never held as changes whole. Returns the DID and rev.
+pub fn snapshot_chunks(
+    ingestor: &Ingestor,
+    resolver: Option<&dyn Resolve>,
+    car: &[u8],
+    chunk: usize,
+    mut emit: impl FnMut(Vec<Change>) -> anyhow::Result<()>,
+) -> anyhow::Result<(String, String)> {
+    let repo = read_repo(car)?;
+    let rev = repo.rev.clone().unwrap_or_default();
+    if let Some(resolver) = resolver {
+        let Some(rev) = &repo.rev else {
+            bail!("{}: legacy (v2) commit, not verified", repo.did);
+        };
+        let key = resolver.signing_key(&repo.did)?;
+        crate::verify::verify_commit(repo.commit.1, &repo.did, rev, &key)
+            .with_context(|| format!("{}: commit does not verify", repo.did))?;
+    }
+    let mut changes = Vec::with_capacity(chunk.min(repo.records.len() + 1));
+    let mut keep = HashSet::new();
+    for (key, cid) in &repo.records {
+        let Some((collection, rkey)) = key.split_once('/') else {
+            continue;
+        };
+        if !ingestor.wants(collection) {
+            continue;
+        }
+        let block = repo.block(cid)?;
+        keep.insert(format!("at://{}/{key}", repo.did));
+        changes.push(ingestor.record_from_block(&repo.did, collection, rkey, cid, &rev, block));
+        if changes.len() >= chunk {
+            emit(std::mem::take(&mut changes))?;
+        }
+    }
+    changes.push(Change::Snapshot {
+        did: repo.did.clone(),
+        rev: rev.clone(),
+        keep: Some(Arc::new(keep)),
+    });
+    emit(changes)?;
+    Ok((repo.did, rev))
+}
+
+/// GET with retries: 429 and 5xx answers and connection errors are retried
+/// with backoff (1, 2, 4, 8 s), other answers returned.
+pub fn get_with_retries(
+    client: &reqwest::blocking::Client,
+    url: &str,
+) -> anyhow::Result<reqwest::blocking::Response> {
+    let mut wait = Duration::from_secs(1);
+    for attempt in 0..5 {
+        match client.get(url).send() {
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
+                tracing::warn!(url, status = %r.status(), attempt, "retrying");
+            }
+            Ok(r) => return Ok(r),
+            Err(e) => tracing::warn!(url, error = %e, attempt, "retrying"),
+        }
+        std::thread::sleep(wait);
+        wait *= 2;
+    }
+    bail!("{url}: gave up after 5 attempts")
+}
+
+/// Threads that fetch repositories from their PDS.
+pub struct Workers {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<String>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Workers {
+    /// `n` fetching threads; results go to `results`. `verify` checks each
+    /// repository's commit signature.
+    pub fn start(
+        n: usize,
+        resolver: Arc<dyn Resolve>,
+        ingestor: Arc<Ingestor>,
+        verify: bool,
+        results: mpsc::UnboundedSender<Fetched>,
+    ) -> anyhow::Result<Workers> {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let rx = Arc::new(Mutex::new(rx));
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut threads = Vec::new();
+        for i in 0..n.max(1) {
+            let (rx, resolver, ingestor, results, client) = (
+                rx.clone(),
+                resolver.clone(),
+                ingestor.clone(),
+                results.clone(),
+                client.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("lexview-resync-{i}"))
+                    .spawn(move || loop {
+                        let Ok(did) = rx.lock().expect("resync jobs").recv() else {
+                            return;
+                        };
+                        let fetched =
+                            match fetch(&client, resolver.as_ref(), &ingestor, verify, &did) {
+                                Ok(s) => Fetched::Done(s),
+                                Err(e) => Fetched::Failed {
+                                    did,
+                                    error: format!("{e:#}"),
+                                },
+                            };
+                        if results.send(fetched).is_err() {
+                            return;
+                        }
+                    })?,
+            );
+        }
+        Ok(Workers {
+            jobs: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Queues a fetch of `did`'s repository.
+    pub fn fetch(&self, did: &str) {
+        if let Some(tx) = self.jobs.lock().expect("resync jobs").as_ref() {
+            let _ = tx.send(did.to_string());
+        }
+    }
+
+    /// Stops taking jobs and waits for the threads (a fetch under way
+    /// finishes first; its result is dropped and the resync stays pending).
+    pub fn close(&self) {
+        self.jobs.lock().expect("resync jobs").take();
+        for t in self.threads.lock().expect("resync threads").drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fetch(
+    client: &reqwest::blocking::Client,
+    resolver: &dyn Resolve,
+    ingestor: &Ingestor,
+    verify: bool,
+    did: &str,
+) -> anyhow::Result<Snapshot> {
+    let pds = resolver.pds_endpoint(did)?;
+    let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
+    let car = get_with_retries(client, &url)?
+        .error_for_status()
+        .with_context(|| format!("getRepo {did}"))?
+        .bytes()?;
+    let snapshot = snapshot_of(ingestor, verify.then_some(resolver), &car)?;
+    if snapshot.did != did {
+        bail!("{url} returned the repository of {}", snapshot.did);
+    }
+    Ok(snapshot)
+}
+
+/// The DID an event is about, when it is about one.
+fn event_did(ev: &IndexEvent) -> Option<&str> {
+    ev.changes.first().map(|c| match c {
+        Change::Put(w) => w.did.as_str(),
+        Change::Delete { did, .. }
+        | Change::Identity { did, .. }
+        | Change::Account { did, .. }
+        | Change::Resync { did, .. }
+        | Change::Snapshot { did, .. } => did.as_str(),
+        Change::Invalid(q) => q.did.as_str(),
+    })
+}
+
+/// A source's latest cursor and event time.
+type Position = (Option<i64>, Option<String>);
+
+/// The repo rev of a commit event.
+fn event_rev(ev: &IndexEvent) -> Option<&str> {
+    ev.changes.iter().find_map(|c| match c {
+        Change::Put(w) => Some(w.rev.as_str()),
+        Change::Delete { rev, .. } => Some(rev.as_str()),
+        Change::Invalid(q) => Some(q.rev.as_str()),
+        _ => None,
+    })
+}
+
+struct InFlight {
+    /// Each source's cursor when the fetch started.
+    start: HashMap<String, Option<i64>>,
+    held: Vec<IndexEvent>,
+}
+
+/// The ingest side of resyncs: routes events to the writer or holds them
+/// behind their repository's snapshot.
+pub struct Router {
+    max_in_flight: usize,
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    in_flight: HashMap<String, InFlight>,
+    /// The cursor of the last event routed, per source.
+    last: HashMap<String, Position>,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Router {
+        Router {
+            max_in_flight,
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            in_flight: HashMap::new(),
+            last: HashMap::new(),
+            metrics,
+        }
+    }
+
+    /// Whether nothing is queued or in flight.
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// Repositories queued or in flight.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.in_flight.len()
+    }
+
+    /// Asks for a resync of `did` (no-op if one is queued or in flight, or
+    /// if resyncs are off: the request stays in the store's `resyncs`).
+    pub fn request(&mut self, did: &str) {
+        if self.max_in_flight == 0 {
+            return;
+        }
+        if !self.in_flight.contains_key(did) && self.queued.insert(did.to_string()) {
+            self.queue.push_back(did.to_string());
+        }
+    }
+
+    /// Starts queued fetches up to the limit; returns the DIDs to fetch.
+    pub fn start_fetches(&mut self) -> Vec<String> {
+        let mut started = Vec::new();
+        while self.in_flight.len() < self.max_in_flight {
+            let Some(did) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued.remove(&did);
+            let start = self
+                .last
+                .iter()
+                .map(|(source, (cursor, _))| (source.clone(), *cursor))
+                .collect();
+            self.in_flight.insert(
+                did.clone(),
+                InFlight {
+                    start,
+                    held: Vec::new(),
+                },
+            );
+            started.push(did);
+        }
+        started
+    }
+
+    /// The cursor `source` may be stored at now: its latest, unless a fetch
+    /// in flight started before it (then the cursor at that start, or none).
+    fn safe_cursor(&self, source: &str, latest: Option<i64>) -> Option<i64> {
+        let mut safe = latest;
+        for f in self.in_flight.values() {
+            match f.start.get(source) {
+                Some(start) => safe = safe.min(*start),
+                None => return None,
+            }
+        }
+        safe
+    }
+
+    /// Routes one event: returns the events to hand to the writer now, in
+    /// order (none if it is held back). Resync requests in it are queued.
+    pub fn route(&mut self, mut ev: IndexEvent) -> Vec<IndexEvent> {
+        if ev.cursor.is_some() {
+            self.last
+                .insert(ev.source.clone(), (ev.cursor, ev.time.clone()));
+        }
+        if let Some(did) = event_did(&ev).map(str::to_string) {
+            if let Some(f) = self.in_flight.get_mut(&did) {
+                Metrics::inc(&self.metrics.resync_buffered_events_total);
+                ev.cursor = None;
+                f.held.push(ev);
+                return Vec::new();
+            }
+        }
+        for c in &ev.changes {
+            if let Change::Resync { did, .. } = c {
+                self.request(did);
+            }
+        }
+        if self.in_flight.is_empty() {
+            return vec![ev];
+        }
+        ev.cursor = self.safe_cursor(&ev.source, ev.cursor);
+        vec![ev]
+    }
+
+    /// A fetch finished: the snapshot (if any), then the held events the
+    /// snapshot does not cover, then the cursors that may now move.
+    pub fn finished(&mut self, fetched: Fetched) -> Vec<IndexEvent> {
+        let (did, snapshot) = match fetched {
+            Fetched::Done(s) => {
+                Metrics::inc(&self.metrics.resyncs_done_total);
+                tracing::info!(
+                    did = s.did,
+                    rev = s.rev,
+                    records = s.changes.len() - 1,
+                    "repository resynced"
+                );
+                (s.did.clone(), Some(s))
+            }
+            Fetched::Failed { did, error } => {
+                // The resync stays in `resyncs` and is tried again at the
+                // next start; the held events are applied as they are.
+                Metrics::inc(&self.metrics.resyncs_failed_total);
+                tracing::error!(
+                    did,
+                    error,
+                    "resync failed; applying the held events as they are"
+                );
+                (did, None)
+            }
+        };
+        let Some(f) = self.in_flight.remove(&did) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let snapshot_rev = snapshot.as_ref().map(|s| s.rev.clone());
+        if let Some(s) = snapshot {
+            out.push(IndexEvent {
+                source: "resync".into(),
+                cursor: None,
+                time: None,
+                changes: s.changes,
+            });
+        }
+        for ev in f.held {
+            let covered = match (&snapshot_rev, event_rev(&ev)) {
+                (Some(snap), Some(rev)) => rev <= snap.as_str(),
+                _ => false,
+            };
+            if covered {
+                Metrics::inc(&self.metrics.resync_stale_events_total);
+                continue;
+            }
+            out.extend(self.route(ev));
+        }
+        // Cursors may move on now: one cursor-only event per source.
+        let sources: Vec<(String, Position)> = self
+            .last
+            .iter()
+            .map(|(s, c)| (s.clone(), c.clone()))
+            .collect();
+        for (source, (latest, time)) in sources {
+            let cursor = if self.in_flight.is_empty() {
+                latest
+            } else {
+                self.safe_cursor(&source, latest)
+            };
+            if cursor.is_some() {
+                out.push(IndexEvent {
+                    source,
+                    cursor,
+                    time,
+                    changes: Vec::new(),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::event::RecordWrite;
+
+    fn put(source: &str, seq: i64, did: &str, rkey: &str, rev: &str) -> IndexEvent {
+        IndexEvent {
+            source: source.into(),
+            cursor: Some(seq),
+            time: None,
+            changes: vec![Change::Put(RecordWrite::new(
+                did.into(),
+                "app.bsky.feed.like".into(),
+                rkey.into(),
+                "bafy".into(),
+                rev.into(),
+                serde_json::json!({}),
+            ))],
+        }
+    }
+
+    #[test]
+    fn held_events_wait_for_the_snapshot_and_cursors_never_pass_them() {
+        let mut r = Router::new(2, Arc::new(Metrics::default()));
+        assert_eq!(
+            r.route(put("s", 1, "did:plc:a", "1", "r1"))[0].cursor,
+            Some(1)
+        );
+        let mut resync = put("s", 2, "did:plc:a", "2", "r2");
+        resync.changes.push(Change::Resync {
+            did: "did:plc:a".into(),
+            reason: "test".into(),
+        });
+        // The event that asks for the resync is applied itself.
+        assert_eq!(r.route(resync)[0].cursor, Some(2));
+        assert_eq!(r.start_fetches(), vec!["did:plc:a".to_string()]);
+        // Held: a's events; b's go out with the cursor at the fetch's start.
+        assert!(r.route(put("s", 3, "did:plc:a", "3", "r3")).is_empty());
+        assert!(r.route(put("s", 4, "did:plc:a", "4", "r5")).is_empty());
+        let b = r.route(put("s", 5, "did:plc:b", "1", "r1"));
+        assert_eq!(b[0].cursor, Some(2));
+        let out = r.finished(Fetched::Done(Snapshot {
+            did: "did:plc:a".into(),
+            rev: "r4".into(),
+            changes: vec![Change::Snapshot {
+                did: "did:plc:a".into(),
+                rev: "r4".into(),
+                keep: None,
+            }],
+        }));
+        // Snapshot, then the held event newer than it (r5; r3 is covered),
+        // then the cursor moves to the latest.
+        assert!(matches!(out[0].changes[0], Change::Snapshot { .. }));
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(event_rev(&out[1]), Some("r5"));
+        assert_eq!(out[1].cursor, None);
+        assert_eq!((out[2].cursor, out[2].changes.len()), (Some(5), 0));
+        assert!(r.idle());
+    }
+
+    #[test]
+    fn a_failed_fetch_applies_the_held_events() {
+        let mut r = Router::new(1, Arc::new(Metrics::default()));
+        r.route(put("s", 1, "did:plc:a", "1", "r1"));
+        r.request("did:plc:a");
+        r.request("did:plc:a");
+        r.request("did:plc:c");
+        assert_eq!(r.start_fetches().len(), 1, "one in flight at a time");
+        assert_eq!(r.pending(), 2);
+        assert!(r.route(put("s", 2, "did:plc:a", "2", "r2")).is_empty());
+        let out = r.finished(Fetched::Failed {
+            did: "did:plc:a".into(),
+            error: "boom".into(),
+        });
+        assert_eq!(event_rev(&out[0]), Some("r2"));
+        assert_eq!(out.last().unwrap().cursor, Some(2));
+        assert_eq!(r.start_fetches(), vec!["did:plc:c".to_string()]);
+    }
+}
