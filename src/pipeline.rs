@@ -707,7 +707,7 @@ impl Ingestor {
                 .ok_or_else(|| reject("#sync commit block missing".into()))?;
             verify_block(root, block).map_err(|e| reject(e.to_string()))?;
             let v = verifier
-                .verify(&crate::verify::frame_key(frame), block, s.did, s.rev)
+                .verify_sync(&crate::verify::frame_key(frame), block, s.did, s.rev)
                 .map_err(|e| reject(format!("#sync verification failed ({}): {e}", e.reason())))?;
             let known = verifier.last_data(s.did);
             verifier.accepted(s.did, s.rev, v.data, None);

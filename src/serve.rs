@@ -429,7 +429,24 @@ fn handle_frame(
         Ok(Outcome::Info { name, message }) => {
             tracing::warn!(source = %frame.source, name, ?message, "info frame from source");
         }
-        Err(e) => tracing::warn!(source = %frame.source, "frame skipped: {e}"),
+        Err(e) => {
+            tracing::warn!(source = %frame.source, "frame skipped: {e}");
+            // A rejected event is done with: the cursor moves past it.
+            if let crate::pipeline::IngestError::CommitRejected { seq, .. } = e {
+                if frame.wire == Wire::Firehose && seq > 0 {
+                    let ev = IndexEvent {
+                        source: frame.source.to_string(),
+                        cursor: Some(seq),
+                        ..Default::default()
+                    };
+                    for ev in router.route(ev) {
+                        if tx.blocking_send(ev).is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
     }
     true
 }

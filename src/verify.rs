@@ -579,8 +579,35 @@ impl Verifier {
         repo: &str,
         rev: &str,
     ) -> Result<VerifiedCommit, VerifyError> {
+        self.verify_at(frame, block, repo, rev, false)
+    }
+
+    /// As [`Verifier::verify`] for a `#sync` event's commit, which may
+    /// restate the repo's current rev (a PDS sends one on reactivation).
+    pub fn verify_sync(
+        &self,
+        frame: &FrameKey,
+        block: &[u8],
+        repo: &str,
+        rev: &str,
+    ) -> Result<VerifiedCommit, VerifyError> {
+        self.verify_at(frame, block, repo, rev, true)
+    }
+
+    fn verify_at(
+        &self,
+        frame: &FrameKey,
+        block: &[u8],
+        repo: &str,
+        rev: &str,
+        same_rev: bool,
+    ) -> Result<VerifiedCommit, VerifyError> {
         if let Some(last) = self.revs.lock().expect("revs lock").peek(repo) {
-            if self.rev_order && rev <= last.rev.as_str() {
+            let stale = match same_rev {
+                true => rev < last.rev.as_str(),
+                false => rev <= last.rev.as_str(),
+            };
+            if self.rev_order && stale {
                 return Err(VerifyError::RevNotNewer {
                     rev: rev.to_string(),
                     last: last.rev.clone(),
@@ -638,8 +665,18 @@ impl Verifier {
     /// `prevData` is compared with; the rev order stays with verified commits.
     pub fn passed_over(&self, repo: &str, data: Option<Cid>) {
         let mut revs = self.revs.lock().expect("revs lock");
-        if let Some(head) = revs.get_mut(repo) {
-            head.data = data;
+        match revs.get_mut(repo) {
+            Some(head) => head.data = data,
+            // No verified rev yet: the empty rev orders below every rev.
+            None => {
+                revs.put(
+                    repo.to_string(),
+                    RepoHead {
+                        rev: String::new(),
+                        data,
+                    },
+                );
+            }
         }
     }
 

@@ -198,4 +198,8 @@ fn account_status_and_handle_changes_reach_every_answer() {
     };
     assert!(counter("commits_verified_total") >= 6, "{metrics}");
     assert_eq!(counter("commits_rejected_total"), 0, "{metrics}");
+    // Each reactivation (alice's, carol's lifted takedown) refetched the
+    // repository, in case commits were dropped while it was inactive.
+    assert!(counter("resyncs_done_total") >= 2, "{metrics}");
+    assert_eq!(counter("resyncs_failed_total"), 0, "{metrics}");
 }

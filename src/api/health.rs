@@ -8,15 +8,23 @@ use serde_json::{json, Value};
 
 use super::AppState;
 
-/// Status, per-source cursor and lag, record count.
+/// Status, per-source cursor and lag, record count, repositories waiting
+/// for a resync (`resyncsPending`: each is applied once its snapshot is).
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let counts = state
         .readers
         .with(|c| {
             c.query_row(
-                "SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM quarantine)",
+                "SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM quarantine),
+                        (SELECT count(*) FROM resyncs)",
                 [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
             )
         })
         .await;
@@ -35,11 +43,12 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     match counts {
-        Ok((records, quarantined)) => Json(json!({
+        Ok((records, quarantined, resyncs)) => Json(json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "records": records,
             "quarantined": quarantined,
+            "resyncsPending": resyncs,
             "sources": sources,
         }))
         .into_response(),

@@ -467,6 +467,11 @@ impl Store {
         if lists.is_empty() {
             return Ok(0);
         }
+        tracing::debug!(
+            snapshots = lists.len(),
+            deletes = lists.iter().map(Vec::len).sum::<usize>(),
+            "snapshots expanded"
+        );
         let mut lists = lists.into_iter();
         let mut n = 0;
         for ev in events.iter_mut() {

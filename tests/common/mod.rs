@@ -129,3 +129,35 @@ pub fn assert_graphql_conforms(url: &str, operations: &str) {
         .unwrap_or_else(|e| panic!("gql-check.mjs printed no verdict ({e}): {out:?}"));
     assert_eq!(verdict["ok"], true, "graphql-js: {}", verdict["error"]);
 }
+
+/// The frames of a `subscribeRepos` stream from `?cursor=0` up to and
+/// including seq `last` (e.g. a real PDS's, to replay with changes).
+pub fn record_firehose(url: &str, last: i64) -> Vec<Vec<u8>> {
+    use futures::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?cursor=0"))
+            .await
+            .expect("connect to the firehose");
+        let mut frames = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                .await
+                .expect("the firehose went quiet before the last seq")
+                .expect("stream open")
+                .expect("frame");
+            if let tokio_tungstenite::tungstenite::Message::Binary(b) = msg {
+                let seq = lexview::decode::frame::decode_frame(&b)
+                    .expect("frame")
+                    .seq();
+                frames.push(b.to_vec());
+                if seq.is_some_and(|s| s >= last) {
+                    return frames;
+                }
+            }
+        }
+    })
+}

@@ -67,7 +67,10 @@ impl Server {
                     .unwrap(),
             ])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--batch-ms", "50"])
-            .env("LEXVIEW_LOG", "info")
+            .env(
+                "LEXVIEW_LOG",
+                std::env::var("TEST_LEXVIEW_LOG").unwrap_or("info".into()),
+            )
             // Nothing leaves loopback: a DID lookup (for a resync) that a
             // test does not point at its own PLC fails at once.
             .env("LEXVIEW_PLC", "http://127.0.0.1:9")
