@@ -81,11 +81,94 @@ pub fn apply_repo(
     Ok((did, RepoStats { records, removed }))
 }
 
+/// A repository a host lists: its DID and, from `listRepos`, its rev.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub did: String,
+    pub rev: Option<String>,
+}
+
+/// The active repositories `host` has records of `collections` in, through
+/// `com.atproto.sync.listReposByCollection` (a relay's collection index),
+/// or every active repository through `listRepos` where the host does not
+/// offer it (a PDS). Returns them and the method that listed them.
+pub fn list_repos(
+    client: &reqwest::blocking::Client,
+    host: &str,
+    collections: &[String],
+) -> anyhow::Result<(Vec<Listed>, &'static str)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut listed = Vec::new();
+    'collections: for collection in collections {
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "{host}/xrpc/com.atproto.sync.listReposByCollection?collection={collection}&limit=2000"
+            );
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let resp = get_with_retries(client, &url)?;
+            if !resp.status().is_success() {
+                if listed.is_empty() && cursor.is_none() {
+                    tracing::info!(
+                        host,
+                        status = %resp.status(),
+                        "no listReposByCollection here; listing every repository (listRepos)"
+                    );
+                    break 'collections;
+                }
+                bail!("{url}: HTTP {}", resp.status());
+            }
+            let page: serde_json::Value = resp.json()?;
+            for r in page["repos"].as_array().into_iter().flatten() {
+                if let Some(did) = r["did"].as_str() {
+                    if seen.insert(did.to_string()) {
+                        listed.push(Listed {
+                            did: did.to_string(),
+                            rev: None,
+                        });
+                    }
+                }
+            }
+            cursor = page["cursor"].as_str().map(str::to_string);
+            if cursor.is_none() || page["repos"].as_array().is_none_or(|a| a.is_empty()) {
+                continue 'collections;
+            }
+        }
+    }
+    if !collections.is_empty() && !seen.is_empty() {
+        return Ok((listed, "listReposByCollection"));
+    }
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{host}/xrpc/com.atproto.sync.listRepos?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = get_with_retries(client, &url)?.error_for_status()?.json()?;
+        for r in page["repos"].as_array().into_iter().flatten() {
+            let active = r["active"].as_bool().unwrap_or(true);
+            if let (Some(did), true) = (r["did"].as_str(), active) {
+                listed.push(Listed {
+                    did: did.to_string(),
+                    rev: r["rev"].as_str().map(str::to_string),
+                });
+            }
+        }
+        cursor = page["cursor"].as_str().map(str::to_string);
+        if cursor.is_none() || page["repos"].as_array().is_none_or(|a| a.is_empty()) {
+            break;
+        }
+    }
+    Ok((listed, "listRepos"))
+}
+
 /// Runs `lexview backfill`.
 pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let catalog = Arc::new(crate::serve::load_catalog(&args.lexicons)?);
     let metrics = Arc::new(Metrics::default());
-    let ingestor = Ingestor::new(catalog, metrics.clone());
+    let ingestor = Ingestor::new(catalog.clone(), metrics.clone());
     let mut store = Store::open(&args.data)
         .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
     let resolver: Option<Arc<dyn Resolve>> = match args.verify {
@@ -136,28 +219,9 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
             .build()?;
         // Every repository first (the listing is small next to the CARs).
-        let mut listed: Vec<(String, String)> = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = format!("{host}/xrpc/com.atproto.sync.listRepos?limit=1000");
-            if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
-            }
-            let page: serde_json::Value = get_with_retries(&client, &url)?
-                .error_for_status()?
-                .json()?;
-            for r in page["repos"].as_array().into_iter().flatten() {
-                let active = r["active"].as_bool().unwrap_or(true);
-                if let (Some(did), Some(rev), true) = (r["did"].as_str(), r["rev"].as_str(), active)
-                {
-                    listed.push((did.to_string(), rev.to_string()));
-                }
-            }
-            cursor = page["cursor"].as_str().map(str::to_string);
-            if cursor.is_none() || page["repos"].as_array().is_none_or(|a| a.is_empty()) {
-                break;
-            }
-        }
+        let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
+        let (listed, how) = list_repos(&client, host, &collections)?;
+        eprintln!("{} repositories listed by {how}", listed.len());
         let done: std::collections::HashMap<String, String> =
             store.readers().with_blocking(|c| {
                 let mut stmt = c.prepare("SELECT did, rev FROM backfill_repos")?;
@@ -167,13 +231,17 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         let total = listed.len();
         let todo: Vec<_> = listed
             .into_iter()
-            .filter(|(did, rev)| done.get(did) != Some(rev))
+            .filter(|r| match (&r.rev, done.get(&r.did)) {
+                (Some(rev), Some(at)) => rev != at,
+                (None, at) => at.is_none(),
+                (_, None) => true,
+            })
             .collect();
         eprintln!(
             "{total} repositories on {host}; {} already backfilled at their current rev",
             total - todo.len()
         );
-        for (did, _) in todo {
+        for Listed { did, .. } in todo {
             let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={did}");
             let r = get_with_retries(&client, &url)
                 .and_then(|resp| Ok(resp.error_for_status()?.bytes()?))

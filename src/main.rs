@@ -106,6 +106,16 @@ struct ServeArgs {
     /// 0 turns resyncs off (requests are kept for a later run).
     #[arg(long, env = "LEXVIEW_RESYNC_CONCURRENCY", default_value_t = 4)]
     resync_concurrency: usize,
+    /// Also index every repository's existing records: list them on the
+    /// relay (listReposByCollection, else listRepos), fetch each from its
+    /// PDS and apply it as a snapshot while its live events wait (resumable:
+    /// repositories already done are skipped).
+    #[arg(long, env = "LEXVIEW_BACKFILL")]
+    backfill: bool,
+    /// Where to list repositories for --backfill (default: the first
+    /// firehose source, as http(s)).
+    #[arg(long, env = "LEXVIEW_BACKFILL_HOST")]
+    backfill_host: Option<String>,
     /// Writer batch: commit after this many events...
     #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
     batch_events: usize,
@@ -159,6 +169,8 @@ fn main() -> anyhow::Result<()> {
                 verify: a.verify,
                 did_docs: a.did_docs,
                 resync_concurrency: a.resync_concurrency,
+                backfill: a.backfill,
+                backfill_host: a.backfill_host,
                 writer: WriterConfig {
                     max_events: a.batch_events,
                     max_delay: std::time::Duration::from_millis(a.batch_ms),

@@ -264,6 +264,8 @@ pub struct Router {
     /// The cursor of the last event routed, per source.
     last: HashMap<String, Position>,
     metrics: Arc<Metrics>,
+    done: u64,
+    started: std::time::Instant,
 }
 
 impl Router {
@@ -275,6 +277,8 @@ impl Router {
             in_flight: HashMap::new(),
             last: HashMap::new(),
             metrics,
+            done: 0,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -370,7 +374,8 @@ impl Router {
         let (did, snapshot) = match fetched {
             Fetched::Done(s) => {
                 Metrics::inc(&self.metrics.resyncs_done_total);
-                tracing::info!(
+                self.done += 1;
+                tracing::debug!(
                     did = s.did,
                     rev = s.rev,
                     records = s.changes.len() - 1,
@@ -393,6 +398,19 @@ impl Router {
         let Some(f) = self.in_flight.remove(&did) else {
             return Vec::new();
         };
+        // Progress: every repository while few are pending, then every 100.
+        let pending = self.queue.len() + self.in_flight.len();
+        if pending < 10 || self.done % 100 == 0 {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = self.done as f64 / secs;
+            tracing::info!(
+                done = self.done,
+                pending,
+                repos_per_s = format!("{rate:.1}"),
+                eta_s = format!("{:.0}", pending as f64 / rate.max(1e-9)),
+                "resync/backfill progress"
+            );
+        }
         let mut out = Vec::new();
         let snapshot_rev = snapshot.as_ref().map(|s| s.rev.clone());
         if let Some(s) = snapshot {

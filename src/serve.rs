@@ -49,6 +49,10 @@ pub struct ServeConfig {
     pub did_docs: Option<PathBuf>,
     /// Repositories resynced at once; 0: none (requests stay in `resyncs`).
     pub resync_concurrency: usize,
+    /// Backfill every listed repository through the resync path.
+    pub backfill: bool,
+    /// Where to list repositories (default: the first firehose source).
+    pub backfill_host: Option<String>,
     pub writer: WriterConfig,
 }
 
@@ -155,6 +159,36 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // One resolver (and its cache) for verification and resyncs.
     let resolver = crate::verify::resolver(&cfg.plc, cfg.did_docs.as_deref())?;
     let (fetched_tx, fetched_rx) = mpsc::unbounded_channel();
+    let (request_tx, request_rx) = mpsc::unbounded_channel::<String>();
+    if cfg.backfill {
+        anyhow::ensure!(
+            cfg.resync_concurrency > 0,
+            "--backfill needs --resync-concurrency above 0"
+        );
+        let host = backfill_host(&cfg)?;
+        let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
+        let readers = store.readers();
+        let m = metrics.clone();
+        tokio::task::spawn_blocking(move || match discover(&host, &collections, &readers) {
+            Ok((todo, done)) => {
+                tracing::info!(
+                    host,
+                    to_backfill = todo.len(),
+                    already_done = done,
+                    "backfill: repositories listed"
+                );
+                Metrics::add(&m.backfill_repos_total, todo.len() as u64);
+                for did in todo {
+                    if request_tx.send(did).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(host, "backfill: listing repositories failed: {e:#}"),
+        });
+    } else {
+        drop(request_tx);
+    }
     let workers = if cfg.resync_concurrency > 0 {
         Some(Arc::new(crate::resync::Workers::start(
             cfg.resync_concurrency,
@@ -194,6 +228,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             handle: tokio::runtime::Handle::current(),
             workers: workers.clone(),
             fetched: fetched_rx,
+            requests: request_rx,
             shutdown: shutdown.clone(),
         };
         std::thread::Builder::new()
@@ -315,6 +350,8 @@ struct IngestContext {
     handle: tokio::runtime::Handle,
     workers: Option<Arc<crate::resync::Workers>>,
     fetched: mpsc::UnboundedReceiver<crate::resync::Fetched>,
+    /// Repositories to backfill (`--backfill`).
+    requests: mpsc::UnboundedReceiver<String>,
     shutdown: CancellationToken,
 }
 
@@ -322,6 +359,7 @@ struct IngestContext {
 enum Input {
     Frame(Option<RawFrame>),
     Fetched(crate::resync::Fetched),
+    Request(String),
     Stop,
 }
 
@@ -352,6 +390,7 @@ fn ingest_loop(
             tokio::select! {
                 biased;
                 Some(f) = ctx.fetched.recv() => Input::Fetched(f),
+                Some(did) = ctx.requests.recv() => Input::Request(did),
                 f = rx.recv(), if sources_open => Input::Frame(f),
                 _ = ctx.shutdown.cancelled(), if !sources_open => Input::Stop,
             }
@@ -369,6 +408,10 @@ fn ingest_loop(
             // (unless shutting down: they are resumed on the next start).
             Input::Frame(None) => {
                 sources_open = false;
+                continue;
+            }
+            Input::Request(did) => {
+                router.request(&did);
                 continue;
             }
             Input::Stop => return,
@@ -449,6 +492,59 @@ fn handle_frame(
         }
     }
     true
+}
+
+/// Where `--backfill` lists repositories: `--backfill-host`, else the first
+/// firehose source as http(s).
+fn backfill_host(cfg: &ServeConfig) -> anyhow::Result<String> {
+    if let Some(h) = &cfg.backfill_host {
+        return Ok(h.trim_end_matches('/').to_string());
+    }
+    for s in &cfg.sources {
+        if let Ok(SourceSpec::Firehose { url }) = SourceSpec::parse(s) {
+            let base = firehose::split_cursor(&url).0;
+            let base = base
+                .split("/xrpc/")
+                .next()
+                .unwrap_or(&base)
+                .trim_end_matches('/');
+            if let Some(rest) = base.strip_prefix("wss://") {
+                return Ok(format!("https://{rest}"));
+            }
+            if let Some(rest) = base.strip_prefix("ws://") {
+                return Ok(format!("http://{rest}"));
+            }
+        }
+    }
+    bail!("--backfill needs a firehose source or --backfill-host")
+}
+
+/// The repositories `host` lists that the store has not backfilled yet,
+/// and how many it has.
+fn discover(
+    host: &str,
+    collections: &[String],
+    readers: &crate::index::store::ReadPool,
+) -> anyhow::Result<(Vec<String>, usize)> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let (listed, how) = crate::backfill::list_repos(&client, host, collections)?;
+    tracing::info!(host, repos = listed.len(), how, "backfill: listing done");
+    let done: std::collections::HashSet<String> = readers.with_blocking(|c| {
+        let mut stmt = c.prepare("SELECT did FROM backfill_repos")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    })?;
+    let total = listed.len();
+    let todo: Vec<String> = listed
+        .into_iter()
+        .map(|l| l.did)
+        .filter(|d| !done.contains(d))
+        .collect();
+    let skipped = total - todo.len();
+    Ok((todo, skipped))
 }
 
 /// Query methods and feeds for `catalog`, each bad file logged with its path.

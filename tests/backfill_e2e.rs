@@ -182,3 +182,122 @@ fn a_backfill_from_the_pds_equals_the_live_index_and_resumes() {
     let (ok, report) = audit(&alice, filled.path());
     assert!(ok && report.contains(": 0 differences"), "{report}");
 }
+
+/// `serve --backfill`: a lexview that starts after the history was written
+/// indexes it (listed on the PDS, fetched through the DID documents, each
+/// repository a snapshot while its live events wait), takes the live
+/// writes made meanwhile, and ends with exactly what a backfill of the
+/// final repositories gives: no gap, no double count.
+#[test]
+fn serve_backfill_cuts_over_to_the_live_stream() {
+    let mut pds = Pds::start();
+    let now = "2026-11-24T12:00:00.000Z";
+    let mut dids = Vec::new();
+    for name in ["ann", "ben", "cat", "dan"] {
+        dids.push(
+            pds.cmd(json!({"op": "createAccount", "handle": format!("{name}.test")}))["did"]
+                .clone(),
+        );
+    }
+    let mut posts = Vec::new();
+    for (i, did) in dids.iter().enumerate() {
+        for j in 0..3 {
+            posts.push(pds.cmd(
+                json!({"op": "create", "did": did, "collection": "app.bsky.feed.post",
+                "record": {"text": format!("history {i}.{j}"), "createdAt": now}}),
+            ));
+        }
+    }
+    for did in &dids {
+        for p in posts.iter().step_by(2) {
+            pds.cmd(
+                json!({"op": "create", "did": did, "collection": "app.bsky.feed.like",
+                "record": {"subject": {"uri": p["uri"], "cid": p["cid"]}, "createdAt": now}}),
+            );
+        }
+        pds.cmd(
+            json!({"op": "create", "did": did, "collection": "app.bsky.graph.follow",
+            "record": {"subject": dids[0], "createdAt": now}}),
+        );
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Live from now on (no cursor): the history comes only from the backfill.
+    let server = Server::start_full(
+        &[&pds.firehose],
+        data.path(),
+        &root.join("lexicons"),
+        &root.join("queries"),
+        &["--backfill", "--verify", "full", "--plc", &pds.plc],
+    );
+    // Live writes while the backfill runs: likes, a delete, new posts.
+    let mut last = 0;
+    for (i, did) in dids.iter().enumerate() {
+        let p = &posts[i * 3 + 1];
+        pds.cmd(
+            json!({"op": "create", "did": did, "collection": "app.bsky.feed.like",
+            "record": {"subject": {"uri": p["uri"], "cid": p["cid"]}, "createdAt": now}}),
+        );
+        pds.cmd(
+            json!({"op": "delete", "did": did, "collection": "app.bsky.feed.post",
+            "rkey": posts[i * 3]["rkey"]}),
+        );
+        last = pds.cmd(
+            json!({"op": "create", "did": did, "collection": "app.bsky.feed.post",
+            "record": {"text": format!("live {i}"), "createdAt": now}}),
+        )["seq"]
+            .as_i64()
+            .unwrap();
+    }
+    server.wait_for_cursor(last);
+    let metrics = || {
+        reqwest::blocking::get(format!("{}/metrics", server.base))
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("lexview_{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let start = std::time::Instant::now();
+    while counter(&metrics(), "resyncs_done_total") < dids.len() as u64 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "{}",
+            metrics()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.wait_for(std::time::Duration::from_secs(30), |h| {
+        h["sources"][0]["cursor"].as_i64() >= Some(last)
+    });
+    let text = metrics();
+    assert_eq!(
+        counter(&text, "backfill_repos_total"),
+        dids.len() as u64,
+        "{text}"
+    );
+    assert_eq!(counter(&text, "resyncs_failed_total"), 0, "{text}");
+    assert_eq!(counter(&text, "commits_rejected_total"), 0, "{text}");
+    assert!(server.stop().success());
+
+    // The same as a backfill of the repositories as they are now.
+    let fresh = tempfile::tempdir().unwrap();
+    backfill(&pds, fresh.path());
+    common::assert_lines_eq(&dump(fresh.path()), &dump(data.path()));
+    let (ok, exact, err) = sql(
+        data.path(),
+        "SELECT count(*) FROM (SELECT target, source_collection AS collection, path, count(*) AS n
+           FROM links GROUP BY ALL) l FULL JOIN link_counts c
+           ON l.target = c.target AND l.collection = c.collection AND l.path = c.path
+         WHERE l.n IS DISTINCT FROM c.n",
+    );
+    assert!(
+        ok && exact.lines().nth(2).map(str::trim) == Some("0"),
+        "{exact}{err}"
+    );
+}
