@@ -400,7 +400,7 @@ impl Router {
         };
         // Progress: every repository while few are pending, then every 100.
         let pending = self.queue.len() + self.in_flight.len();
-        if pending < 10 || self.done % 100 == 0 {
+        if pending < 10 || self.done.is_multiple_of(100) {
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
             let rate = self.done as f64 / secs;
             tracing::info!(
