@@ -41,6 +41,13 @@ pub struct BackfillArgs {
     /// Signing keys from a `{did: document}` file instead of the network.
     #[arg(long, env = "LEXVIEW_DID_DOCS")]
     pub did_docs: Option<PathBuf>,
+    /// Repositories fetched from --host at once (the limit per host).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// At most this many repositories fetched per second (politeness
+    /// towards the host; default: no limit).
+    #[arg(long)]
+    pub max_repos_per_second: Option<f64>,
 }
 
 /// What one repository contributed.
@@ -164,6 +171,122 @@ pub fn list_repos(
     Ok((listed, "listRepos"))
 }
 
+/// Spaces out fetches to at most `rate` per second, across threads.
+struct Pace {
+    every: Duration,
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Pace {
+    fn new(rate: f64) -> Pace {
+        Pace {
+            every: Duration::from_secs_f64(1.0 / rate),
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().expect("pace lock");
+            let at = (*next).max(Instant::now());
+            *next = at + self.every;
+            at
+        };
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Backfill progress: a bar on a terminal, a line per repository otherwise
+/// (logs, pipes), and the backfill metrics.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    repos: usize,
+    failed: usize,
+    records: usize,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Progress {
+    fn new(metrics: Arc<Metrics>) -> Progress {
+        Progress {
+            bar: None,
+            total: 0,
+            repos: 0,
+            failed: 0,
+            records: 0,
+            started: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn start(&mut self, total: usize) {
+        use std::io::IsTerminal;
+        self.total = total;
+        self.started = Instant::now();
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} repos | {msg} | ETA {eta}",
+                )
+                .expect("progress template"),
+            );
+            self.bar = Some(bar);
+        }
+    }
+
+    fn done(&mut self, did: &str, r: anyhow::Result<RepoStats>) {
+        let n = self.repos + self.failed + 1;
+        let line = match r {
+            Ok(s) => {
+                self.repos += 1;
+                self.records += s.records;
+                Metrics::inc(&self.metrics.backfill_repos_total);
+                Metrics::add(&self.metrics.backfill_records_total, s.records as u64);
+                let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                let eta = self.total.saturating_sub(n) as f64 * secs / n as f64;
+                format!(
+                    "[{n}/{}] {did}: {} records ({} removed) | {:.0} records/s, ETA {eta:.0} s",
+                    self.total,
+                    s.records,
+                    s.removed,
+                    self.records as f64 / secs,
+                )
+            }
+            Err(e) => {
+                self.failed += 1;
+                format!("[{n}/{}] {did}: failed: {e:#}", self.total)
+            }
+        };
+        match &self.bar {
+            Some(bar) => {
+                let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "{} records, {:.0} records/s, {} failed",
+                    self.records,
+                    self.records as f64 / secs,
+                    self.failed
+                ));
+                bar.inc(1);
+                if self.failed > 0 && line.contains("failed:") {
+                    bar.println(line);
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// Repositories done, failed, and records.
+    fn finish(&self) -> (usize, usize, usize) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+        (self.repos, self.failed, self.records)
+    }
+}
+
 /// Runs `lexview backfill`.
 pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let catalog = Arc::new(crate::serve::load_catalog(&args.lexicons)?);
@@ -179,49 +302,25 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         )?),
     };
     let started = Instant::now();
-    let (mut repos, mut records, mut failed) = (0usize, 0usize, 0usize);
-    let mut report = |did: &str, r: anyhow::Result<RepoStats>, total: usize| match r {
-        Ok(s) => {
-            repos += 1;
-            records += s.records;
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            let eta =
-                (total.saturating_sub(repos + failed)) as f64 * secs / (repos + failed) as f64;
-            eprintln!(
-                "[{}/{total}] {did}: {} records ({} removed) | {:.0} records/s, ETA {:.0} s",
-                repos + failed,
-                s.records,
-                s.removed,
-                records as f64 / secs,
-                eta
-            );
-        }
-        Err(e) => {
-            failed += 1;
-            eprintln!("[{}/{total}] {did}: failed: {e:#}", repos + failed);
-        }
-    };
+    let mut progress = Progress::new(metrics.clone());
     if !args.cars.is_empty() {
-        let total = args.cars.len();
+        progress.start(args.cars.len());
         for path in &args.cars {
             let car = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let r = apply_repo(&mut store, &ingestor, resolver.as_deref(), &car);
-            let name = path.display().to_string();
-            match r {
-                Ok((did, s)) => report(&did, Ok(s), total),
-                Err(e) => report(&name, Err(e), total),
+            match apply_repo(&mut store, &ingestor, resolver.as_deref(), &car) {
+                Ok((did, s)) => progress.done(&did, Ok(s)),
+                Err(e) => progress.done(&path.display().to_string(), Err(e)),
             }
         }
     } else if let Some(host) = &args.host {
-        let host = host.trim_end_matches('/');
+        let host = host.trim_end_matches('/').to_string();
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(300))
             .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
             .build()?;
         // Every repository first (the listing is small next to the CARs).
         let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
-        let (listed, how) = list_repos(&client, host, &collections)?;
-        eprintln!("{} repositories listed by {how}", listed.len());
+        let (listed, how) = list_repos(&client, &host, &collections)?;
         let done: std::collections::HashMap<String, String> =
             store.readers().with_blocking(|c| {
                 let mut stmt = c.prepare("SELECT did, rev FROM backfill_repos")?;
@@ -229,30 +328,68 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
                 rows.collect()
             })?;
         let total = listed.len();
-        let todo: Vec<_> = listed
+        let todo: Vec<String> = listed
             .into_iter()
             .filter(|r| match (&r.rev, done.get(&r.did)) {
                 (Some(rev), Some(at)) => rev != at,
                 (None, at) => at.is_none(),
                 (_, None) => true,
             })
+            .map(|r| r.did)
             .collect();
         eprintln!(
-            "{total} repositories on {host}; {} already backfilled at their current rev",
+            "{total} repositories on {host} (by {how}); {} already backfilled at their current rev",
             total - todo.len()
         );
-        for Listed { did, .. } in todo {
-            let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={did}");
-            let r = get_with_retries(&client, &url)
-                .and_then(|resp| Ok(resp.error_for_status()?.bytes()?))
-                .and_then(|car| {
+        progress.start(todo.len());
+        // Fetches run on `concurrency` threads (at most that many requests
+        // to the host at once); CARs are applied here, one at a time, in
+        // the order they arrive. At most 2 x concurrency CARs are held.
+        let concurrency = args.concurrency.max(1);
+        let (car_tx, car_rx) =
+            std::sync::mpsc::sync_channel::<(String, anyhow::Result<Vec<u8>>)>(concurrency);
+        let queue = Arc::new(std::sync::Mutex::new(todo.into_iter()));
+        let pace = args
+            .max_repos_per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| Arc::new(Pace::new(r)));
+        std::thread::scope(|scope| -> anyhow::Result<()> {
+            for _ in 0..concurrency {
+                let (queue, car_tx, client, host, pace) = (
+                    queue.clone(),
+                    car_tx.clone(),
+                    client.clone(),
+                    host.clone(),
+                    pace.clone(),
+                );
+                scope.spawn(move || loop {
+                    let Some(did) = queue.lock().expect("backfill queue").next() else {
+                        return;
+                    };
+                    if let Some(p) = &pace {
+                        p.wait();
+                    }
+                    let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={did}");
+                    let car = get_with_retries(&client, &url)
+                        .and_then(|resp| Ok(Vec::from(resp.error_for_status()?.bytes()?)));
+                    if car_tx.send((did, car)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(car_tx);
+            for (did, car) in car_rx {
+                let r = car.and_then(|car| {
                     Ok(apply_repo(&mut store, &ingestor, resolver.as_deref(), &car)?.1)
                 });
-            report(&did, r, total);
-        }
+                progress.done(&did, r);
+            }
+            Ok(())
+        })?;
     } else {
         bail!("give --host URL (a PDS or relay) or --car FILE...");
     }
+    let (repos, failed, records) = progress.finish();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "backfilled {repos} repositories ({failed} failed), {records} records in {secs:.2} s = {:.0} records/s",

@@ -106,6 +106,9 @@ struct ServeArgs {
     /// 0 turns resyncs off (requests are kept for a later run).
     #[arg(long, env = "LEXVIEW_RESYNC_CONCURRENCY", default_value_t = 4)]
     resync_concurrency: usize,
+    /// Of those, at most this many fetched from one PDS host at a time.
+    #[arg(long, env = "LEXVIEW_RESYNC_PER_HOST", default_value_t = 2)]
+    resync_per_host: usize,
     /// Also index every repository's existing records: list them on the
     /// relay (listReposByCollection, else listRepos), fetch each from its
     /// PDS and apply it as a snapshot while its live events wait (resumable:
@@ -169,6 +172,7 @@ fn main() -> anyhow::Result<()> {
                 verify: a.verify,
                 did_docs: a.did_docs,
                 resync_concurrency: a.resync_concurrency,
+                resync_per_host: a.resync_per_host,
                 backfill: a.backfill,
                 backfill_host: a.backfill_host,
                 writer: WriterConfig {

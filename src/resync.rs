@@ -134,10 +134,12 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// `n` fetching threads; results go to `results`. `verify` checks each
-    /// repository's commit signature.
+    /// `n` fetching threads, at most `per_host` of them on one PDS host;
+    /// results go to `results`. `verify` checks each repository's commit
+    /// signature.
     pub fn start(
         n: usize,
+        per_host: usize,
         resolver: Arc<dyn Resolve>,
         ingestor: Arc<Ingestor>,
         verify: bool,
@@ -150,8 +152,10 @@ impl Workers {
             .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mut threads = Vec::new();
+        let gate = Arc::new(HostGate::new(per_host));
         for i in 0..n.max(1) {
-            let (rx, resolver, ingestor, results, client) = (
+            let (gate, rx, resolver, ingestor, results, client) = (
+                gate.clone(),
                 rx.clone(),
                 resolver.clone(),
                 ingestor.clone(),
@@ -166,7 +170,8 @@ impl Workers {
                             return;
                         };
                         let fetched =
-                            match fetch(&client, resolver.as_ref(), &ingestor, verify, &did) {
+                            match fetch(&client, &gate, resolver.as_ref(), &ingestor, verify, &did)
+                            {
                                 Ok(s) => Fetched::Done(s),
                                 Err(e) => Fetched::Failed {
                                     did,
@@ -202,8 +207,47 @@ impl Workers {
     }
 }
 
+/// At most `limit` fetches per host at once.
+struct HostGate {
+    limit: usize,
+    busy: Mutex<HashMap<String, usize>>,
+    freed: std::sync::Condvar,
+}
+
+impl HostGate {
+    fn new(limit: usize) -> HostGate {
+        HostGate {
+            limit: limit.max(1),
+            busy: Mutex::new(HashMap::new()),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Runs `f` once fewer than `limit` fetches from `host` are under way.
+    fn with<T>(&self, host: &str, f: impl FnOnce() -> T) -> T {
+        {
+            let mut busy = self.busy.lock().expect("host gate");
+            while busy.get(host).copied().unwrap_or(0) >= self.limit {
+                busy = self.freed.wait(busy).expect("host gate");
+            }
+            *busy.entry(host.to_string()).or_default() += 1;
+        }
+        let out = f();
+        let mut busy = self.busy.lock().expect("host gate");
+        if let Some(n) = busy.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(host);
+            }
+        }
+        self.freed.notify_all();
+        out
+    }
+}
+
 fn fetch(
     client: &reqwest::blocking::Client,
+    gate: &HostGate,
     resolver: &dyn Resolve,
     ingestor: &Ingestor,
     verify: bool,
@@ -211,10 +255,12 @@ fn fetch(
 ) -> anyhow::Result<Snapshot> {
     let pds = resolver.pds_endpoint(did)?;
     let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
-    let car = get_with_retries(client, &url)?
-        .error_for_status()
-        .with_context(|| format!("getRepo {did}"))?
-        .bytes()?;
+    let car = gate.with(&pds, || -> anyhow::Result<_> {
+        Ok(get_with_retries(client, &url)?
+            .error_for_status()
+            .with_context(|| format!("getRepo {did}"))?
+            .bytes()?)
+    })?;
     let snapshot = snapshot_of(ingestor, verify.then_some(resolver), &car)?;
     if snapshot.did != did {
         bail!("{url} returned the repository of {}", snapshot.did);
@@ -461,6 +507,28 @@ impl Router {
 mod tests {
     use super::*;
     use crate::index::event::RecordWrite;
+
+    #[test]
+    fn the_host_gate_bounds_fetches_per_host() {
+        let gate = Arc::new(HostGate::new(2));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                let (gate, peak, now) = (gate.clone(), peak.clone(), now.clone());
+                s.spawn(move || {
+                    gate.with("https://pds.example", || {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let n = now.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(n, SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        now.fetch_sub(1, SeqCst);
+                    })
+                });
+            }
+        });
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     fn put(source: &str, seq: i64, did: &str, rkey: &str, rev: &str) -> IndexEvent {
         IndexEvent {

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub did_docs: Option<PathBuf>,
     /// Repositories resynced at once; 0: none (requests stay in `resyncs`).
     pub resync_concurrency: usize,
+    /// Of those, at most this many from one PDS host.
+    pub resync_per_host: usize,
     /// Backfill every listed repository through the resync path.
     pub backfill: bool,
     /// Where to list repositories (default: the first firehose source).
@@ -192,6 +194,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let workers = if cfg.resync_concurrency > 0 {
         Some(Arc::new(crate::resync::Workers::start(
             cfg.resync_concurrency,
+            cfg.resync_per_host,
             resolver.clone(),
             Arc::new(Ingestor::shared(shared_catalog.clone(), metrics.clone())),
             cfg.verify == Verify::Full,
@@ -379,7 +382,7 @@ fn ingest_loop(
     loop {
         if let Some(workers) = &ctx.workers {
             for did in router.start_fetches() {
-                tracing::info!(did, "resync: fetching the repository");
+                tracing::debug!(did, "resync: fetching the repository");
                 workers.fetch(&did);
             }
         }

@@ -301,3 +301,86 @@ fn serve_backfill_cuts_over_to_the_live_stream() {
         "{exact}{err}"
     );
 }
+
+/// A backfill killed (SIGKILL) halfway resumes: the second run skips the
+/// repositories the first one committed and ends with exactly the index of
+/// an uninterrupted run.
+#[test]
+fn a_backfill_killed_halfway_resumes_and_ends_identical() {
+    use std::io::BufRead;
+    let mut pds = Pds::start();
+    let now = "2026-11-24T12:00:00.000Z";
+    let mut first = None;
+    for i in 0..12 {
+        let did = pds.cmd(json!({"op": "createAccount", "handle": format!("user{i}.test")}))["did"]
+            .clone();
+        let post = pds.cmd(
+            json!({"op": "create", "did": did, "collection": "app.bsky.feed.post",
+            "record": {"text": format!("post {i}"), "createdAt": now}}),
+        );
+        let target = first.get_or_insert(post.clone()).clone();
+        pds.cmd(
+            json!({"op": "create", "did": did, "collection": "app.bsky.feed.like",
+            "record": {"subject": {"uri": target["uri"], "cid": target["cid"]}, "createdAt": now}}),
+        );
+    }
+    let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    let killed = tempfile::tempdir().unwrap();
+    // Paced to 4 repositories a second, so the kill lands mid-way.
+    let mut child = Command::new(bin())
+        .args([
+            "backfill", "--host", &pds.url, "--verify", "full", "--plc", &pds.plc,
+        ])
+        .args(["--concurrency", "1", "--max-repos-per-second", "4"])
+        .args(["--data", killed.path().to_str().unwrap()])
+        .args(["--lexicons", lexicons.to_str().unwrap()])
+        .env("LEXVIEW_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut applied = 0;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.starts_with('[') && line.contains(" records ") {
+            applied += 1;
+            if applied == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(applied, 3, "the backfill printed its progress");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (ok, out, err) = sql(killed.path(), "SELECT count(*) FROM backfill_repos");
+    assert!(ok, "{err}");
+    let partial: usize = out.lines().nth(2).unwrap().trim().parse().unwrap();
+    assert!(
+        (3..12).contains(&partial),
+        "killed halfway: {partial} of 12 done"
+    );
+
+    let log = backfill(&pds, killed.path());
+    assert!(
+        log.contains(&format!(
+            "{partial} already backfilled at their current rev"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "backfilled {} repositories (0 failed)",
+            12 - partial
+        )),
+        "{log}"
+    );
+    let clean = tempfile::tempdir().unwrap();
+    backfill(&pds, clean.path());
+    common::assert_lines_eq(&dump(clean.path()), &dump(killed.path()));
+    let (_, likes, _) = sql(
+        killed.path(),
+        "SELECT n FROM link_counts WHERE collection = 'app.bsky.feed.like'",
+    );
+    assert_eq!(likes.lines().nth(2).map(str::trim), Some("12"), "{likes}");
+}
