@@ -57,20 +57,32 @@ pub struct RepoStats {
     pub removed: usize,
 }
 
-/// Indexes one repository CAR as a snapshot of its DID, in transactions of
+/// Indexes one repository CAR file as a snapshot of its DID (see
+/// [`apply_repo`]); the file is indexed, not read into memory.
+pub fn apply_repo_file(
+    store: &mut Store,
+    ingestor: &Ingestor,
+    resolver: Option<&dyn Resolve>,
+    path: &std::path::Path,
+) -> anyhow::Result<(String, RepoStats)> {
+    let repo = crate::repo::open_repo(path).with_context(|| format!("{}", path.display()))?;
+    apply_repo(store, ingestor, resolver, &repo)
+}
+
+/// Indexes one repository as a snapshot of its DID, in transactions of
 /// 130k records (the writer's batch), so the index work does not hold the
 /// whole repository. The last one removes what the snapshot lacks and
 /// records the repository as done; a kill before it leaves the repository
 /// to be applied again, which is harmless.
-pub fn apply_repo(
+pub fn apply_repo<S: crate::repo::BlockStore>(
     store: &mut Store,
     ingestor: &Ingestor,
     resolver: Option<&dyn Resolve>,
-    car: &[u8],
+    repo: &crate::repo::Repo<S>,
 ) -> anyhow::Result<(String, RepoStats)> {
     const CHUNK: usize = 130_000;
     let (mut records, mut removed) = (0, 0);
-    let (did, _) = snapshot_chunks(ingestor, resolver, car, CHUNK, |changes| {
+    let (did, _) = snapshot_chunks(ingestor, resolver, repo, CHUNK, |changes| {
         records += changes
             .iter()
             .filter(|c| !matches!(c, Change::Snapshot { .. }))
@@ -306,8 +318,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     if !args.cars.is_empty() {
         progress.start(args.cars.len());
         for path in &args.cars {
-            let car = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            match apply_repo(&mut store, &ingestor, resolver.as_deref(), &car) {
+            match apply_repo_file(&mut store, &ingestor, resolver.as_deref(), path) {
                 Ok((did, s)) => progress.done(&did, Ok(s)),
                 Err(e) => progress.done(&path.display().to_string(), Err(e)),
             }
@@ -343,11 +354,15 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         );
         progress.start(todo.len());
         // Fetches run on `concurrency` threads (at most that many requests
-        // to the host at once); CARs are applied here, one at a time, in
-        // the order they arrive. At most 2 x concurrency CARs are held.
+        // to the host at once), each streaming its CAR to a file under
+        // <data>/backfill-tmp; the files are applied here, one at a time, in
+        // the order they arrive, and removed. At most 2 x concurrency CARs
+        // are on disk, and none is held in memory.
         let concurrency = args.concurrency.max(1);
+        let tmp = args.data.join("backfill-tmp");
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let (car_tx, car_rx) =
-            std::sync::mpsc::sync_channel::<(String, anyhow::Result<Vec<u8>>)>(concurrency);
+            std::sync::mpsc::sync_channel::<(String, anyhow::Result<PathBuf>)>(concurrency);
         let queue = Arc::new(std::sync::Mutex::new(todo.into_iter()));
         let pace = args
             .max_repos_per_second
@@ -355,12 +370,13 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             .map(|r| Arc::new(Pace::new(r)));
         std::thread::scope(|scope| -> anyhow::Result<()> {
             for _ in 0..concurrency {
-                let (queue, car_tx, client, host, pace) = (
+                let (queue, car_tx, client, host, pace, tmp) = (
                     queue.clone(),
                     car_tx.clone(),
                     client.clone(),
                     host.clone(),
                     pace.clone(),
+                    tmp.clone(),
                 );
                 scope.spawn(move || loop {
                     let Some(did) = queue.lock().expect("backfill queue").next() else {
@@ -370,8 +386,13 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
                         p.wait();
                     }
                     let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={did}");
-                    let car = get_with_retries(&client, &url)
-                        .and_then(|resp| Ok(Vec::from(resp.error_for_status()?.bytes()?)));
+                    let path = tmp.join(format!("{}.car", did.replace(':', "_")));
+                    let car = get_with_retries(&client, &url).and_then(|resp| {
+                        let mut resp = resp.error_for_status()?;
+                        let mut file = std::fs::File::create(&path)?;
+                        resp.copy_to(&mut file)?;
+                        Ok(path)
+                    });
                     if car_tx.send((did, car)).is_err() {
                         return;
                     }
@@ -379,8 +400,10 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             }
             drop(car_tx);
             for (did, car) in car_rx {
-                let r = car.and_then(|car| {
-                    Ok(apply_repo(&mut store, &ingestor, resolver.as_deref(), &car)?.1)
+                let r = car.and_then(|path| {
+                    let r = apply_repo_file(&mut store, &ingestor, resolver.as_deref(), &path);
+                    let _ = std::fs::remove_file(&path);
+                    Ok(r?.1)
                 });
                 progress.done(&did, r);
             }
@@ -456,7 +479,8 @@ pub fn audit_repo(
 ) -> anyhow::Result<Vec<Difference>> {
     let repo = read_repo(car)?;
     let mut in_repo = std::collections::BTreeMap::new();
-    for (key, cid) in &repo.records {
+    for record in repo.records() {
+        let (key, cid) = record?;
         if key.split_once('/').is_some_and(|(c, _)| ingestor.wants(c)) {
             in_repo.insert(format!("at://{}/{key}", repo.did), cid.to_string());
         }

@@ -428,9 +428,8 @@ mod tests {
         let car = crate::repo::write_car(commit_cid, &blocks);
         let repo = crate::repo::read_repo(&car).unwrap();
         let keys: Vec<Vec<u8>> = repo
-            .records
-            .iter()
-            .map(|(k, _)| k.clone().into_bytes())
+            .records()
+            .map(|r| r.unwrap().0.into_bytes())
             .collect();
         assert_eq!(
             keys,

@@ -6,6 +6,10 @@
 //! and the crates that do it (atrium-repo, jacquard-repo) bring their own
 //! CAR, CID and async stacks. Every block read is hash-checked against its CID.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
 use cid::Cid;
 
 use crate::decode::car::{read_car, verify_block, Blocks, CarError};
@@ -49,64 +53,216 @@ struct Entry {
     t: Option<Cid>,
 }
 
-/// A repository read from its CAR: the commit and its records in key order.
-pub struct Repo<'a> {
+/// Where a repository's blocks come from: an in-memory CAR ([`Blocks`]) or a
+/// CAR file read on demand ([`CarFile`]). Blocks are not hash-checked here.
+pub trait BlockStore {
+    fn raw(&self, cid: &Cid) -> Result<Cow<'_, [u8]>, RepoError>;
+}
+
+impl BlockStore for Blocks<'_> {
+    fn raw(&self, cid: &Cid) -> Result<Cow<'_, [u8]>, RepoError> {
+        self.blocks
+            .get(cid)
+            .map(|b| Cow::Borrowed(*b))
+            .ok_or(RepoError::Missing(*cid))
+    }
+}
+
+/// A CAR file indexed by one sequential scan: per block, its offset and
+/// length (keyed by the sha2-256 digest, 44 bytes a block), never its bytes,
+/// which are read back with `pread` when asked for. A repository of any size
+/// is walked in memory proportional to its block count.
+pub struct CarFile {
+    file: std::fs::File,
+    roots: Vec<Cid>,
+    index: HashMap<[u8; 32], (u64, u32), foldhash::fast::RandomState>,
+}
+
+impl CarFile {
+    pub fn open(path: &Path) -> Result<CarFile, RepoError> {
+        use std::io::{BufRead, BufReader, Read};
+        let malformed = |what: String| RepoError::Car(CarError::Malformed(what));
+        let file = std::fs::File::open(path)
+            .map_err(|e| malformed(format!("{}: {e}", path.display())))?;
+        let mut r = BufReader::with_capacity(1 << 20, &file);
+        let varint = |r: &mut BufReader<&std::fs::File>| -> Result<Option<u64>, RepoError> {
+            if r.fill_buf().map_err(|e| malformed(e.to_string()))?.is_empty() {
+                return Ok(None);
+            }
+            unsigned_varint::io::read_u64(&mut *r)
+                .map(Some)
+                .map_err(|e| malformed(format!("section length: {e}")))
+        };
+        let header_len = varint(&mut r)?.ok_or_else(|| malformed("empty file".into()))?;
+        if header_len == 0 || header_len > 1 << 20 {
+            return Err(malformed(format!("header length {header_len}")));
+        }
+        let mut header = vec![0; header_len as usize];
+        r.read_exact(&mut header)
+            .map_err(|_| malformed("truncated header".into()))?;
+        #[derive(serde::Deserialize)]
+        struct Header {
+            version: u64,
+            roots: Vec<Cid>,
+        }
+        let header: Header = serde_ipld_dagcbor::from_slice(&header)
+            .map_err(|e| malformed(format!("header: {e}")))?;
+        if header.version != 1 {
+            return Err(malformed(format!(
+                "unsupported CAR version {}",
+                header.version
+            )));
+        }
+        let mut offset = 0u64; // of the reader, from the file's start
+        offset += unsigned_varint::encode::u64(header_len, &mut unsigned_varint::encode::u64_buffer())
+            .len() as u64
+            + header_len;
+        let mut index = HashMap::default();
+        while let Some(len) = varint(&mut r)? {
+            offset += unsigned_varint::encode::u64(len, &mut unsigned_varint::encode::u64_buffer())
+                .len() as u64;
+            let mut counted = CountingReader { inner: &mut r, n: 0 };
+            let cid = Cid::read_bytes(&mut counted)
+                .map_err(|e| malformed(format!("block CID: {e}")))?;
+            let cid_len = counted.n;
+            let data_len = len
+                .checked_sub(cid_len)
+                .filter(|n| *n <= u32::MAX as u64)
+                .ok_or_else(|| malformed("block shorter than its CID".into()))?;
+            let digest: [u8; 32] = cid
+                .hash()
+                .digest()
+                .try_into()
+                .map_err(|_| RepoError::Car(CarError::UnsupportedHash { cid, code: cid.hash().code() }))?;
+            index.insert(digest, (offset + cid_len, data_len as u32));
+            // Skip the data: a seek within the buffer when it is there.
+            std::io::copy(&mut (&mut r).take(data_len), &mut std::io::sink())
+                .ok()
+                .filter(|n| *n == data_len)
+                .ok_or_else(|| malformed("truncated block".into()))?;
+            offset += len;
+        }
+        Ok(CarFile {
+            file,
+            roots: header.roots,
+            index,
+        })
+    }
+}
+
+/// Counts the bytes read through it (the length of a CID read from a stream).
+struct CountingReader<'r, R> {
+    inner: &'r mut R,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+impl BlockStore for CarFile {
+    fn raw(&self, cid: &Cid) -> Result<Cow<'_, [u8]>, RepoError> {
+        use std::os::unix::fs::FileExt;
+        let (offset, len) = cid
+            .hash()
+            .digest()
+            .try_into()
+            .ok()
+            .and_then(|d: [u8; 32]| self.index.get(&d).copied())
+            .ok_or(RepoError::Missing(*cid))?;
+        let mut data = vec![0; len as usize];
+        self.file
+            .read_exact_at(&mut data, offset)
+            .map_err(|e| RepoError::Car(CarError::Malformed(format!("reading a block: {e}"))))?;
+        Ok(Cow::Owned(data))
+    }
+}
+
+/// A repository: its signed commit, and its records through an MST walk.
+pub struct Repo<S> {
     pub did: String,
     /// None for a legacy (v2) commit.
     pub rev: Option<String>,
     /// The commit block's CID and bytes (for signature checks).
-    pub commit: (Cid, &'a [u8]),
-    /// `(collection/rkey, record CID)`, in key order.
-    pub records: Vec<(String, Cid)>,
-    blocks: Blocks<'a>,
+    pub commit: (Cid, Vec<u8>),
+    data: Cid,
+    store: S,
 }
 
-impl<'a> Repo<'a> {
-    /// A record block, hash-checked.
-    pub fn block(&self, cid: &Cid) -> Result<&'a [u8], RepoError> {
-        let data = *self
-            .blocks
-            .blocks
-            .get(cid)
-            .ok_or(RepoError::Missing(*cid))?;
-        verify_block(cid, data)?;
+impl<S: BlockStore> Repo<S> {
+    /// A block, hash-checked against its CID.
+    pub fn block(&self, cid: &Cid) -> Result<Cow<'_, [u8]>, RepoError> {
+        let data = self.store.raw(cid)?;
+        verify_block(cid, &data)?;
         Ok(data)
+    }
+
+    /// Every `(collection/rkey, record CID)`, in key order, walked lazily
+    /// (memory: the path from the root, not the record list).
+    pub fn records(&self) -> Walk<'_, S> {
+        Walk {
+            repo: self,
+            stack: vec![Step::Node(self.data)],
+        }
+    }
+
+    fn open(store: S, roots: &[Cid]) -> Result<Repo<S>, RepoError> {
+        let root = *roots.first().ok_or(RepoError::NoRoot)?;
+        let commit_block = store.raw(&root)?.into_owned();
+        verify_block(&root, &commit_block)?;
+        let commit: CommitFields = serde_ipld_dagcbor::from_slice(&commit_block)
+            .map_err(|e| RepoError::Commit(e.to_string()))?;
+        Ok(Repo {
+            did: commit.did,
+            rev: commit.rev,
+            commit: (root, commit_block),
+            data: commit.data,
+            store,
+        })
     }
 }
 
-/// Reads a repository CAR: its root commit and the keys of every record.
-pub fn read_repo(car: &[u8]) -> Result<Repo<'_>, RepoError> {
-    let blocks = read_car(car)?;
-    let root = *blocks.roots.first().ok_or(RepoError::NoRoot)?;
-    let get = |cid: &Cid| -> Result<&[u8], RepoError> {
-        let data = *blocks.blocks.get(cid).ok_or(RepoError::Missing(*cid))?;
-        verify_block(cid, data)?;
-        Ok(data)
-    };
-    let commit_block = get(&root)?;
-    let commit: CommitFields = serde_ipld_dagcbor::from_slice(commit_block)
-        .map_err(|e| RepoError::Commit(e.to_string()))?;
-    let mut records = Vec::new();
-    // An explicit stack (node CID, or a ready record) instead of recursion:
-    // a hostile repository cannot overflow it.
-    enum Step {
-        Node(Cid),
-        Record(String, Cid),
-    }
-    let mut stack = vec![Step::Node(commit.data)];
-    while let Some(step) = stack.pop() {
-        let cid = match step {
-            Step::Record(key, v) => {
-                records.push((key, v));
-                continue;
+/// A step of the in-order walk: a node to expand, or a record ready to go.
+enum Step {
+    Node(Cid),
+    Record(String, Cid),
+}
+
+/// The in-order MST walk of [`Repo::records`]. An explicit stack instead of
+/// recursion: a hostile repository cannot overflow it.
+pub struct Walk<'r, S> {
+    repo: &'r Repo<S>,
+    stack: Vec<Step>,
+}
+
+impl<S: BlockStore> Iterator for Walk<'_, S> {
+    type Item = Result<(String, Cid), RepoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let cid = match self.stack.pop()? {
+                Step::Record(key, v) => return Some(Ok((key, v))),
+                Step::Node(cid) => cid,
+            };
+            if let Err(e) = self.expand(cid) {
+                self.stack.clear();
+                return Some(Err(e));
             }
-            Step::Node(cid) => cid,
-        };
-        let node: Node =
-            serde_ipld_dagcbor::from_slice(get(&cid)?).map_err(|e| RepoError::Node {
-                cid,
-                message: e.to_string(),
-            })?;
+        }
+    }
+}
+
+impl<S: BlockStore> Walk<'_, S> {
+    fn expand(&mut self, cid: Cid) -> Result<(), RepoError> {
+        let block = self.repo.block(&cid)?;
+        let node: Node = serde_ipld_dagcbor::from_slice(&block).map_err(|e| RepoError::Node {
+            cid,
+            message: e.to_string(),
+        })?;
         // In order: l, then each entry's key followed by its right subtree.
         let mut ordered = Vec::with_capacity(node.e.len() * 2 + 1);
         if let Some(l) = node.l {
@@ -131,15 +287,23 @@ pub fn read_repo(car: &[u8]) -> Result<Repo<'_>, RepoError> {
                 ordered.push(Step::Node(t));
             }
         }
-        stack.extend(ordered.into_iter().rev());
+        self.stack.extend(ordered.into_iter().rev());
+        Ok(())
     }
-    Ok(Repo {
-        did: commit.did,
-        rev: commit.rev,
-        commit: (root, commit_block),
-        records,
-        blocks,
-    })
+}
+
+/// Reads a repository from an in-memory CAR: its root commit (hash-checked).
+pub fn read_repo(car: &[u8]) -> Result<Repo<Blocks<'_>>, RepoError> {
+    let blocks = read_car(car)?;
+    let roots = blocks.roots.clone();
+    Repo::open(blocks, &roots)
+}
+
+/// Reads a repository from a CAR file, indexing it without holding it.
+pub fn open_repo(path: &Path) -> Result<Repo<CarFile>, RepoError> {
+    let file = CarFile::open(path)?;
+    let roots = file.roots.clone();
+    Repo::open(file, &roots)
 }
 
 /// Writes a CAR v1 with one root (a repository export, or a test's).
@@ -188,14 +352,22 @@ mod tests {
                     (k.to_string(), c.to_string())
                 })
                 .collect();
-        let got: Vec<(String, String)> = repo
-            .records
+        let records: Vec<(String, Cid)> = repo.records().map(Result::unwrap).collect();
+        let got: Vec<(String, String)> = records
             .iter()
             .map(|(k, c)| (k.clone(), c.to_string()))
             .collect();
         assert_eq!(got, expected);
-        for (_, cid) in &repo.records {
+        for (_, cid) in &records {
             repo.block(cid).unwrap();
+        }
+        // The same through the file index.
+        let file = open_repo(std::path::Path::new(&format!("{dir}/repo.car"))).unwrap();
+        assert_eq!((file.did.as_str(), &file.rev, file.commit.0), (repo.did.as_str(), &repo.rev, repo.commit.0));
+        let from_file: Vec<(String, Cid)> = file.records().map(Result::unwrap).collect();
+        assert_eq!(from_file, records);
+        for (_, cid) in &records {
+            assert_eq!(file.block(cid).unwrap(), repo.block(cid).unwrap());
         }
         let commit = std::fs::read_to_string(format!("{dir}/car_expected_commit.txt")).unwrap();
         assert!(commit.contains(&format!("DID: {}", repo.did)));
@@ -209,10 +381,14 @@ mod tests {
         for name in ["greenground.repo.car", "fakermaker.repo.car"] {
             let car = std::fs::read(format!("{dir}/{name}")).unwrap();
             let repo = read_repo(&car).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!repo.records.is_empty(), "{name}");
-            let mut sorted = repo.records.clone();
+            let records: Vec<(String, Cid)> = repo.records().map(Result::unwrap).collect();
+            assert!(!records.is_empty(), "{name}");
+            let mut sorted = records.clone();
             sorted.sort();
-            assert_eq!(sorted, repo.records, "{name}: keys in order");
+            assert_eq!(sorted, records, "{name}: keys in order");
+            let file = open_repo(std::path::Path::new(&format!("{dir}/{name}"))).unwrap();
+            let from_file: Vec<(String, Cid)> = file.records().map(Result::unwrap).collect();
+            assert_eq!(from_file, records, "{name}: the file index walks the same");
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::index::event::{Change, IndexEvent};
 use crate::metrics::Metrics;
 use crate::pipeline::Ingestor;
-use crate::repo::read_repo;
+use crate::repo::{read_repo, BlockStore, Repo};
 use crate::verify::Resolve;
 
 /// A repository read whole, as changes: a `Put` (or `Invalid`) per record
@@ -53,8 +53,9 @@ pub fn snapshot_of(
     resolver: Option<&dyn Resolve>,
     car: &[u8],
 ) -> anyhow::Result<Snapshot> {
+    let repo = read_repo(car)?;
     let mut changes = Vec::new();
-    let (did, rev) = snapshot_chunks(ingestor, resolver, car, usize::MAX, |chunk| {
+    let (did, rev) = snapshot_chunks(ingestor, resolver, &repo, usize::MAX, |chunk| {
         changes.extend(chunk);
         Ok(())
     })?;
@@ -64,35 +65,38 @@ pub fn snapshot_of(
 /// As [`snapshot_of`], handing the changes to `emit` in chunks of at most
 /// `chunk` records (the last one ends with the `Snapshot`), so a large
 /// repository is never held as changes whole. Returns the DID and rev.
-pub fn snapshot_chunks(
+pub fn snapshot_chunks<S: BlockStore>(
     ingestor: &Ingestor,
     resolver: Option<&dyn Resolve>,
-    car: &[u8],
+    repo: &Repo<S>,
     chunk: usize,
     mut emit: impl FnMut(Vec<Change>) -> anyhow::Result<()>,
 ) -> anyhow::Result<(String, String)> {
-    let repo = read_repo(car)?;
     let rev = repo.rev.clone().unwrap_or_default();
     if let Some(resolver) = resolver {
         let Some(rev) = &repo.rev else {
             bail!("{}: legacy (v2) commit, not verified", repo.did);
         };
         let key = resolver.signing_key(&repo.did)?;
-        crate::verify::verify_commit(repo.commit.1, &repo.did, rev, &key)
+        crate::verify::verify_commit(&repo.commit.1, &repo.did, rev, &key)
             .with_context(|| format!("{}: commit does not verify", repo.did))?;
     }
-    let mut changes = Vec::with_capacity(chunk.min(repo.records.len() + 1));
-    let mut keep = HashSet::new();
-    for (key, cid) in &repo.records {
+    let mut changes = Vec::with_capacity(chunk.min(4096));
+    let mut keep = crate::index::event::UriKeys::default();
+    for record in repo.records() {
+        let (key, cid) = record?;
         let Some((collection, rkey)) = key.split_once('/') else {
             continue;
         };
         if !ingestor.wants(collection) {
             continue;
         }
-        let block = repo.block(cid)?;
-        keep.insert(format!("at://{}/{key}", repo.did));
-        changes.push(ingestor.record_from_block(&repo.did, collection, rkey, cid, &rev, block));
+        let block = repo.block(&cid)?;
+        keep.insert(crate::index::event::uri_key(&format!(
+            "at://{}/{key}",
+            repo.did
+        )));
+        changes.push(ingestor.record_from_block(&repo.did, collection, rkey, &cid, &rev, &block));
         if changes.len() >= chunk {
             emit(std::mem::take(&mut changes))?;
         }
@@ -103,7 +107,7 @@ pub fn snapshot_chunks(
         keep: Some(Arc::new(keep)),
     });
     emit(changes)?;
-    Ok((repo.did, rev))
+    Ok((repo.did.clone(), rev))
 }
 
 /// GET with retries: 429 and 5xx answers and connection errors are retried

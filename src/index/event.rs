@@ -88,6 +88,21 @@ pub struct Quarantined {
     pub record: Option<Value>,
 }
 
+/// The AT-URIs a snapshot keeps, as 128-bit keys ([`uri_key`]): 16 bytes a
+/// record instead of the URI, so a repository of millions of records is
+/// kept in tens of megabytes.
+pub type UriKeys = std::collections::HashSet<u128, foldhash::fast::FixedState>;
+
+/// A 128-bit key of an AT-URI: two independently seeded 64-bit foldhash
+/// values (a collision, which would keep a record the repository lacks, has
+/// a chance of about n^2 / 2^129).
+pub fn uri_key(uri: &str) -> u128 {
+    use std::hash::BuildHasher;
+    let a = foldhash::quality::FixedState::with_seed(0x6c65_7876_6965_7731).hash_one(uri);
+    let b = foldhash::quality::FixedState::with_seed(0x9e37_79b9_7f4a_7c15).hash_one(uri);
+    (u128::from(a) << 64) | u128::from(b)
+}
+
 /// One change to the index.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -123,7 +138,7 @@ pub enum Change {
     Snapshot {
         did: String,
         rev: String,
-        keep: Option<std::sync::Arc<std::collections::HashSet<String>>>,
+        keep: Option<std::sync::Arc<UriKeys>>,
     },
 }
 

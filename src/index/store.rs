@@ -533,7 +533,9 @@ impl Store {
                 out.push(
                     held.into_iter()
                         .filter(|(collection, rkey)| {
-                            !keep.contains(&format!("at://{did}/{collection}/{rkey}"))
+                            !keep.contains(&super::event::uri_key(&format!(
+                                "at://{did}/{collection}/{rkey}"
+                            )))
                         })
                         .map(|(collection, rkey)| Change::Delete {
                             did: did.clone(),
