@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Writer batch size in events.
     #[arg(long, default_value_t = 130_000)]
     pub batch: usize,
+    /// DuckDB's memory limit for the store, e.g. 128MB (default: DuckDB's).
+    #[arg(long)]
+    pub memory_limit: Option<String>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -124,8 +127,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let ingestor = Ingestor::new(catalog.clone(), Arc::new(Metrics::default()));
         let start = Instant::now();
         // From the file, as `lexview backfill` applies a fetched repository.
+        if let Some(limit) = &args.memory_limit {
+            store.set_memory_limit(limit)?;
+        }
         let (_, stats) = crate::backfill::apply_repo_file(&mut store, &ingestor, None, &path)?;
         store.checkpoint()?;
+        for (tag, bytes) in store.memory_report()? {
+            eprintln!("DuckDB memory: {tag} {} MiB", bytes >> 20);
+        }
         let secs = start.elapsed().as_secs_f64();
         println!(
             "(c) backfill of a generated repository ({} MiB CAR, {} records): {secs:.2} s = {:.0} records/s",

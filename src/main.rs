@@ -119,6 +119,9 @@ struct ServeArgs {
     /// firehose source, as http(s)).
     #[arg(long, env = "LEXVIEW_BACKFILL_HOST")]
     backfill_host: Option<String>,
+    /// DuckDB's memory limit, e.g. 1GB (default: DuckDB's, 80% of RAM).
+    #[arg(long, env = "LEXVIEW_MEMORY_LIMIT")]
+    memory_limit: Option<String>,
     /// Writer batch: commit after this many events...
     #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
     batch_events: usize,
@@ -175,6 +178,7 @@ fn main() -> anyhow::Result<()> {
                 resync_per_host: a.resync_per_host,
                 backfill: a.backfill,
                 backfill_host: a.backfill_host,
+                memory_limit: a.memory_limit,
                 writer: WriterConfig {
                     max_events: a.batch_events,
                     max_delay: std::time::Duration::from_millis(a.batch_ms),

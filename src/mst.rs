@@ -427,10 +427,7 @@ mod tests {
         blocks.push((leaf, b"x".to_vec()));
         let car = crate::repo::write_car(commit_cid, &blocks);
         let repo = crate::repo::read_repo(&car).unwrap();
-        let keys: Vec<Vec<u8>> = repo
-            .records()
-            .map(|r| r.unwrap().0.into_bytes())
-            .collect();
+        let keys: Vec<Vec<u8>> = repo.records().map(|r| r.unwrap().0.into_bytes()).collect();
         assert_eq!(
             keys,
             entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>()

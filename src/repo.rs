@@ -7,7 +7,6 @@
 //! CAR, CID and async stacks. Every block read is hash-checked against its CID.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 
 use cid::Cid;
@@ -68,25 +67,41 @@ impl BlockStore for Blocks<'_> {
     }
 }
 
-/// A CAR file indexed by one sequential scan: per block, its offset and
-/// length (keyed by the sha2-256 digest, 44 bytes a block), never its bytes,
-/// which are read back with `pread` when asked for. A repository of any size
-/// is walked in memory proportional to its block count.
+/// A CAR file indexed by one sequential scan: per block, the first 16 bytes
+/// of its sha2-256 digest and its place in the file (24 bytes a block, in a
+/// sorted vector), never its bytes, which are read back with `pread` and
+/// hash-checked against the full CID when asked for (so a clash of
+/// truncated digests could only ever fail a read, not return another
+/// block). A repository of any size is walked in memory proportional to its
+/// block count.
 pub struct CarFile {
     file: std::fs::File,
     roots: Vec<Cid>,
-    index: HashMap<[u8; 32], (u64, u32), foldhash::fast::RandomState>,
+    /// (digest prefix, offset << 24 | length), sorted.
+    index: Vec<(u128, u64)>,
 }
+
+/// The index key of a CID: the first 16 bytes of its digest.
+fn digest_key(cid: &Cid) -> Option<u128> {
+    let d = cid.hash().digest();
+    Some(u128::from_be_bytes(d.get(..16)?.try_into().ok()?))
+}
+
+/// Blocks of up to 16 MiB (a record is at most 1 MiB) at offsets up to 1 TiB.
+const LEN_BITS: u32 = 24;
 
 impl CarFile {
     pub fn open(path: &Path) -> Result<CarFile, RepoError> {
         use std::io::{BufRead, BufReader, Read};
         let malformed = |what: String| RepoError::Car(CarError::Malformed(what));
-        let file = std::fs::File::open(path)
-            .map_err(|e| malformed(format!("{}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| malformed(format!("{}: {e}", path.display())))?;
         let mut r = BufReader::with_capacity(1 << 20, &file);
         let varint = |r: &mut BufReader<&std::fs::File>| -> Result<Option<u64>, RepoError> {
-            if r.fill_buf().map_err(|e| malformed(e.to_string()))?.is_empty() {
+            if r.fill_buf()
+                .map_err(|e| malformed(e.to_string()))?
+                .is_empty()
+            {
                 return Ok(None);
             }
             unsigned_varint::io::read_u64(&mut *r)
@@ -114,27 +129,36 @@ impl CarFile {
             )));
         }
         let mut offset = 0u64; // of the reader, from the file's start
-        offset += unsigned_varint::encode::u64(header_len, &mut unsigned_varint::encode::u64_buffer())
-            .len() as u64
-            + header_len;
-        let mut index = HashMap::default();
+        offset +=
+            unsigned_varint::encode::u64(header_len, &mut unsigned_varint::encode::u64_buffer())
+                .len() as u64
+                + header_len;
+        let mut index = Vec::new();
         while let Some(len) = varint(&mut r)? {
             offset += unsigned_varint::encode::u64(len, &mut unsigned_varint::encode::u64_buffer())
                 .len() as u64;
-            let mut counted = CountingReader { inner: &mut r, n: 0 };
-            let cid = Cid::read_bytes(&mut counted)
-                .map_err(|e| malformed(format!("block CID: {e}")))?;
+            let mut counted = CountingReader {
+                inner: &mut r,
+                n: 0,
+            };
+            let cid =
+                Cid::read_bytes(&mut counted).map_err(|e| malformed(format!("block CID: {e}")))?;
             let cid_len = counted.n;
             let data_len = len
                 .checked_sub(cid_len)
-                .filter(|n| *n <= u32::MAX as u64)
                 .ok_or_else(|| malformed("block shorter than its CID".into()))?;
-            let digest: [u8; 32] = cid
-                .hash()
-                .digest()
-                .try_into()
-                .map_err(|_| RepoError::Car(CarError::UnsupportedHash { cid, code: cid.hash().code() }))?;
-            index.insert(digest, (offset + cid_len, data_len as u32));
+            if data_len >= 1 << LEN_BITS || offset + cid_len >= 1 << (64 - LEN_BITS) {
+                return Err(malformed(format!(
+                    "block of {data_len} bytes at {offset}: too large"
+                )));
+            }
+            let key = digest_key(&cid).ok_or_else(|| {
+                RepoError::Car(CarError::UnsupportedHash {
+                    cid,
+                    code: cid.hash().code(),
+                })
+            })?;
+            index.push((key, ((offset + cid_len) << LEN_BITS) | data_len));
             // Skip the data: a seek within the buffer when it is there.
             std::io::copy(&mut (&mut r).take(data_len), &mut std::io::sink())
                 .ok()
@@ -142,6 +166,9 @@ impl CarFile {
                 .ok_or_else(|| malformed("truncated block".into()))?;
             offset += len;
         }
+        index.sort_unstable();
+        index.dedup_by_key(|e| e.0);
+        index.shrink_to_fit();
         Ok(CarFile {
             file,
             roots: header.roots,
@@ -167,13 +194,13 @@ impl<R: std::io::Read> std::io::Read for CountingReader<'_, R> {
 impl BlockStore for CarFile {
     fn raw(&self, cid: &Cid) -> Result<Cow<'_, [u8]>, RepoError> {
         use std::os::unix::fs::FileExt;
-        let (offset, len) = cid
-            .hash()
-            .digest()
-            .try_into()
-            .ok()
-            .and_then(|d: [u8; 32]| self.index.get(&d).copied())
+        let place = digest_key(cid)
+            .and_then(|k| {
+                let i = self.index.binary_search_by_key(&k, |e| e.0).ok()?;
+                Some(self.index[i].1)
+            })
             .ok_or(RepoError::Missing(*cid))?;
+        let (offset, len) = (place >> LEN_BITS, place & ((1 << LEN_BITS) - 1));
         let mut data = vec![0; len as usize];
         self.file
             .read_exact_at(&mut data, offset)
@@ -363,7 +390,10 @@ mod tests {
         }
         // The same through the file index.
         let file = open_repo(std::path::Path::new(&format!("{dir}/repo.car"))).unwrap();
-        assert_eq!((file.did.as_str(), &file.rev, file.commit.0), (repo.did.as_str(), &repo.rev, repo.commit.0));
+        assert_eq!(
+            (file.did.as_str(), &file.rev, file.commit.0),
+            (repo.did.as_str(), &repo.rev, repo.commit.0)
+        );
         let from_file: Vec<(String, Cid)> = file.records().map(Result::unwrap).collect();
         assert_eq!(from_file, records);
         for (_, cid) in &records {

@@ -92,10 +92,7 @@ pub fn snapshot_chunks<S: BlockStore>(
             continue;
         }
         let block = repo.block(&cid)?;
-        keep.insert(crate::index::event::uri_key(&format!(
-            "at://{}/{key}",
-            repo.did
-        )));
+        keep.insert(&format!("at://{}/{key}", repo.did));
         changes.push(ingestor.record_from_block(&repo.did, collection, rkey, &cid, &rev, &block));
         if changes.len() >= chunk {
             emit(std::mem::take(&mut changes))?;
@@ -104,7 +101,7 @@ pub fn snapshot_chunks<S: BlockStore>(
     changes.push(Change::Snapshot {
         did: repo.did.clone(),
         rev: rev.clone(),
-        keep: Some(Arc::new(keep)),
+        keep: Some(Arc::new(keep.seal())),
     });
     emit(changes)?;
     Ok((repo.did.clone(), rev))

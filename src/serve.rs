@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub backfill: bool,
     /// Where to list repositories (default: the first firehose source).
     pub backfill_host: Option<String>,
+    /// DuckDB's memory limit (e.g. "1GB"); None: DuckDB's default.
+    pub memory_limit: Option<String>,
     pub writer: WriterConfig,
 }
 
@@ -100,6 +102,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let store = Store::open(&cfg.data)
         .with_context(|| format!("cannot open the store in {}", cfg.data.display()))?;
+    if let Some(limit) = &cfg.memory_limit {
+        store
+            .set_memory_limit(limit)
+            .with_context(|| format!("--memory-limit {limit}"))?;
+    }
     let metrics = Arc::new(Metrics::default());
     let positions = Arc::new(Positions::default());
     let mut resume: HashMap<String, Option<i64>> = HashMap::new();

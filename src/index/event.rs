@@ -88,10 +88,30 @@ pub struct Quarantined {
     pub record: Option<Value>,
 }
 
-/// The AT-URIs a snapshot keeps, as 128-bit keys ([`uri_key`]): 16 bytes a
-/// record instead of the URI, so a repository of millions of records is
-/// kept in tens of megabytes.
-pub type UriKeys = std::collections::HashSet<u128, foldhash::fast::FixedState>;
+/// The AT-URIs a snapshot keeps, as 128-bit keys ([`uri_key`]) in a sorted
+/// vector: 16 bytes a record instead of the URI, so a repository of millions
+/// of records is kept in tens of megabytes.
+#[derive(Debug, Default, Clone)]
+pub struct UriKeys(Vec<u128>);
+
+impl UriKeys {
+    pub fn insert(&mut self, uri: &str) {
+        self.0.push(uri_key(uri));
+    }
+
+    /// Sorts the keys for [`UriKeys::contains`]; call once, when complete.
+    pub fn seal(mut self) -> UriKeys {
+        self.0.sort_unstable();
+        self.0.dedup();
+        self.0.shrink_to_fit();
+        self
+    }
+
+    /// Whether `uri` is kept (after [`UriKeys::seal`]).
+    pub fn contains(&self, uri: &str) -> bool {
+        self.0.binary_search(&uri_key(uri)).is_ok()
+    }
+}
 
 /// A 128-bit key of an AT-URI: two independently seeded 64-bit foldhash
 /// values (a collision, which would keep a record the repository lacks, has

@@ -193,6 +193,26 @@ impl Store {
         Ok(self.conn.execute_batch("CHECKPOINT")?)
     }
 
+    /// DuckDB's memory limit (`SET memory_limit`, e.g. "256MB"); DuckDB's
+    /// default is 80% of RAM.
+    pub fn set_memory_limit(&self, limit: &str) -> Result<()> {
+        self.conn
+            .execute("SET memory_limit = ?", params![limit])
+            .map(|_| ())
+            .map_err(StoreError::from)
+    }
+
+    /// DuckDB's own memory by component (`duckdb_memory()`), largest first,
+    /// for the benchmark's report.
+    pub fn memory_report(&self) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT tag, memory_usage_bytes FROM duckdb_memory()
+             WHERE memory_usage_bytes > 0 ORDER BY memory_usage_bytes DESC",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<duckdb::Result<_>>()?)
+    }
+
     /// Read connections for the API.
     pub fn readers(&self) -> Arc<ReadPool> {
         self.readers.clone()
@@ -533,9 +553,7 @@ impl Store {
                 out.push(
                     held.into_iter()
                         .filter(|(collection, rkey)| {
-                            !keep.contains(&super::event::uri_key(&format!(
-                                "at://{did}/{collection}/{rkey}"
-                            )))
+                            !keep.contains(&format!("at://{did}/{collection}/{rkey}"))
                         })
                         .map(|(collection, rkey)| Change::Delete {
                             did: did.clone(),
