@@ -32,8 +32,9 @@ pub struct BackfillArgs {
     pub data: PathBuf,
     #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
     pub lexicons: PathBuf,
-    /// Check each repository's commit signature (full) or not (none).
-    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "none")]
+    /// Check each repository's commit signature (full) or not (none); auto:
+    /// full for --host, none for local --car files.
+    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "auto")]
     pub verify: crate::serve::Verify,
     /// PLC directory for DID resolution.
     #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
@@ -316,9 +317,11 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     if let Some(limit) = &args.memory_limit {
         store.set_memory_limit(limit)?;
     }
+    use crate::serve::Verify;
     let resolver: Option<Arc<dyn Resolve>> = match args.verify {
-        crate::serve::Verify::None => None,
-        crate::serve::Verify::Full => Some(crate::verify::resolver(
+        Verify::None => None,
+        Verify::Auto if args.host.is_none() => None,
+        Verify::Full | Verify::Auto => Some(crate::verify::resolver(
             &args.plc,
             args.did_docs.as_deref(),
         )?),

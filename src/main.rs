@@ -94,8 +94,9 @@ struct ServeArgs {
     /// PLC directory for DID resolution.
     #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
     plc: String,
-    /// Commit verification.
-    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "none")]
+    /// Commit verification: auto is full for firehose sources, none for
+    /// recordings and Jetstream.
+    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "auto")]
     verify: Verify,
     /// DID documents for verification from a file (`{"did": document}`)
     /// instead of the network, e.g. for a recording.

@@ -208,6 +208,22 @@ impl Ingestor {
         };
         verifier.clear_prechecked();
         let catalog = self.catalog.load();
+        // Keys of repos not seen yet, fetched concurrently first.
+        let repos: Vec<String> = frames
+            .par_iter()
+            .filter_map(|bytes| match decode_frame(bytes) {
+                Ok(Frame::Commit(c)) => c
+                    .ops
+                    .iter()
+                    .any(|op| {
+                        op.split_path()
+                            .is_some_and(|(collection, _)| catalog.has_record(collection))
+                    })
+                    .then(|| c.repo.to_string()),
+                _ => None,
+            })
+            .collect();
+        verifier.prefetch(&repos.iter().map(String::as_str).collect::<Vec<_>>());
         frames.par_iter().for_each(|bytes| {
             let Ok(Frame::Commit(c)) = decode_frame(bytes) else {
                 return;

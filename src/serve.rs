@@ -22,6 +22,10 @@ use crate::source::{firehose, jetstream, replay, RawFrame, SourceSpec, Wire};
 /// Whether commits are verified before they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Verify {
+    /// `full` for network sources (a firehose for `serve`, `--host` for
+    /// `backfill`), `none` for recordings and local files (and Jetstream,
+    /// which carries nothing to verify).
+    Auto,
     /// Check each commit's signature against its DID document, its DID,
     /// its rev order and (with `prevData`) its Sync 1.1 proof.
     Full,
@@ -100,6 +104,17 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         .map(|s| SourceSpec::parse(s).map(|spec| (spec.id(), spec)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let verify = match cfg.verify {
+        Verify::Auto
+            if specs
+                .iter()
+                .any(|(_, s)| matches!(s, SourceSpec::Firehose { .. })) =>
+        {
+            Verify::Full
+        }
+        Verify::Auto => Verify::None,
+        v => v,
+    };
     let store = Store::open(&cfg.data)
         .with_context(|| format!("cannot open the store in {}", cfg.data.display()))?;
     if let Some(limit) = &cfg.memory_limit {
@@ -204,7 +219,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             cfg.resync_per_host,
             resolver.clone(),
             Arc::new(Ingestor::shared(shared_catalog.clone(), metrics.clone())),
-            cfg.verify == Verify::Full,
+            verify == Verify::Full,
             fetched_tx,
         )?))
     } else {
@@ -213,7 +228,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let ingest = {
         let mut ingestor =
             Ingestor::shared(shared_catalog.clone(), metrics.clone()).with_seq_order();
-        if cfg.verify == Verify::Full {
+        if verify == Verify::Full {
             tracing::info!(plc = %cfg.plc, did_docs = ?cfg.did_docs, "verifying commits");
             ingestor =
                 ingestor.with_verifier(Arc::new(crate::verify::Verifier::shared(resolver.clone())));

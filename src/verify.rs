@@ -280,6 +280,8 @@ pub trait Resolve: Send + Sync {
     /// Forgets what is cached for `did` (an `#identity` event, or a
     /// signature that failed with the cached key).
     fn invalidate(&self, did: &str);
+    /// Resolves, ahead of need and concurrently, the DIDs not cached yet.
+    fn prefetch(&self, _dids: &[&str]) {}
 }
 
 /// The `#atproto_pds` service endpoint of a DID document.
@@ -367,6 +369,8 @@ pub struct HttpResolver {
     plc: String,
     client: reqwest::blocking::Client,
     cache: Mutex<lru::LruCache<String, (Instant, Resolved)>>,
+    /// DIDs that failed to resolve, not asked again for [`FAILURE_TTL`].
+    failed: Mutex<lru::LruCache<String, Instant>>,
     ttl: Duration,
 }
 
@@ -380,6 +384,9 @@ impl HttpResolver {
                 .build()
                 .expect("HTTP client"),
             cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(100_000).expect("non-zero"),
+            )),
+            failed: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(100_000).expect("non-zero"),
             )),
             ttl,
@@ -436,7 +443,20 @@ impl HttpResolver {
                 return Ok(r.clone());
             }
         }
-        let r = self.fetch(did)?;
+        if let Some(at) = self.failed.lock().expect("resolver failures").get(did) {
+            if at.elapsed() < FAILURE_TTL {
+                return Err(VerifyError::Resolve(format!(
+                    "{did}: failed to resolve less than {} s ago",
+                    FAILURE_TTL.as_secs()
+                )));
+            }
+        }
+        let r = self.fetch(did).inspect_err(|_| {
+            self.failed
+                .lock()
+                .expect("resolver failures")
+                .put(did.to_string(), Instant::now());
+        })?;
         self.cache
             .lock()
             .expect("resolver cache")
@@ -444,6 +464,9 @@ impl HttpResolver {
         Ok(r)
     }
 }
+
+/// How long a DID that failed to resolve is not asked again.
+const FAILURE_TTL: Duration = Duration::from_secs(60);
 
 /// What a DID document says that lexview uses.
 #[derive(Debug, Clone)]
@@ -461,8 +484,42 @@ impl Resolve for HttpResolver {
             .pds
             .ok_or_else(|| VerifyError::Resolve(format!("{did}: no #atproto_pds service")))
     }
+    /// Up to 16 lookups at once: on a cold cache (a start on the live
+    /// network) a round of frames names hundreds of new DIDs, and one at a
+    /// time they would stall the ingest thread for seconds.
+    fn prefetch(&self, dids: &[&str]) {
+        let mut missing: Vec<&str> = {
+            let cache = self.cache.lock().expect("resolver cache");
+            let failed = self.failed.lock().expect("resolver failures");
+            dids.iter()
+                .copied()
+                .filter(|d| {
+                    cache
+                        .peek(*d)
+                        .is_none_or(|(at, _)| at.elapsed() >= self.ttl)
+                        && failed.peek(*d).is_none_or(|at| at.elapsed() >= FAILURE_TTL)
+                })
+                .collect()
+        };
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        let per_thread = missing.len().div_ceil(16);
+        std::thread::scope(|s| {
+            for chunk in missing.chunks(per_thread) {
+                s.spawn(move || {
+                    for did in chunk {
+                        let _ = self.resolve(did);
+                    }
+                });
+            }
+        });
+    }
     fn invalidate(&self, did: &str) {
         self.cache.lock().expect("resolver cache").pop(did);
+        self.failed.lock().expect("resolver failures").pop(did);
     }
 }
 
@@ -685,6 +742,11 @@ impl Verifier {
         self.revs.lock().expect("revs lock").peek(repo)?.data
     }
 
+    /// Resolves the keys of these repos ahead of their checks, concurrently.
+    pub fn prefetch(&self, repos: &[&str]) {
+        self.resolver.prefetch(repos);
+    }
+
     /// The resolver this verifier uses.
     pub fn resolver(&self) -> Arc<dyn Resolve> {
         self.resolver.clone()
@@ -745,6 +807,26 @@ mod tests {
                 assert_eq!(got, Err(VerifyError::SignatureFormat), "{}", v["comment"]);
             }
         }
+    }
+
+    #[test]
+    fn failed_lookups_are_not_repeated_for_a_while() {
+        // Nothing listens on port 9 of loopback: every lookup fails at once.
+        let r = HttpResolver::new("http://127.0.0.1:9", Duration::from_secs(3600));
+        r.prefetch(&[
+            "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
+            "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb",
+        ]);
+        let e = r
+            .signing_key("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")
+            .unwrap_err();
+        assert!(e.to_string().contains("failed to resolve less than"), "{e}");
+        // An #identity event clears it: the next lookup goes out again.
+        r.invalidate("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa");
+        let e = r
+            .signing_key("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")
+            .unwrap_err();
+        assert!(e.to_string().contains("127.0.0.1:9"), "{e}");
     }
 
     #[test]

@@ -55,10 +55,12 @@ fn a_backfill_from_the_pds_equals_the_live_index_and_resumes() {
     let mut pds = Pds::start();
     let live = tempfile::tempdir().unwrap();
     let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    let server = Server::start(
+    let server = Server::start_full(
         &[&format!("{}?cursor=0", pds.firehose)],
         live.path(),
         &lexicons,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
+        &["--plc", &pds.plc],
     );
 
     let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"].clone();

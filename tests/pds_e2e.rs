@@ -19,10 +19,14 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let mut pds = Pds::start();
     let data = tempfile::tempdir().unwrap();
     let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    let server = Server::start(
+    // A firehose source: every commit is verified (the default), with DID
+    // documents from the PDS's in-memory PLC.
+    let server = Server::start_full(
         &[&format!("{}?cursor=0", pds.firehose)],
         data.path(),
         &lexicons,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
+        &["--plc", &pds.plc],
     );
 
     let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"]

@@ -261,8 +261,31 @@ fn a_relay_that_drops_the_connection_every_40_frames_gives_the_same_index() {
 
     let relay = common::relay::start(common::frames("jetstream/frames.bin"), 40);
     let dropped = tempfile::tempdir().unwrap();
-    let server = Server::start(&[&relay.url], dropped.path(), &lexicons());
+    // A firehose source is verified by default: keys from the recording's
+    // DID documents.
+    let server = Server::start_full(
+        &[&relay.url],
+        dropped.path(),
+        &lexicons(),
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
+        &[
+            "--did-docs",
+            common::fixture("jetstream/did_docs.json").to_str().unwrap(),
+        ],
+    );
     server.wait_for_cursor(LAST_SEQ);
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("lexview_commits_rejected_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("lexview_commits_verified_total 0\n"),
+        "{metrics}"
+    );
     assert!(server.stop().success());
     assert!(
         relay.connections.load(std::sync::atomic::Ordering::SeqCst) >= 4,
