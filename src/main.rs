@@ -123,6 +123,12 @@ struct ServeArgs {
     /// DuckDB's memory limit, e.g. 1GB (default: DuckDB's, 80% of RAM).
     #[arg(long, env = "LEXVIEW_MEMORY_LIMIT")]
     memory_limit: Option<String>,
+    /// With verification, resolve handles through this service's
+    /// com.atproto.identity.resolveHandle (e.g. a PDS for its own handles)
+    /// instead of DNS TXT and https://<handle>/.well-known/atproto-did;
+    /// `off`: show handles as claimed (e.g. replaying a recording offline).
+    #[arg(long, env = "LEXVIEW_HANDLE_RESOLVER")]
+    handle_resolver: Option<String>,
     /// Writer batch: commit after this many events...
     #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
     batch_events: usize,
@@ -180,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                 backfill: a.backfill,
                 backfill_host: a.backfill_host,
                 memory_limit: a.memory_limit,
+                handle_resolver: a.handle_resolver,
                 writer: WriterConfig {
                     max_events: a.batch_events,
                     max_delay: std::time::Duration::from_millis(a.batch_ms),

@@ -60,6 +60,8 @@ counters! {
     resync_stale_events_total: "Buffered events already covered by their repository's snapshot (rev not newer), not applied.",
     backfill_repos_total: "Repositories applied by backfill.",
     backfill_records_total: "Records read from repositories by backfill.",
+    handles_verified_total: "Handles checked both ways and shown (DID document and DNS/HTTPS agree).",
+    handles_invalid_total: "Handles that did not verify, shown as handle.invalid.",
     reconnects_total: "Source reconnections.",
     batches_committed_total: "Writer transactions committed.",
     writer_errors_total: "Writer transactions that failed and were retried.",

@@ -277,6 +277,7 @@ fn event_did(ev: &IndexEvent) -> Option<&str> {
         | Change::Identity { did, .. }
         | Change::Account { did, .. }
         | Change::Resync { did, .. }
+        | Change::HandleChecked { did, .. }
         | Change::Snapshot { did, .. } => did.as_str(),
         Change::Invalid(q) => q.did.as_str(),
     })

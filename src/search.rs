@@ -893,7 +893,10 @@ impl Search {
             Change::Delete { collection, .. } => fields.covers(collection),
             Change::Invalid(q) => fields.covers(&q.collection),
             Change::Account { .. } => true,
-            Change::Identity { .. } | Change::Resync { .. } | Change::Snapshot { .. } => false,
+            Change::Identity { .. }
+            | Change::HandleChecked { .. }
+            | Change::Resync { .. }
+            | Change::Snapshot { .. } => false,
         };
         let picked: Vec<IndexEvent> = batch
             .iter()

@@ -61,6 +61,9 @@ pub struct ServeConfig {
     pub backfill_host: Option<String>,
     /// DuckDB's memory limit (e.g. "1GB"); None: DuckDB's default.
     pub memory_limit: Option<String>,
+    /// Resolve handles through this service's `resolveHandle` instead of
+    /// DNS and HTTPS.
+    pub handle_resolver: Option<String>,
     pub writer: WriterConfig,
 }
 
@@ -225,6 +228,23 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Handles are checked both ways when commits are verified.
+    let handles_on = cfg.handle_resolver.as_deref() != Some("off");
+    let handles = if verify == Verify::Full && handles_on {
+        let via = match &cfg.handle_resolver {
+            Some(url) => crate::handles::Via::Service(url.trim_end_matches('/').to_string()),
+            None => crate::handles::Via::DnsAndHttps,
+        };
+        tracing::info!(?via, "verifying handles");
+        Some(crate::handles::start(
+            crate::handles::HandleChecker::new(resolver.clone(), via)?,
+            ev_tx.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
     let ingest = {
         let mut ingestor =
             Ingestor::shared(shared_catalog.clone(), metrics.clone()).with_seq_order();
@@ -279,6 +299,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             move |batch| {
                 invalidate.invalidate(batch);
                 search.on_commit(batch);
+                if let Some(h) = &handles {
+                    h.on_commit(batch);
+                }
                 // Built only while someone is subscribed.
                 if publish.receiver_count() > 0 {
                     for ev in api::graphql::record_events(batch) {

@@ -277,6 +277,8 @@ pub trait Resolve: Send + Sync {
     /// The PDS that hosts `did`'s repository (the DID document's
     /// `#atproto_pds` service), for fetching it with `getRepo`.
     fn pds_endpoint(&self, did: &str) -> Result<String, VerifyError>;
+    /// The DID document's `alsoKnownAs` (`at://handle` entries claim handles).
+    fn also_known_as(&self, did: &str) -> Result<Vec<String>, VerifyError>;
     /// Forgets what is cached for `did` (an `#identity` event, or a
     /// signature that failed with the cached key).
     fn invalidate(&self, did: &str);
@@ -300,7 +302,21 @@ pub fn pds_of_document(doc: &Value) -> Option<String> {
 }
 
 /// Keys from a fixed map of DID documents (tests, benchmarks, offline runs).
-pub struct StaticResolver(HashMap<String, PublicKey>, HashMap<String, String>);
+pub struct StaticResolver(
+    HashMap<String, PublicKey>,
+    HashMap<String, String>,
+    HashMap<String, Vec<String>>,
+);
+
+/// The `alsoKnownAs` entries of a DID document.
+pub fn also_known_as_of(doc: &Value) -> Vec<String> {
+    doc.get("alsoKnownAs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
 
 impl StaticResolver {
     /// From a JSON object `{did: document}` (like the Jetstream corpus's
@@ -318,7 +334,13 @@ impl StaticResolver {
             .flatten()
             .filter_map(|(did, doc)| Some((did.clone(), pds_of_document(doc)?)))
             .collect();
-        StaticResolver(keys, hosts)
+        let names = docs
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(did, doc)| (did.clone(), also_known_as_of(doc)))
+            .collect();
+        StaticResolver(keys, hosts, names)
     }
 }
 
@@ -358,6 +380,12 @@ impl Resolve for StaticResolver {
             .get(did)
             .cloned()
             .ok_or_else(|| VerifyError::Resolve(format!("no #atproto_pds service for {did}")))
+    }
+    fn also_known_as(&self, did: &str) -> Result<Vec<String>, VerifyError> {
+        self.2
+            .get(did)
+            .cloned()
+            .ok_or_else(|| VerifyError::Resolve(format!("no DID document for {did}")))
     }
     fn invalidate(&self, _did: &str) {}
 }
@@ -434,6 +462,7 @@ impl HttpResolver {
         Ok(Resolved {
             key: PublicKey::from_did_document(&doc)?,
             pds: pds_of_document(&doc),
+            aka: also_known_as_of(&doc),
         })
     }
 
@@ -473,6 +502,7 @@ const FAILURE_TTL: Duration = Duration::from_secs(60);
 struct Resolved {
     key: PublicKey,
     pds: Option<String>,
+    aka: Vec<String>,
 }
 
 impl Resolve for HttpResolver {
@@ -483,6 +513,9 @@ impl Resolve for HttpResolver {
         self.resolve(did)?
             .pds
             .ok_or_else(|| VerifyError::Resolve(format!("{did}: no #atproto_pds service")))
+    }
+    fn also_known_as(&self, did: &str) -> Result<Vec<String>, VerifyError> {
+        Ok(self.resolve(did)?.aka)
     }
     /// Up to 16 lookups at once: on a cold cache (a start on the live
     /// network) a round of frames names hundreds of new DIDs, and one at a

@@ -60,7 +60,7 @@ fn a_backfill_from_the_pds_equals_the_live_index_and_resumes() {
         live.path(),
         &lexicons,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
-        &["--plc", &pds.plc],
+        &["--plc", &pds.plc, "--handle-resolver", &pds.url],
     );
 
     let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"].clone();
@@ -231,7 +231,15 @@ fn serve_backfill_cuts_over_to_the_live_stream() {
         data.path(),
         &root.join("lexicons"),
         &root.join("queries"),
-        &["--backfill", "--verify", "full", "--plc", &pds.plc],
+        &[
+            "--backfill",
+            "--verify",
+            "full",
+            "--plc",
+            &pds.plc,
+            "--handle-resolver",
+            &pds.url,
+        ],
     );
     // Live writes while the backfill runs: likes, a delete, new posts.
     let mut last = 0;

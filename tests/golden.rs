@@ -39,7 +39,9 @@ fn production_frames_match_production_jetstream() {
                     format!("commit {} {} {} {}", q.did, q.rev, q.collection, q.rkey),
                     json!({"cid": q.cid, "record": q.record}),
                 ),
-                Change::Resync { did, .. } | Change::Snapshot { did, .. } => {
+                Change::Resync { did, .. }
+                | Change::Snapshot { did, .. }
+                | Change::HandleChecked { did, .. } => {
                     panic!("no #sync in this corpus, no resync for {did}")
                 }
                 Change::Delete {

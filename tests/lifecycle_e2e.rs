@@ -78,7 +78,14 @@ fn account_status_and_handle_changes_reach_every_answer() {
         data.path(),
         &lexicons,
         &queries,
-        &["--verify", "full", "--plc", &pds.plc],
+        &[
+            "--verify",
+            "full",
+            "--plc",
+            &pds.plc,
+            "--handle-resolver",
+            &pds.url,
+        ],
     );
     let mut answers: Vec<(&'static str, Value)> = Vec::new();
 
@@ -201,5 +208,8 @@ fn account_status_and_handle_changes_reach_every_answer() {
     // Each reactivation (alice's, carol's lifted takedown) refetched the
     // repository, in case commits were dropped while it was inactive.
     assert!(counter("resyncs_done_total") >= 2, "{metrics}");
+    // Every handle (alice, bob, carol, and bob's new one) checked both ways.
+    assert!(counter("handles_verified_total") >= 4, "{metrics}");
+    assert_eq!(counter("handles_invalid_total"), 0, "{metrics}");
     assert_eq!(counter("resyncs_failed_total"), 0, "{metrics}");
 }

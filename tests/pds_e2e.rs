@@ -26,7 +26,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         data.path(),
         &lexicons,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
-        &["--plc", &pds.plc],
+        &["--plc", &pds.plc, "--handle-resolver", &pds.url],
     );
 
     let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"]

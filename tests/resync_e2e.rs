@@ -66,7 +66,14 @@ fn a_lost_commit_is_recovered_by_a_resync_from_the_pds() {
         data.path(),
         &root.join("lexicons"),
         &root.join("queries"),
-        &["--verify", "full", "--plc", &pds.plc],
+        &[
+            "--verify",
+            "full",
+            "--plc",
+            &pds.plc,
+            "--handle-resolver",
+            &pds.url,
+        ],
     );
     // The cursor reaches the last seq, and the resync is done (the event
     // that asked for it went out with its cursor; the resync is durable).

@@ -56,7 +56,9 @@ impl ProfileCache {
                         did, collection, ..
                     } if collection == PROFILE => did,
                     Change::Invalid(q) if q.collection == PROFILE => &q.did,
-                    Change::Identity { did, .. } | Change::Account { did, .. } => did,
+                    Change::Identity { did, .. }
+                    | Change::HandleChecked { did, .. }
+                    | Change::Account { did, .. } => did,
                     _ => continue,
                 };
                 cache.pop(did.as_str());

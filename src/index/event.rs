@@ -146,6 +146,14 @@ pub enum Change {
         active: bool,
         status: Option<String>,
     },
+    /// The result of checking `handle` for `did` both ways (the DID document
+    /// claims it, and it resolves to the DID); applies only while `handle`
+    /// is still the DID's claimed handle.
+    HandleChecked {
+        did: String,
+        handle: String,
+        valid: bool,
+    },
     /// The repository of `did` must be fetched again (`getRepo`) and applied
     /// as a snapshot; kept in `resyncs` until a [`Change::Snapshot`] for it.
     Resync { did: String, reason: String },

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "004_resync.sql",
         include_str!("../../schema/004_resync.sql"),
     ),
+    (
+        5,
+        "005_handles.sql",
+        include_str!("../../schema/005_handles.sql"),
+    ),
 ];
 
 /// Store errors.
@@ -264,6 +269,7 @@ impl Store {
         let mut snapshots = snapshot_deletes.iter();
         // Resyncs asked for and snapshots applied, in batch order.
         let mut resyncs: Vec<(&str, Option<&str>, &str)> = Vec::new();
+        let mut handle_checks: Vec<(&str, &str, bool)> = Vec::new();
         // The final state of every record the batch touches: later changes win.
         let mut changes: Vec<(Cow<str>, &Change)> = Vec::new();
         let mut actors: IndexMap<&str, ActorUpdate> = IndexMap::new();
@@ -272,6 +278,9 @@ impl Store {
             for change in &ev.changes {
                 match change {
                     Change::Resync { did, reason } => resyncs.push((did, Some(reason), "")),
+                    Change::HandleChecked { did, handle, valid } => {
+                        handle_checks.push((did, handle, *valid))
+                    }
                     Change::Snapshot { did, rev, keep } => {
                         if keep.is_some() {
                             let deletes = snapshots.next().expect("one list per snapshot");
@@ -418,9 +427,11 @@ impl Store {
                 params![did, identity.flatten(), now],
             )?;
             if let Some(handle) = identity {
+                // Shown as claimed until the handle is checked (if it is).
                 self.conn.execute(
-                    "UPDATE actors SET handle = ?, updated_at = ? WHERE did = ?",
-                    params![handle, now, did],
+                    "UPDATE actors SET handle = ?, claimed_handle = ?, handle_checked_at = NULL,
+                       updated_at = ? WHERE did = ?",
+                    params![handle, handle, now, did],
                 )?;
             }
             if let Some((active, status)) = account {
@@ -437,6 +448,14 @@ impl Store {
                     stats.restored += self.move_account(did, Move::Restore)?;
                 }
             }
+        }
+        // A check of a handle the DID has since replaced changes nothing.
+        for (did, handle, valid) in handle_checks {
+            self.conn.execute(
+                "UPDATE actors SET handle = CASE WHEN ? THEN claimed_handle ELSE 'handle.invalid' END,
+                   handle_checked_at = ? WHERE did = ? AND claimed_handle = ?",
+                params![valid, now, did, handle],
+            )?;
         }
         for (did, reason, rev) in resyncs {
             match reason {

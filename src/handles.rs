@@ -1,0 +1,262 @@
+//! Bidirectional handle verification: a handle from an `#identity` event is
+//! shown only if the DID document claims it (`alsoKnownAs` holds
+//! `at://<handle>`) and the handle points back at the DID, through its DNS
+//! TXT record `_atproto.<handle>` (`did=<did>`) or
+//! `https://<handle>/.well-known/atproto-did`, or, with `--handle-resolver`,
+//! through that service's `com.atproto.identity.resolveHandle` (e.g. a PDS
+//! for the handles it hosts, or an AppView one trusts). Otherwise answers
+//! show `handle.invalid`, as Bluesky's do.
+//!
+//! Checks run on their own thread, after the `#identity` event is committed
+//! (until then the claimed handle is shown), and come back to the writer as
+//! `Change::HandleChecked`, which applies only while the handle is still the
+//! claimed one. DNS is hickory-resolver's (the system's configuration).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::index::event::{Change, IndexEvent};
+use crate::verify::Resolve;
+
+/// How a handle is resolved to a DID.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// DNS TXT, then HTTPS `/.well-known/atproto-did`.
+    DnsAndHttps,
+    /// `com.atproto.identity.resolveHandle` on this service.
+    Service(String),
+}
+
+/// Checks handles both ways.
+pub struct HandleChecker {
+    resolver: Arc<dyn Resolve>,
+    via: Via,
+    client: reqwest::blocking::Client,
+    dns: Option<(tokio::runtime::Runtime, hickory_resolver::TokioResolver)>,
+}
+
+impl HandleChecker {
+    pub fn new(resolver: Arc<dyn Resolve>, via: Via) -> anyhow::Result<HandleChecker> {
+        let dns = match via {
+            Via::DnsAndHttps => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let resolver = rt.block_on(async {
+                    hickory_resolver::TokioResolver::builder_tokio().map(|b| b.build())
+                })?;
+                Some((rt, resolver))
+            }
+            Via::Service(_) => None,
+        };
+        Ok(HandleChecker {
+            resolver,
+            via,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
+                .build()?,
+            dns,
+        })
+    }
+
+    /// Whether `handle` is `did`'s, both ways.
+    pub fn check(&self, did: &str, handle: &str) -> bool {
+        let handle = handle.to_ascii_lowercase();
+        if !crate::syntax::is_valid_handle(&handle) {
+            return false;
+        }
+        let claimed = self.resolver.also_known_as(did).is_ok_and(|aka| {
+            aka.iter().any(|a| {
+                a.strip_prefix("at://")
+                    .is_some_and(|h| h.eq_ignore_ascii_case(&handle))
+            })
+        });
+        claimed && self.resolve_handle(&handle).as_deref() == Some(did)
+    }
+
+    /// The DID a handle names, if it can be found.
+    fn resolve_handle(&self, handle: &str) -> Option<String> {
+        match &self.via {
+            Via::Service(url) => {
+                let v: serde_json::Value = self
+                    .client
+                    .get(format!(
+                        "{url}/xrpc/com.atproto.identity.resolveHandle?handle={handle}"
+                    ))
+                    .send()
+                    .ok()?
+                    .error_for_status()
+                    .ok()?
+                    .json()
+                    .ok()?;
+                v["did"].as_str().map(str::to_string)
+            }
+            Via::DnsAndHttps => self.dns_txt(handle).or_else(|| self.well_known(handle)),
+        }
+    }
+
+    fn dns_txt(&self, handle: &str) -> Option<String> {
+        let (rt, resolver) = self.dns.as_ref()?;
+        let lookup = rt
+            .block_on(resolver.txt_lookup(format!("_atproto.{handle}.")))
+            .ok()?;
+        // Exactly one `did=` record, as the handle spec asks.
+        let dids: Vec<String> = lookup
+            .iter()
+            .map(|txt| txt.to_string())
+            .filter_map(|t| t.strip_prefix("did=").map(str::to_string))
+            .collect();
+        match dids.as_slice() {
+            [did] => Some(did.clone()),
+            _ => None,
+        }
+    }
+
+    fn well_known(&self, handle: &str) -> Option<String> {
+        let text = self
+            .client
+            .get(format!("https://{handle}/.well-known/atproto-did"))
+            .send()
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .text()
+            .ok()?;
+        let did = text.trim();
+        crate::syntax::is_valid_did(did).then(|| did.to_string())
+    }
+}
+
+/// The checking thread's inbox: `(did, handle)` of committed `#identity`
+/// events.
+pub struct HandleQueue(std::sync::Mutex<std::sync::mpsc::Sender<(String, String)>>);
+
+impl HandleQueue {
+    /// Queues the handles a committed batch asserted.
+    pub fn on_commit(&self, batch: &[IndexEvent]) {
+        let tx = self.0.lock().expect("handle queue");
+        for ev in batch {
+            for c in &ev.changes {
+                if let Change::Identity {
+                    did,
+                    handle: Some(handle),
+                } = c
+                {
+                    let _ = tx.send((did.clone(), handle.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Starts the checking thread; results go to the writer through `tx`. It
+/// stops at `shutdown` (so the writer can drain).
+pub fn start(
+    checker: HandleChecker,
+    tx: mpsc::Sender<IndexEvent>,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<HandleQueue>> {
+    let (in_tx, in_rx) = std::sync::mpsc::channel::<(String, String)>();
+    std::thread::Builder::new()
+        .name("lexview-handles".into())
+        .spawn(move || loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let (did, handle) = match in_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(job) => job,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let valid = checker.check(&did, &handle);
+            crate::metrics::Metrics::inc(if valid {
+                &metrics.handles_verified_total
+            } else {
+                &metrics.handles_invalid_total
+            });
+            if !valid {
+                tracing::info!(
+                    did,
+                    handle,
+                    "handle does not verify: shown as handle.invalid"
+                );
+            }
+            let ev = IndexEvent {
+                source: "handles".into(),
+                changes: vec![Change::HandleChecked { did, handle, valid }],
+                ..Default::default()
+            };
+            if tx.blocking_send(ev).is_err() {
+                return;
+            }
+        })?;
+    Ok(Arc::new(HandleQueue(std::sync::Mutex::new(in_tx))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn resolver(aka: &[&str]) -> Arc<dyn Resolve> {
+        Arc::new(crate::verify::StaticResolver::from_documents(&json!({
+            "did:plc:alice": {"id": "did:plc:alice", "alsoKnownAs": aka}
+        })))
+    }
+
+    /// A `resolveHandle` service on loopback that knows one handle.
+    fn service() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/xrpc/com.atproto.identity.resolveHandle",
+                    axum::routing::get(
+                        |q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                            match q.get("handle").map(String::as_str) {
+                                Some("alice.test") => {
+                                    axum::Json(json!({"did": "did:plc:alice"})).into_response()
+                                }
+                                _ => axum::http::StatusCode::BAD_REQUEST.into_response(),
+                            }
+                        },
+                    ),
+                );
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        url
+    }
+
+    use axum::response::IntoResponse;
+
+    #[test]
+    fn a_handle_must_be_claimed_by_the_did_and_point_back_at_it() {
+        let url = service();
+        let via = Via::Service(url);
+        let ok = HandleChecker::new(resolver(&["at://alice.test"]), via.clone()).unwrap();
+        assert!(ok.check("did:plc:alice", "alice.test"));
+        assert!(ok.check("did:plc:alice", "Alice.Test"), "case-insensitive");
+        // The document does not claim it.
+        let unclaimed = HandleChecker::new(resolver(&["at://other.test"]), via.clone()).unwrap();
+        assert!(!unclaimed.check("did:plc:alice", "alice.test"));
+        // Claimed, but the handle does not point back (or not at this DID).
+        let wrong = HandleChecker::new(resolver(&["at://bob.test"]), via).unwrap();
+        assert!(!wrong.check("did:plc:alice", "bob.test"));
+        assert!(!ok.check("did:plc:unknown", "alice.test"));
+        assert!(!ok.check("did:plc:alice", "not a handle"));
+    }
+}
