@@ -41,8 +41,18 @@ pub struct Snapshot {
 /// What a fetch produced.
 #[derive(Debug)]
 pub enum Fetched {
+    /// Some of the repository's records, ahead of the rest (a large
+    /// repository is never held whole).
+    Part {
+        did: String,
+        changes: Vec<Change>,
+    },
+    /// The last records and the `Snapshot` that ends the repository.
     Done(Snapshot),
-    Failed { did: String, error: String },
+    Failed {
+        did: String,
+        error: String,
+    },
 }
 
 /// The changes that make the index hold exactly the repository `car`'s
@@ -144,8 +154,10 @@ impl Workers {
         resolver: Arc<dyn Resolve>,
         ingestor: Arc<Ingestor>,
         verify: bool,
+        tmp: std::path::PathBuf,
         results: mpsc::UnboundedSender<Fetched>,
     ) -> anyhow::Result<Workers> {
+        std::fs::create_dir_all(&tmp)?;
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let rx = Arc::new(Mutex::new(rx));
         let client = reqwest::blocking::Client::builder()
@@ -155,6 +167,7 @@ impl Workers {
         let mut threads = Vec::new();
         let gate = Arc::new(HostGate::new(per_host));
         for i in 0..n.max(1) {
+            let car = tmp.join(format!("fetch-{i}.car"));
             let (gate, rx, resolver, ingestor, results, client) = (
                 gate.clone(),
                 rx.clone(),
@@ -170,15 +183,26 @@ impl Workers {
                         let Ok(did) = rx.lock().expect("resync jobs").recv() else {
                             return;
                         };
-                        let fetched =
-                            match fetch(&client, &gate, resolver.as_ref(), &ingestor, verify, &did)
-                            {
-                                Ok(s) => Fetched::Done(s),
-                                Err(e) => Fetched::Failed {
-                                    did,
-                                    error: format!("{e:#}"),
-                                },
-                            };
+                        let job = Job {
+                            client: &client,
+                            gate: &gate,
+                            resolver: resolver.as_ref(),
+                            ingestor: &ingestor,
+                            verify,
+                            car: &car,
+                        };
+                        let fetched = match job.run(&did, |changes| {
+                            let _ = results.send(Fetched::Part {
+                                did: did.clone(),
+                                changes,
+                            });
+                        }) {
+                            Ok(s) => Fetched::Done(s),
+                            Err(e) => Fetched::Failed {
+                                did,
+                                error: format!("{e:#}"),
+                            },
+                        };
                         if results.send(fetched).is_err() {
                             return;
                         }
@@ -246,27 +270,63 @@ impl HostGate {
     }
 }
 
-fn fetch(
-    client: &reqwest::blocking::Client,
-    gate: &HostGate,
-    resolver: &dyn Resolve,
-    ingestor: &Ingestor,
+/// One worker's fetch of one repository.
+struct Job<'a> {
+    client: &'a reqwest::blocking::Client,
+    gate: &'a HostGate,
+    resolver: &'a dyn Resolve,
+    ingestor: &'a Ingestor,
     verify: bool,
-    did: &str,
-) -> anyhow::Result<Snapshot> {
-    let pds = resolver.pds_endpoint(did)?;
-    let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
-    let car = gate.with(&pds, || -> anyhow::Result<_> {
-        Ok(get_with_retries(client, &url)?
-            .error_for_status()
-            .with_context(|| format!("getRepo {did}"))?
-            .bytes()?)
-    })?;
-    let snapshot = snapshot_of(ingestor, verify.then_some(resolver), &car)?;
-    if snapshot.did != did {
-        bail!("{url} returned the repository of {}", snapshot.did);
+    /// This worker's file for the CAR being fetched.
+    car: &'a std::path::Path,
+}
+
+/// Records a resync hands over at a time.
+const PART_RECORDS: usize = 25_000;
+
+impl Job<'_> {
+    /// Streams the repository to disk, then reads it back through the file
+    /// index, handing records over in parts; returns the last part.
+    fn run(&self, did: &str, mut part: impl FnMut(Vec<Change>)) -> anyhow::Result<Snapshot> {
+        let pds = self.resolver.pds_endpoint(did)?;
+        let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
+        self.gate.with(&pds, || -> anyhow::Result<()> {
+            let mut resp = get_with_retries(self.client, &url)?
+                .error_for_status()
+                .with_context(|| format!("getRepo {did}"))?;
+            let mut file = std::fs::File::create(self.car)?;
+            resp.copy_to(&mut file)?;
+            Ok(())
+        })?;
+        let result = (|| {
+            let repo = crate::repo::open_repo(self.car)?;
+            if repo.did != did {
+                bail!("{url} returned the repository of {}", repo.did);
+            }
+            let mut last = Vec::new();
+            let (did, rev) = snapshot_chunks(
+                self.ingestor,
+                self.verify.then_some(self.resolver),
+                &repo,
+                PART_RECORDS,
+                |changes| {
+                    if matches!(changes.last(), Some(Change::Snapshot { .. })) {
+                        last = changes;
+                    } else {
+                        part(changes);
+                    }
+                    Ok(())
+                },
+            )?;
+            Ok(Snapshot {
+                did,
+                rev,
+                changes: last,
+            })
+        })();
+        let _ = std::fs::remove_file(self.car);
+        result
     }
-    Ok(snapshot)
 }
 
 /// The DID an event is about, when it is about one.
@@ -420,6 +480,18 @@ impl Router {
     /// snapshot does not cover, then the cursors that may now move.
     pub fn finished(&mut self, fetched: Fetched) -> Vec<IndexEvent> {
         let (did, snapshot) = match fetched {
+            // Records ahead of the snapshot go out at once (the held events
+            // come after the snapshot anyway).
+            Fetched::Part { did, changes } => {
+                if !self.in_flight.contains_key(&did) {
+                    return Vec::new();
+                }
+                return vec![IndexEvent {
+                    source: "resync".into(),
+                    changes,
+                    ..Default::default()
+                }];
+            }
             Fetched::Done(s) => {
                 Metrics::inc(&self.metrics.resyncs_done_total);
                 self.done += 1;
@@ -585,6 +657,30 @@ mod tests {
         assert_eq!(out[1].cursor, None);
         assert_eq!((out[2].cursor, out[2].changes.len()), (Some(5), 0));
         assert!(r.idle());
+    }
+
+    #[test]
+    fn parts_of_a_repository_go_out_ahead_of_its_snapshot() {
+        let mut r = Router::new(1, Arc::new(Metrics::default()));
+        r.request("did:plc:a");
+        r.start_fetches();
+        assert!(
+            r.route(put("s", 1, "did:plc:a", "1", "r9")).is_empty(),
+            "held"
+        );
+        let part = r.finished(Fetched::Part {
+            did: "did:plc:a".into(),
+            changes: put("resync", 0, "did:plc:a", "2", "r5").changes,
+        });
+        assert_eq!((part.len(), part[0].cursor), (1, None), "{part:?}");
+        assert!(r.pending() == 1, "still in flight until Done");
+        // A part of a repository no longer in flight is dropped.
+        assert!(r
+            .finished(Fetched::Part {
+                did: "did:plc:z".into(),
+                changes: Vec::new()
+            })
+            .is_empty());
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             resolver.clone(),
             Arc::new(Ingestor::shared(shared_catalog.clone(), metrics.clone())),
             verify == Verify::Full,
+            cfg.data.join("resync-tmp"),
             fetched_tx,
         )?))
     } else {

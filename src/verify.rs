@@ -621,7 +621,8 @@ impl Verifier {
         }
     }
 
-    /// Without the per-repo rev order check (benchmarks replaying one recording).
+    /// Without the per-repo rev order and chain checks (benchmarks replaying
+    /// one recording in a loop, where every commit comes back).
     pub fn without_rev_order(mut self) -> Verifier {
         self.rev_order = false;
         self
@@ -736,6 +737,7 @@ impl Verifier {
     pub fn accepted(&self, repo: &str, rev: &str, data: Cid, prev_data: Option<Cid>) -> Chain {
         let mut revs = self.revs.lock().expect("revs lock");
         let chain = match (revs.peek(repo).and_then(|h| h.data), prev_data) {
+            _ if !self.rev_order => Chain::Unknown,
             (Some(last), Some(prev)) if last == prev => Chain::Continues,
             (Some(_), Some(_)) => Chain::Broken,
             _ => Chain::Unknown,
