@@ -269,6 +269,44 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         .collect();
     followers.sort();
     assert_eq!(followers, ["bob.test", "carol.test"]);
+
+    // Actor counts are batched: a page of posts with each author's
+    // follower, follow and post counts costs the same number of store reads
+    // for one post as for all of them.
+    let reads = || -> u64 {
+        reqwest::blocking::get(format!("{}/metrics", server.base))
+            .unwrap()
+            .text()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("lexview_store_reads_total "))
+            .and_then(|v| v.parse().ok())
+            .expect("store reads metric")
+    };
+    let page = |n: usize| {
+        let before = reads();
+        let gql = server.graphql(&format!(
+            "{{ appBskyFeedPost(first: {n}) {{ nodes {{ author {{ handle
+                 followers: appBskyGraphFollowBySubjectCount follows: appBskyGraphFollowCount
+                 posts: appBskyFeedPostCount }} }} }} }}"
+        ));
+        assert!(gql.get("errors").is_none(), "{gql}");
+        (gql, reads() - before)
+    };
+    let (_, one) = page(1);
+    let (all, many) = page(100);
+    let nodes = all["data"]["appBskyFeedPost"]["nodes"].as_array().unwrap();
+    let authors: std::collections::HashSet<&str> = nodes
+        .iter()
+        .map(|n| n["author"]["handle"].as_str().unwrap())
+        .collect();
+    assert!(nodes.len() > 2 && authors.len() > 1, "{all}");
+    assert_eq!(
+        one,
+        many,
+        "store reads for 1 post and for {} posts",
+        nodes.len()
+    );
     assert_eq!(
         gql["data"]["e"],
         json!({"communityLexiconCalendarRsvpBySubjectCount": 2,

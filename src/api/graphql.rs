@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use async_graphql::dataloader::DataLoader;
 use async_graphql::dynamic::{
     Enum, EnumItem, Field as GqlField, FieldFuture, FieldValue, InputObject, InputValue, Object,
     ResolverContext, Scalar, Schema, SchemaError, Subscription, SubscriptionField,
@@ -1120,7 +1121,8 @@ pub fn build_schema(
     for t in enums {
         builder = builder.register(t);
     }
-    builder.register(query).data(readers).finish()
+    let counts = DataLoader::new(ActorCounts(readers.clone()), tokio::spawn);
+    builder.register(query).data(readers).data(counts).finish()
 }
 
 /// One page of search hits with their records.
@@ -1394,24 +1396,23 @@ fn add_reverse_joins(
                                 .sum();
                             return Ok(Some(FieldValue::value(n)));
                         }
+                        // An actor's: batched with every other actor count of
+                        // the response (one query per kind, not per actor).
                         let did = ctx.parent_value.try_downcast_ref::<Actor>()?.did.clone();
-                        let pool = ctx.data::<Arc<ReadPool>>()?.clone();
-                        let n = pool
-                            .with(move |c| match join {
-                                Join::LinksHere { path } => c.query_row(
-                                    "SELECT coalesce(sum(n), 0)::BIGINT FROM link_counts
-                                     WHERE target = ? AND collection = ? AND path = ?",
-                                    params![did, collection, path],
-                                    |r| r.get::<_, i64>(0),
-                                ),
-                                _ => c.query_row(
-                                    "SELECT count(*) FROM records WHERE did = ? AND collection = ?",
-                                    params![did, collection],
-                                    |r| r.get::<_, i64>(0),
-                                ),
-                            })
+                        let loader = ctx.data::<DataLoader<ActorCounts>>()?;
+                        let key = ActorCountKey {
+                            did,
+                            collection,
+                            path: match join {
+                                Join::LinksHere { path } => Some(path),
+                                _ => None,
+                            },
+                        };
+                        let n = loader
+                            .load_one(key)
                             .await
-                            .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+                            .map_err(|e| async_graphql::Error::new(e.to_string()))?
+                            .unwrap_or(0);
                         Ok(Some(FieldValue::value(n)))
                     })
                 },
@@ -1419,6 +1420,94 @@ fn add_reverse_joins(
         }
     }
     obj
+}
+
+/// An actor count: links to the DID at `path` from `collection` records, or
+/// (without a path) the DID's own `collection` records.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ActorCountKey {
+    did: String,
+    collection: String,
+    path: Option<String>,
+}
+
+/// Loads the actor counts of a response together (async-graphql's
+/// DataLoader batches the keys requested in the same tick).
+struct ActorCounts(Arc<ReadPool>);
+
+impl async_graphql::dataloader::Loader<ActorCountKey> for ActorCounts {
+    type Value = i64;
+    type Error = Arc<String>;
+
+    async fn load(
+        &self,
+        keys: &[ActorCountKey],
+    ) -> Result<std::collections::HashMap<ActorCountKey, i64>, Self::Error> {
+        // DIDs contain no spaces.
+        let dids = |with_path: bool| {
+            let mut v: Vec<&str> = keys
+                .iter()
+                .filter(|k| k.path.is_some() == with_path)
+                .map(|k| k.did.as_str())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v.join(" ")
+        };
+        let (linked, authored) = (dids(true), dids(false));
+        let keys = keys.to_vec();
+        self.0
+            .with(move |c| {
+                let mut out = std::collections::HashMap::new();
+                if !linked.is_empty() {
+                    let mut stmt = c.prepare(
+                        "SELECT target, collection, path, sum(n)::BIGINT FROM link_counts
+                         WHERE target IN (SELECT unnest(string_split(?, ' '))) GROUP BY ALL",
+                    )?;
+                    let rows = stmt.query_map(params![linked], |r| {
+                        Ok((
+                            ActorCountKey {
+                                did: r.get(0)?,
+                                collection: r.get(1)?,
+                                path: Some(r.get(2)?),
+                            },
+                            r.get::<_, i64>(3)?,
+                        ))
+                    })?;
+                    for row in rows {
+                        let (k, n) = row?;
+                        out.insert(k, n);
+                    }
+                }
+                if !authored.is_empty() {
+                    let mut stmt = c.prepare(
+                        "SELECT did, collection, count(*) FROM records
+                         WHERE did IN (SELECT unnest(string_split(?, ' '))) GROUP BY ALL",
+                    )?;
+                    let rows = stmt.query_map(params![authored], |r| {
+                        Ok((
+                            ActorCountKey {
+                                did: r.get(0)?,
+                                collection: r.get(1)?,
+                                path: None,
+                            },
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })?;
+                    for row in rows {
+                        let (k, n) = row?;
+                        out.insert(k, n);
+                    }
+                }
+                // Every key asked for gets an answer (0 when nothing links).
+                for k in keys {
+                    out.entry(k).or_insert(0);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| Arc::new(e.to_string()))
+    }
 }
 
 /// How a connection of records relates to the object it hangs from.

@@ -62,8 +62,11 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    text.push_str(&format!(
+        "# HELP lexview_store_reads_total Uses of a store read connection (API queries).\n\
+         # TYPE lexview_store_reads_total counter\nlexview_store_reads_total {}\n",
+        state.readers.reads()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -121,6 +121,8 @@ impl SeenUris {
 pub struct ReadPool {
     base: Mutex<Connection>,
     idle: Mutex<Vec<Connection>>,
+    /// Uses of a read connection (`lexview_store_reads_total`).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl ReadPool {
@@ -135,8 +137,16 @@ impl ReadPool {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
+    /// How many times a read connection was used (each use runs one or a
+    /// few statements): what batching is measured by.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs `f` with a read connection on the current thread.
     pub fn with_blocking<T>(&self, f: impl FnOnce(&Connection) -> duckdb::Result<T>) -> Result<T> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let conn = match self.idle.lock().expect("pool lock").pop() {
             Some(c) => c,
             None => self.base.lock().expect("pool lock").try_clone()?,
@@ -173,6 +183,7 @@ impl Store {
         let readers = Arc::new(ReadPool {
             base: Mutex::new(conn.try_clone()?),
             idle: Mutex::new(Vec::new()),
+            reads: Default::default(),
         });
         let mut seen = SeenUris {
             hashes: Default::default(),
