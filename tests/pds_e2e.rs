@@ -270,9 +270,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     followers.sort();
     assert_eq!(followers, ["bob.test", "carol.test"]);
 
-    // Actor counts are batched: a page of posts with each author's
-    // follower, follow and post counts costs the same number of store reads
-    // for one post as for all of them.
+    // Reverse joins and actor counts are batched: a page of posts with each
+    // post's likes and each author's followers, follower, follow and post
+    // counts costs the same number of store reads for one post as for all.
     let reads = || -> u64 {
         reqwest::blocking::get(format!("{}/metrics", server.base))
             .unwrap()
@@ -286,9 +286,13 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let page = |n: usize| {
         let before = reads();
         let gql = server.graphql(&format!(
-            "{{ appBskyFeedPost(first: {n}) {{ nodes {{ author {{ handle
-                 followers: appBskyGraphFollowBySubjectCount follows: appBskyGraphFollowCount
-                 posts: appBskyFeedPostCount }} }} }} }}"
+            "{{ appBskyFeedPost(first: {n}) {{ nodes {{
+                 appBskyFeedLikeBySubjectCount
+                 appBskyFeedLikeBySubject(first: 5) {{ totalCount nodes {{ uri author {{ handle }} }} }}
+                 author {{ handle
+                   followers: appBskyGraphFollowBySubjectCount follows: appBskyGraphFollowCount
+                   posts: appBskyFeedPostCount
+                   appBskyGraphFollowBySubject {{ totalCount nodes {{ author {{ handle }} }} }} }} }} }} }}"
         ));
         assert!(gql.get("errors").is_none(), "{gql}");
         (gql, reads() - before)
@@ -306,6 +310,28 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         many,
         "store reads for 1 post and for {} posts",
         nodes.len()
+    );
+    // Each batched page is its own post's: it agrees with the post's count
+    // from link_counts (a separate path), and alice's post has bob's like.
+    for n in nodes {
+        let likes = &n["appBskyFeedLikeBySubject"];
+        assert_eq!(
+            likes["totalCount"], n["appBskyFeedLikeBySubjectCount"],
+            "{n}"
+        );
+        assert_eq!(
+            likes["nodes"].as_array().unwrap().len() as u64,
+            likes["totalCount"].as_u64().unwrap().min(5),
+            "{n}"
+        );
+    }
+    let alices: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| n["author"]["handle"] == "alice.test")
+        .collect();
+    assert_eq!(
+        alices[0]["appBskyFeedLikeBySubject"]["nodes"][0]["author"]["handle"], "bob.test",
+        "{all}"
     );
     assert_eq!(
         gql["data"]["e"],

@@ -222,6 +222,7 @@ struct Actor {
     handle: Option<String>,
 }
 
+#[derive(Clone, Default)]
 struct Page {
     rows: Vec<RecordRow>,
     total: i64,
@@ -260,7 +261,7 @@ fn field_expr(prop: &str, kind: Kind) -> String {
 }
 
 /// The filters and order of one connection request.
-#[derive(Default)]
+#[derive(Default, Clone, Debug)]
 struct Query {
     /// SQL conditions with `?` placeholders, and their values in order.
     conditions: Vec<String>,
@@ -1122,7 +1123,13 @@ pub fn build_schema(
         builder = builder.register(t);
     }
     let counts = DataLoader::new(ActorCounts(readers.clone()), tokio::spawn);
-    builder.register(query).data(readers).data(counts).finish()
+    let connections = DataLoader::new(Connections(readers.clone()), tokio::spawn);
+    builder
+        .register(query)
+        .data(readers)
+        .data(counts)
+        .data(connections)
+        .finish()
 }
 
 /// One page of search hits with their records.
@@ -1510,8 +1517,219 @@ impl async_graphql::dataloader::Loader<ActorCountKey> for ActorCounts {
     }
 }
 
-/// How a connection of records relates to the object it hangs from.
+/// Everything of a reverse-join connection request but its parent.
+#[derive(Debug)]
+struct ConnSpec {
+    collection: String,
+    join: Join,
+    query: Query,
+    after: Option<(Value, String)>,
+    first: i64,
+    backward: bool,
+}
+
+/// One parent's page of a reverse-join connection; requests with the same
+/// fingerprint (the same field and arguments) are loaded together.
 #[derive(Clone)]
+struct ConnKey {
+    fingerprint: Arc<str>,
+    spec: Arc<ConnSpec>,
+    parent: String,
+}
+
+impl PartialEq for ConnKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint && self.parent == other.parent
+    }
+}
+
+impl Eq for ConnKey {}
+
+impl std::hash::Hash for ConnKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state);
+        self.parent.hash(state);
+    }
+}
+
+/// Loads the pages of a reverse-join connection for all its parents in a
+/// response at once: per distinct request, one count query and one
+/// windowed page query (each parent's first rows by `row_number()`), then
+/// the backlink counts and forward targets of all rows together.
+struct Connections(Arc<ReadPool>);
+
+impl async_graphql::dataloader::Loader<ConnKey> for Connections {
+    type Value = Page;
+    type Error = Arc<String>;
+
+    async fn load(
+        &self,
+        keys: &[ConnKey],
+    ) -> Result<std::collections::HashMap<ConnKey, Page>, Self::Error> {
+        let mut groups: std::collections::HashMap<Arc<str>, Vec<ConnKey>> =
+            std::collections::HashMap::new();
+        for k in keys {
+            groups
+                .entry(k.fingerprint.clone())
+                .or_default()
+                .push(k.clone());
+        }
+        self.0
+            .with(move |c| {
+                let mut out = std::collections::HashMap::new();
+                for keys in groups.into_values() {
+                    let spec = keys[0].spec.clone();
+                    let parents: Vec<&str> = keys.iter().map(|k| k.parent.as_str()).collect();
+                    let mut pages = batch_pages(c, &spec, &parents)?;
+                    for k in keys {
+                        let page = pages.remove(&k.parent).unwrap_or_default();
+                        out.insert(k, page);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| Arc::new(e.to_string()))
+    }
+}
+
+/// The pages of `spec` for each of `parents` (URIs or DIDs, no spaces).
+fn batch_pages(
+    c: &duckdb::Connection,
+    spec: &ConnSpec,
+    parents: &[&str],
+) -> duckdb::Result<std::collections::HashMap<String, Page>> {
+    use duckdb::types::Value as V;
+    let list = parents.join(" ");
+    let (from, mut values) = match &spec.join {
+        Join::LinksHere { path } => (
+            "records r JOIN (SELECT DISTINCT target AS parent, source_uri FROM links
+               WHERE path = ? AND target IN (SELECT unnest(string_split(?, ' ')))) j
+             ON j.source_uri = r.uri",
+            vec![V::Text(path.clone()), V::Text(list)],
+        ),
+        _ => (
+            "records r JOIN (SELECT unnest(string_split(?, ' ')) AS parent) j ON r.did = j.parent",
+            vec![V::Text(list)],
+        ),
+    };
+    let mut filter = String::from("r.collection = ?");
+    values.push(V::Text(spec.collection.clone()));
+    for cond in &spec.query.conditions {
+        filter.push_str(" AND ");
+        filter.push_str(cond);
+    }
+    values.extend(spec.query.values.iter().cloned());
+    let mut totals: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    {
+        let mut stmt = c.prepare(&format!(
+            "SELECT j.parent, count(*) FROM {from} WHERE {filter} GROUP BY j.parent"
+        ))?;
+        let rows = stmt.query_map(duckdb::params_from_iter(values.iter()), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (p, n) = row?;
+            totals.insert(p, n);
+        }
+    }
+    let descending = spec.query.descending != spec.backward;
+    let (key, key_is_int) = spec
+        .query
+        .sort
+        .clone()
+        .unwrap_or(("r.uri".to_string(), false));
+    let (cmp, order) = if descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    if let Some((k, uri)) = &spec.after {
+        filter.push_str(&format!(
+            " AND ({key} {cmp} ? OR ({key} = ? AND r.uri {cmp} ?))"
+        ));
+        let kv = match (k, key_is_int) {
+            (Value::Number(n), true) => V::BigInt(n.as_i64().unwrap_or_default()),
+            (Value::String(s), false) => V::Text(s.clone()),
+            _ => return Err(duckdb::Error::InvalidParameterName("after".into())),
+        };
+        values.push(kv.clone());
+        values.push(kv);
+        values.push(V::Text(uri.clone()));
+    }
+    values.push(V::BigInt(spec.first + 1));
+    let mut stmt = c.prepare(&format!(
+        "SELECT {RECORD_COLUMNS}, {key} AS sort_key, j.parent,
+                row_number() OVER (PARTITION BY j.parent ORDER BY {key} {order}, r.uri {order}) AS rn
+         FROM {from} WHERE {filter} QUALIFY rn <= ? ORDER BY j.parent, rn"
+    ))?;
+    let rows = stmt
+        .query_map(duckdb::params_from_iter(values.iter()), |r| {
+            let key = if key_is_int {
+                Value::from(r.get::<_, i64>(7)?)
+            } else {
+                Value::from(r.get::<_, String>(7)?)
+            };
+            Ok((read_row(r)?, key, r.get::<_, String>(8)?))
+        })?
+        .collect::<duckdb::Result<Vec<_>>>()?;
+    // Counts and forward targets for every row of every parent at once.
+    let mut by_parent: std::collections::HashMap<String, Vec<(RecordRow, Value)>> =
+        std::collections::HashMap::new();
+    for (row, key, parent) in rows {
+        by_parent.entry(parent).or_default().push((row, key));
+    }
+    let mut all: Vec<RecordRow> = Vec::new();
+    let mut shapes: Vec<(String, Vec<Value>, bool)> = Vec::new();
+    for (parent, mut rows) in by_parent {
+        let more = rows.len() as i64 > spec.first;
+        rows.truncate(spec.first as usize);
+        if spec.backward {
+            rows.reverse();
+        }
+        let keys = rows.iter().map(|(_, k)| k.clone()).collect();
+        all.extend(rows.into_iter().map(|(r, _)| r));
+        shapes.push((parent, keys, more));
+    }
+    attach_counts(c, &mut all)?;
+    attach_targets(c, &mut all)?;
+    let mut all = all.into_iter();
+    let had_cursor = spec.after.is_some();
+    let mut out = std::collections::HashMap::new();
+    for (parent, keys, more) in shapes {
+        let rows: Vec<RecordRow> = all.by_ref().take(keys.len()).collect();
+        let info = PageInfo {
+            has_next: if spec.backward { had_cursor } else { more },
+            has_previous: if spec.backward { more } else { had_cursor },
+            start_cursor: rows
+                .first()
+                .zip(keys.first())
+                .map(|(r, k)| encode_gql_cursor(k, &r.uri)),
+            end_cursor: rows
+                .last()
+                .zip(keys.last())
+                .map(|(r, k)| encode_gql_cursor(k, &r.uri)),
+        };
+        let total = totals.get(&parent).copied().unwrap_or(0);
+        out.insert(parent, Page { rows, total, info });
+    }
+    // Parents whose page is empty (all after the cursor) keep their totals.
+    for (parent, total) in totals {
+        out.entry(parent).or_insert_with(|| Page {
+            rows: Vec::new(),
+            total,
+            info: PageInfo {
+                has_previous: had_cursor && !spec.backward,
+                has_next: had_cursor && spec.backward,
+                ..Default::default()
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// How a connection of records relates to the object it hangs from.
+#[derive(Clone, Debug)]
 enum Join {
     /// A root field: all records of the collection.
     None,
@@ -1523,6 +1741,20 @@ enum Join {
 }
 
 impl Join {
+    /// The parent a reverse join hangs from (a record's URI or an actor's
+    /// DID); None for a root connection.
+    fn parent(&self, ctx: &ResolverContext<'_>) -> async_graphql::Result<Option<String>> {
+        if matches!(self, Join::None) {
+            return Ok(None);
+        }
+        if let Some(r) = ctx.parent_value.downcast_ref::<RecordRow>() {
+            return Ok(Some(r.uri.clone()));
+        }
+        Ok(Some(
+            ctx.parent_value.try_downcast_ref::<Actor>()?.did.clone(),
+        ))
+    }
+
     /// Adds the join's condition (with its bound value) to `q`.
     fn apply(&self, ctx: &ResolverContext<'_>, q: &mut Query) -> async_graphql::Result<()> {
         let parent = || -> async_graphql::Result<String> {
@@ -1593,6 +1825,35 @@ fn connection_field(
                     return Err(format!("{which} must be between 0 and {MAX_PAGE}").into());
                 }
                 let mut query = read_query(&ctx, &fields)?;
+                if let Some(parent) = join.parent(&ctx)? {
+                    // A reverse join: batched with the same field of every
+                    // other parent in the response.
+                    let spec = ConnSpec {
+                        collection,
+                        join,
+                        query,
+                        after: cursor.as_deref().map(decode_gql_cursor).transpose()?,
+                        first: n,
+                        backward,
+                    };
+                    let key = ConnKey {
+                        fingerprint: Arc::from(format!("{spec:?}")),
+                        spec: Arc::new(spec),
+                        parent,
+                    };
+                    let loader = ctx.data::<DataLoader<Connections>>()?;
+                    let page = loader
+                        .load_one(key)
+                        .await
+                        .map_err(|e| match e.to_string() {
+                            m if m.contains("after") => {
+                                async_graphql::Error::new("after does not fit this sortBy")
+                            }
+                            m => async_graphql::Error::new(m),
+                        })?
+                        .unwrap_or_default();
+                    return Ok(Some(FieldValue::owned_any(page)));
+                }
                 join.apply(&ctx, &mut query)?;
                 let page = fetch_page(&pool, collection, query, cursor, n, backward).await?;
                 Ok(Some(FieldValue::owned_any(page)))
