@@ -374,6 +374,11 @@ pub struct Router {
     metrics: Arc<Metrics>,
     done: u64,
     started: std::time::Instant,
+    /// Failed repositories, fetched again at their time (backoff doubling
+    /// from `retry_base` up to an hour), with their failure counts.
+    retries: Vec<(std::time::Instant, String)>,
+    failures: HashMap<String, u32>,
+    retry_base: Duration,
 }
 
 impl Router {
@@ -387,6 +392,32 @@ impl Router {
             metrics,
             done: 0,
             started: std::time::Instant::now(),
+            retries: Vec::new(),
+            failures: HashMap::new(),
+            retry_base: Duration::from_secs(60),
+        }
+    }
+
+    /// The first retry of a failed fetch waits `base` (then 2x, 4x, ... up
+    /// to an hour).
+    pub fn with_retry_base(mut self, base: Duration) -> Router {
+        self.retry_base = base;
+        self
+    }
+
+    /// When the next failed fetch is due again, if any is waiting.
+    pub fn next_retry(&self) -> Option<std::time::Instant> {
+        self.retries.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Queues the failed fetches whose time has come.
+    pub fn requeue_due(&mut self, now: std::time::Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retries = later;
+        for (_, did) in due {
+            self.request(&did);
         }
     }
 
@@ -395,9 +426,9 @@ impl Router {
         self.queue.is_empty() && self.in_flight.is_empty()
     }
 
-    /// Repositories queued or in flight.
+    /// Repositories queued, in flight, or waiting to be retried.
     pub fn pending(&self) -> usize {
-        self.queue.len() + self.in_flight.len()
+        self.queue.len() + self.in_flight.len() + self.retries.len()
     }
 
     /// Asks for a resync of `did` (no-op if one is queued or in flight, or
@@ -495,6 +526,7 @@ impl Router {
             Fetched::Done(s) => {
                 Metrics::inc(&self.metrics.resyncs_done_total);
                 self.done += 1;
+                self.failures.remove(&s.did);
                 tracing::debug!(
                     did = s.did,
                     rev = s.rev,
@@ -504,14 +536,24 @@ impl Router {
                 (s.did.clone(), Some(s))
             }
             Fetched::Failed { did, error } => {
-                // The resync stays in `resyncs` and is tried again at the
-                // next start; the held events are applied as they are.
+                // The held events are applied as they are; the fetch is
+                // tried again later (and, being in `resyncs`, at the next
+                // start if this process stops first).
                 Metrics::inc(&self.metrics.resyncs_failed_total);
+                let n = self.failures.entry(did.clone()).or_insert(0);
+                let wait = (self.retry_base * 2u32.saturating_pow((*n).min(16)))
+                    .min(Duration::from_secs(3600));
+                *n += 1;
                 tracing::error!(
                     did,
                     error,
+                    retry_in_s = wait.as_secs(),
                     "resync failed; applying the held events as they are"
                 );
+                if self.in_flight.contains_key(&did) {
+                    self.retries
+                        .push((std::time::Instant::now() + wait, did.clone()));
+                }
                 (did, None)
             }
         };
@@ -681,6 +723,31 @@ mod tests {
                 changes: Vec::new()
             })
             .is_empty());
+    }
+
+    #[test]
+    fn a_failed_fetch_is_tried_again_after_a_backoff() {
+        let mut r =
+            Router::new(1, Arc::new(Metrics::default())).with_retry_base(Duration::from_millis(20));
+        r.request("did:plc:a");
+        r.start_fetches();
+        r.finished(Fetched::Failed {
+            did: "did:plc:a".into(),
+            error: "down".into(),
+        });
+        assert_eq!(r.pending(), 1, "waiting for its retry");
+        r.requeue_due(std::time::Instant::now());
+        assert!(r.start_fetches().is_empty(), "not yet");
+        std::thread::sleep(Duration::from_millis(30));
+        r.requeue_due(std::time::Instant::now());
+        assert_eq!(r.start_fetches(), vec!["did:plc:a".to_string()]);
+        // The second failure waits twice as long.
+        r.finished(Fetched::Failed {
+            did: "did:plc:a".into(),
+            error: "down".into(),
+        });
+        let wait = r.next_retry().unwrap() - std::time::Instant::now();
+        assert!(wait > Duration::from_millis(25), "{wait:?}");
     }
 
     #[test]

@@ -409,6 +409,8 @@ enum Input {
     Frame(Option<RawFrame>),
     Fetched(crate::resync::Fetched),
     Request(String),
+    /// A failed resync's retry is due.
+    Retry,
     Stop,
 }
 
@@ -435,10 +437,16 @@ fn ingest_loop(
         if !sources_open && (router.idle() || ctx.workers.is_none()) {
             return;
         }
+        router.requeue_due(std::time::Instant::now());
+        let retry = router.next_retry();
         let input = ctx.handle.block_on(async {
+            let retry_at = tokio::time::Instant::from_std(retry.unwrap_or_else(|| {
+                std::time::Instant::now() + std::time::Duration::from_secs(3600)
+            }));
             tokio::select! {
                 biased;
                 Some(f) = ctx.fetched.recv() => Input::Fetched(f),
+                _ = tokio::time::sleep_until(retry_at), if retry.is_some() => Input::Retry,
                 Some(did) = ctx.requests.recv() => Input::Request(did),
                 f = rx.recv(), if sources_open => Input::Frame(f),
                 _ = ctx.shutdown.cancelled(), if !sources_open => Input::Stop,
@@ -463,6 +471,7 @@ fn ingest_loop(
                 router.request(&did);
                 continue;
             }
+            Input::Retry => continue,
             Input::Stop => return,
             Input::Frame(Some(f)) => f,
         };
