@@ -231,15 +231,7 @@ fn serve_backfill_cuts_over_to_the_live_stream() {
         data.path(),
         &root.join("lexicons"),
         &root.join("queries"),
-        &[
-            "--backfill",
-            "--verify",
-            "full",
-            "--plc",
-            &pds.plc,
-            "--handle-resolver",
-            &pds.url,
-        ],
+        &[&["--backfill"][..], &pds.verify_args()].concat(),
     );
     // Live writes while the backfill runs: likes, a delete, new posts.
     let mut last = 0;
@@ -261,38 +253,17 @@ fn serve_backfill_cuts_over_to_the_live_stream() {
             .unwrap();
     }
     server.wait_for_cursor(last);
-    let metrics = || {
-        reqwest::blocking::get(format!("{}/metrics", server.base))
-            .unwrap()
-            .text()
-            .unwrap()
-    };
-    let counter = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("lexview_{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {text}"))
-    };
     let start = std::time::Instant::now();
-    while counter(&metrics(), "resyncs_done_total") < dids.len() as u64 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "{}",
-            metrics()
-        );
+    while server.counter("resyncs_done_total") < dids.len() as u64 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     server.wait_for(std::time::Duration::from_secs(30), |h| {
         h["sources"][0]["cursor"].as_i64() >= Some(last)
     });
-    let text = metrics();
-    assert_eq!(
-        counter(&text, "backfill_repos_total"),
-        dids.len() as u64,
-        "{text}"
-    );
-    assert_eq!(counter(&text, "resyncs_failed_total"), 0, "{text}");
-    assert_eq!(counter(&text, "commits_rejected_total"), 0, "{text}");
+    assert_eq!(server.counter("backfill_repos_total"), dids.len() as u64);
+    assert_eq!(server.counter("resyncs_failed_total"), 0);
+    assert_eq!(server.counter("commits_rejected_total"), 0);
     assert!(server.stop().success());
 
     // The same as a backfill of the repositories as they are now.

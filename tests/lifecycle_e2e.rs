@@ -78,14 +78,7 @@ fn account_status_and_handle_changes_reach_every_answer() {
         data.path(),
         &lexicons,
         &queries,
-        &[
-            "--verify",
-            "full",
-            "--plc",
-            &pds.plc,
-            "--handle-resolver",
-            &pds.url,
-        ],
+        &pds.verify_args(),
     );
     let mut answers: Vec<(&'static str, Value)> = Vec::new();
 
@@ -192,24 +185,14 @@ fn account_status_and_handle_changes_reach_every_answer() {
     let refs: Vec<(&str, &Value)> = answers.iter().map(|(n, v)| (*n, v)).collect();
     common::assert_valid_outputs(&refs);
 
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
-        .unwrap()
-        .text()
-        .unwrap();
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("lexview_{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
-    assert!(counter("commits_verified_total") >= 6, "{metrics}");
-    assert_eq!(counter("commits_rejected_total"), 0, "{metrics}");
+    let counter = |name: &str| server.counter(name);
+    assert!(counter("commits_verified_total") >= 6);
+    assert_eq!(counter("commits_rejected_total"), 0);
     // Each reactivation (alice's, carol's lifted takedown) refetched the
     // repository, in case commits were dropped while it was inactive.
-    assert!(counter("resyncs_done_total") >= 2, "{metrics}");
+    assert!(counter("resyncs_done_total") >= 2);
     // Every handle (alice, bob, carol, and bob's new one) checked both ways.
-    assert!(counter("handles_verified_total") >= 4, "{metrics}");
-    assert_eq!(counter("handles_invalid_total"), 0, "{metrics}");
-    assert_eq!(counter("resyncs_failed_total"), 0, "{metrics}");
+    assert!(counter("handles_verified_total") >= 4);
+    assert_eq!(counter("handles_invalid_total"), 0);
+    assert_eq!(counter("resyncs_failed_total"), 0);
 }

@@ -273,16 +273,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     // Reverse joins and actor counts are batched: a page of posts with each
     // post's likes and each author's followers, follower, follow and post
     // counts costs the same number of store reads for one post as for all.
-    let reads = || -> u64 {
-        reqwest::blocking::get(format!("{}/metrics", server.base))
-            .unwrap()
-            .text()
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("lexview_store_reads_total "))
-            .and_then(|v| v.parse().ok())
-            .expect("store reads metric")
-    };
+    let reads = || server.counter("store_reads_total");
     let page = |n: usize| {
         let before = reads();
         let gql = server.graphql(&format!(

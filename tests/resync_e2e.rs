@@ -66,14 +66,7 @@ fn a_lost_commit_is_recovered_by_a_resync_from_the_pds() {
         data.path(),
         &root.join("lexicons"),
         &root.join("queries"),
-        &[
-            "--verify",
-            "full",
-            "--plc",
-            &pds.plc,
-            "--handle-resolver",
-            &pds.url,
-        ],
+        &pds.verify_args(),
     );
     // The cursor reaches the last seq, and the resync is done (the event
     // that asked for it went out with its cursor; the resync is durable).
@@ -111,21 +104,10 @@ fn a_lost_commit_is_recovered_by_a_resync_from_the_pds() {
     ];
     common::assert_valid_outputs(&answers);
 
-    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
-        .unwrap()
-        .text()
-        .unwrap();
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("lexview_{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {metrics}"))
-    };
-    assert_eq!(counter("resyncs_requested_total"), 1, "{metrics}");
-    assert_eq!(counter("resyncs_done_total"), 1, "{metrics}");
-    assert_eq!(counter("resyncs_failed_total"), 0, "{metrics}");
-    assert_eq!(counter("commits_rejected_total"), 0, "{metrics}");
+    assert_eq!(server.counter("resyncs_requested_total"), 1);
+    assert_eq!(server.counter("resyncs_done_total"), 1);
+    assert_eq!(server.counter("resyncs_failed_total"), 0);
+    assert_eq!(server.counter("commits_rejected_total"), 0);
     assert!(server.stop().success());
 
     // Nothing pending, and the index is the repository, exactly.

@@ -1593,6 +1593,39 @@ impl async_graphql::dataloader::Loader<ConnKey> for Connections {
     }
 }
 
+/// Keyset pagination: adds to `filter` (and its values) the condition for
+/// rows after the cursor `after` in the order of `key` then URI, and returns
+/// that order's SQL direction.
+fn seek(
+    after: &Option<(Value, String)>,
+    key: &str,
+    key_is_int: bool,
+    descending: bool,
+    filter: &mut String,
+    values: &mut Vec<duckdb::types::Value>,
+) -> duckdb::Result<&'static str> {
+    use duckdb::types::Value as V;
+    let (cmp, order) = if descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    if let Some((k, uri)) = after {
+        filter.push_str(&format!(
+            " AND ({key} {cmp} ? OR ({key} = ? AND r.uri {cmp} ?))"
+        ));
+        let kv = match (k, key_is_int) {
+            (Value::Number(n), true) => V::BigInt(n.as_i64().unwrap_or_default()),
+            (Value::String(s), false) => V::Text(s.clone()),
+            _ => return Err(duckdb::Error::InvalidParameterName("after".into())),
+        };
+        values.push(kv.clone());
+        values.push(kv);
+        values.push(V::Text(uri.clone()));
+    }
+    Ok(order)
+}
+
 /// The pages of `spec` for each of `parents` (URIs or DIDs, no spaces).
 fn batch_pages(
     c: &duckdb::Connection,
@@ -1639,24 +1672,14 @@ fn batch_pages(
         .sort
         .clone()
         .unwrap_or(("r.uri".to_string(), false));
-    let (cmp, order) = if descending {
-        ("<", "DESC")
-    } else {
-        (">", "ASC")
-    };
-    if let Some((k, uri)) = &spec.after {
-        filter.push_str(&format!(
-            " AND ({key} {cmp} ? OR ({key} = ? AND r.uri {cmp} ?))"
-        ));
-        let kv = match (k, key_is_int) {
-            (Value::Number(n), true) => V::BigInt(n.as_i64().unwrap_or_default()),
-            (Value::String(s), false) => V::Text(s.clone()),
-            _ => return Err(duckdb::Error::InvalidParameterName("after".into())),
-        };
-        values.push(kv.clone());
-        values.push(kv);
-        values.push(V::Text(uri.clone()));
-    }
+    let order = seek(
+        &spec.after,
+        &key,
+        key_is_int,
+        descending,
+        &mut filter,
+        &mut values,
+    )?;
     values.push(V::BigInt(spec.first + 1));
     let mut stmt = c.prepare(&format!(
         "SELECT {RECORD_COLUMNS}, {key} AS sort_key, j.parent,
@@ -2021,24 +2044,14 @@ async fn fetch_page(
                 duckdb::params_from_iter(values.iter()),
                 |r| r.get(0),
             )?;
-            let (cmp, order) = if descending {
-                ("<", "DESC")
-            } else {
-                (">", "ASC")
-            };
-            if let Some((k, uri)) = &after {
-                filter.push_str(&format!(
-                    " AND ({key} {cmp} ? OR ({key} = ? AND r.uri {cmp} ?))"
-                ));
-                let kv = match (k, key_is_int) {
-                    (Value::Number(n), true) => V::BigInt(n.as_i64().unwrap_or_default()),
-                    (Value::String(s), false) => V::Text(s.clone()),
-                    _ => return Err(duckdb::Error::InvalidParameterName("after".into())),
-                };
-                values.push(kv.clone());
-                values.push(kv);
-                values.push(V::Text(uri.clone()));
-            }
+            let order = seek(
+                &after,
+                &key,
+                key_is_int,
+                descending,
+                &mut filter,
+                &mut values,
+            )?;
             values.push(V::BigInt(first + 1));
             let sql = format!(
                 "SELECT {RECORD_COLUMNS}, {key} AS sort_key FROM records r WHERE {filter}

@@ -48,6 +48,19 @@ impl Pds {
         }
     }
 
+    /// `serve` flags that verify commits and handles against this PDS's
+    /// PLC and the PDS itself.
+    pub fn verify_args(&self) -> Vec<&str> {
+        vec![
+            "--verify",
+            "full",
+            "--plc",
+            &self.plc,
+            "--handle-resolver",
+            &self.url,
+        ]
+    }
+
     /// Sends one command and returns its answer; panics if it failed.
     pub fn cmd(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").unwrap();

@@ -141,6 +141,18 @@ impl Server {
         }
     }
 
+    /// A counter from `/metrics`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let text = reqwest::blocking::get(format!("{}/metrics", self.base))
+            .expect("GET /metrics")
+            .text()
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("lexview_{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    }
+
     /// Waits until the source's committed cursor reaches `seq`.
     pub fn wait_for_cursor(&self, seq: i64) -> Value {
         self.wait_for(Duration::from_secs(60), |h| {
