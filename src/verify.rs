@@ -391,8 +391,9 @@ impl Resolve for StaticResolver {
 }
 
 /// did:plc through a PLC directory and did:web through HTTPS, with an lru
-/// cache whose entries live `ttl`. Blocking: it runs on the ingest thread,
-/// which waits for a DID it has not seen (see ARCHITECTURE.md).
+/// cache whose entries live `ttl`, and failures remembered for a minute.
+/// Blocking: a lookup runs on the thread that needs the key; the ingest
+/// thread `prefetch`es a round's unseen DIDs 16 at a time first.
 pub struct HttpResolver {
     plc: String,
     client: reqwest::blocking::Client,
