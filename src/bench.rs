@@ -183,24 +183,7 @@ fn generate_repo(path: &Path, n: usize) -> anyhow::Result<()> {
     }
     entries.sort();
     let root = crate::mst::build(&entries, &mut blocks);
-    #[derive(Serialize)]
-    struct Commit<'a> {
-        did: &'a str,
-        rev: String,
-        data: Cid,
-        prev: Option<Cid>,
-        version: u64,
-        #[serde(with = "serde_bytes")]
-        sig: Vec<u8>,
-    }
-    let commit = serde_ipld_dagcbor::to_vec(&Commit {
-        did,
-        rev: tid(n as u64),
-        data: root,
-        prev: None,
-        version: 3,
-        sig: vec![0; 64],
-    })?;
+    let commit = crate::repo::commit_block(did, &tid(n as u64), root, &[0; 64]);
     let commit_cid = crate::mst::dag_cbor_cid(&commit);
     blocks.push((commit_cid, commit));
     std::fs::write(path, car_bytes(commit_cid, &blocks))?;

@@ -135,6 +135,16 @@ pub struct Op<'a> {
     pub prev: Option<Cid>,
 }
 
+impl<'a> From<&crate::decode::frame::RepoOp<'a>> for Op<'a> {
+    fn from(op: &crate::decode::frame::RepoOp<'a>) -> Op<'a> {
+        Op {
+            path: op.path,
+            cid: op.cid,
+            prev: op.prev,
+        }
+    }
+}
+
 fn flatten(
     cid: Cid,
     layer: Option<u32>,
@@ -403,25 +413,7 @@ mod tests {
         let mut blocks = Vec::new();
         let root = build(&entries, &mut blocks);
         // A commit over it, in a CAR, read back by the repository reader.
-        #[derive(serde::Serialize)]
-        struct Commit {
-            did: &'static str,
-            rev: &'static str,
-            data: Cid,
-            prev: Option<Cid>,
-            version: u64,
-            #[serde(with = "serde_bytes")]
-            sig: Vec<u8>,
-        }
-        let commit = serde_ipld_dagcbor::to_vec(&Commit {
-            did: "did:plc:test",
-            rev: "3l000000000",
-            data: root,
-            prev: None,
-            version: 3,
-            sig: vec![0; 64],
-        })
-        .unwrap();
+        let commit = crate::repo::commit_block("did:plc:test", "3l000000000", root, &[0; 64]);
         let commit_cid = dag_cbor_cid(&commit);
         blocks.push((commit_cid, commit));
         blocks.push((leaf, b"x".to_vec()));

@@ -24,15 +24,7 @@ fn check_proof(
     let Some(prev_data) = c.prev_data else {
         return Ok(());
     };
-    let ops: Vec<crate::mst::Op> = c
-        .ops
-        .iter()
-        .map(|op| crate::mst::Op {
-            path: op.path,
-            cid: op.cid,
-            prev: op.prev,
-        })
-        .collect();
+    let ops: Vec<crate::mst::Op> = c.ops.iter().map(Into::into).collect();
     let get = |cid: &cid::Cid| {
         blocks
             .get(cid)
@@ -46,6 +38,14 @@ fn check_proof(
         ))),
         Err(e) => Err(crate::verify::VerifyError::Proof(e.to_string())),
     }
+}
+
+/// Whether any op of `c` is in a collection with a loaded record lexicon.
+fn touches(catalog: &Catalog, c: &Commit<'_>) -> bool {
+    c.ops.iter().any(|op| {
+        op.split_path()
+            .is_some_and(|(collection, _)| catalog.has_record(collection))
+    })
 }
 
 /// A Jetstream v1 event (only the fields lexview uses).
@@ -208,38 +208,26 @@ impl Ingestor {
         };
         verifier.clear_prechecked();
         let catalog = self.catalog.load();
-        // Keys of repos not seen yet, fetched concurrently first.
-        let repos: Vec<String> = frames
+        // The commits that touch a loaded collection, decoded once.
+        let commits: Vec<(&[u8], Commit<'_>)> = frames
             .par_iter()
             .filter_map(|bytes| match decode_frame(bytes) {
-                Ok(Frame::Commit(c)) => c
-                    .ops
-                    .iter()
-                    .any(|op| {
-                        op.split_path()
-                            .is_some_and(|(collection, _)| catalog.has_record(collection))
-                    })
-                    .then(|| c.repo.to_string()),
+                Ok(Frame::Commit(c)) if touches(&catalog, &c) => Some((*bytes, c)),
                 _ => None,
             })
             .collect();
-        verifier.prefetch(&repos.iter().map(String::as_str).collect::<Vec<_>>());
-        frames.par_iter().for_each(|bytes| {
-            let Ok(Frame::Commit(c)) = decode_frame(bytes) else {
-                return;
-            };
-            let wanted = c.ops.iter().any(|op| {
-                op.split_path()
-                    .is_some_and(|(collection, _)| catalog.has_record(collection))
-            });
+        // Keys of repos not seen yet, fetched concurrently first.
+        let repos: Vec<&str> = commits.iter().map(|(_, c)| c.repo).collect();
+        verifier.prefetch(&repos);
+        commits.par_iter().for_each(|(bytes, c)| {
             let Ok(blocks) = read_car(c.blocks) else {
                 return;
             };
             if let Some(block) = blocks.blocks.get(&c.commit) {
-                if wanted && verify_block(&c.commit, block).is_ok() {
+                if verify_block(&c.commit, block).is_ok() {
                     let key = crate::verify::frame_key(bytes);
                     verifier.precheck(key, block, c.repo, c.rev, |data| {
-                        check_proof(&c, &blocks.blocks, data)
+                        check_proof(c, &blocks.blocks, data)
                     });
                 }
             }

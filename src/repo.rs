@@ -333,6 +333,31 @@ pub fn open_repo(path: &Path) -> Result<Repo<CarFile>, RepoError> {
     Repo::open(file, &roots)
 }
 
+/// A v3 commit block over the MST root `data` (for generated repositories;
+/// `sig` is not checked by anything that reads it back unverified). Fields
+/// in DAG-CBOR key order: did, rev, sig, data, prev, version.
+pub fn commit_block(did: &str, rev: &str, data: Cid, sig: &[u8]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Commit<'a> {
+        did: &'a str,
+        rev: &'a str,
+        #[serde(with = "serde_bytes")]
+        sig: &'a [u8],
+        data: Cid,
+        prev: Option<Cid>,
+        version: u64,
+    }
+    serde_ipld_dagcbor::to_vec(&Commit {
+        did,
+        rev,
+        sig,
+        data,
+        prev: None,
+        version: 3,
+    })
+    .expect("a commit serialises")
+}
+
 /// Writes a CAR v1 with one root (a repository export, or a test's).
 pub fn write_car(root: Cid, blocks: &[(Cid, Vec<u8>)]) -> Vec<u8> {
     #[derive(serde::Serialize)]

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::index::event::{Change, IndexEvent};
 use crate::metrics::Metrics;
 use crate::pipeline::Ingestor;
-use crate::repo::{read_repo, BlockStore, Repo};
+use crate::repo::{BlockStore, Repo};
 use crate::verify::Resolve;
 
 /// A repository read whole, as changes: a `Put` (or `Invalid`) per record
@@ -55,26 +55,12 @@ pub enum Fetched {
     },
 }
 
-/// The changes that make the index hold exactly the repository `car`'s
-/// records of loaded collections. With `resolver`, the commit's signature is
-/// checked against the DID's key first; every block read is hash-checked.
-pub fn snapshot_of(
-    ingestor: &Ingestor,
-    resolver: Option<&dyn Resolve>,
-    car: &[u8],
-) -> anyhow::Result<Snapshot> {
-    let repo = read_repo(car)?;
-    let mut changes = Vec::new();
-    let (did, rev) = snapshot_chunks(ingestor, resolver, &repo, usize::MAX, |chunk| {
-        changes.extend(chunk);
-        Ok(())
-    })?;
-    Ok(Snapshot { did, rev, changes })
-}
-
-/// As [`snapshot_of`], handing the changes to `emit` in chunks of at most
-/// `chunk` records (the last one ends with the `Snapshot`), so a large
-/// repository is never held as changes whole. Returns the DID and rev.
+/// The changes that make the index hold exactly `repo`'s records of loaded
+/// collections, handed to `emit` in chunks of at most `chunk` records (the
+/// last one ends with the `Snapshot`), so a large repository is never held
+/// as changes whole. With `resolver`, the commit's signature is checked
+/// against the DID's key first; every block read is hash-checked. Returns
+/// the DID and rev.
 pub fn snapshot_chunks<S: BlockStore>(
     ingestor: &Ingestor,
     resolver: Option<&dyn Resolve>,

@@ -5,10 +5,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::pds::Pds;
-use common::server::{bin, sql, Server};
+use common::server::{command, sql, Server};
 use serde_json::json;
 
 /// The index, without `records.rev`: a live record carries the rev of the
@@ -32,19 +31,15 @@ fn dump(data: &Path) -> String {
 
 fn backfill(pds: &Pds, data: &Path) -> String {
     let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    let out = Command::new(bin())
-        .args([
+    let out = command(
+        &[
             "backfill", "--host", &pds.url, "--verify", "full", "--plc", &pds.plc,
-        ])
-        .args([
-            "--data",
-            data.to_str().unwrap(),
-            "--lexicons",
-            lexicons.to_str().unwrap(),
-        ])
-        .env("LEXVIEW_LOG", "warn")
-        .output()
-        .unwrap();
+        ],
+        data,
+        &lexicons,
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "backfill failed: {stderr}");
     stderr + &String::from_utf8_lossy(&out.stdout)
@@ -136,17 +131,13 @@ fn a_backfill_from_the_pds_equals_the_live_index_and_resumes() {
     // DID document in the PLC)...
     let plc = pds.plc.clone();
     let audit = |did: &serde_json::Value, data: &Path| {
-        let out = Command::new(bin())
-            .args(["audit", did.as_str().unwrap(), "--plc", &plc])
-            .args([
-                "--data",
-                data.to_str().unwrap(),
-                "--lexicons",
-                lexicons.to_str().unwrap(),
-            ])
-            .env("LEXVIEW_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = command(
+            &["audit", did.as_str().unwrap(), "--plc", &plc],
+            data,
+            &lexicons,
+        )
+        .output()
+        .unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -308,18 +299,18 @@ fn a_backfill_killed_halfway_resumes_and_ends_identical() {
     let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
     let killed = tempfile::tempdir().unwrap();
     // Paced to 4 repositories a second, so the kill lands mid-way.
-    let mut child = Command::new(bin())
-        .args([
+    let mut child = command(
+        &[
             "backfill", "--host", &pds.url, "--verify", "full", "--plc", &pds.plc,
-        ])
-        .args(["--concurrency", "1", "--max-repos-per-second", "4"])
-        .args(["--data", killed.path().to_str().unwrap()])
-        .args(["--lexicons", lexicons.to_str().unwrap()])
-        .env("LEXVIEW_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        killed.path(),
+        &lexicons,
+    )
+    .args(["--concurrency", "1", "--max-repos-per-second", "4"])
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut applied = 0;
     for line in stderr.lines() {

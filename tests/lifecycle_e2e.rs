@@ -11,10 +11,6 @@ use common::pds::Pds;
 use common::server::Server;
 use serde_json::{json, Value};
 
-fn did_of(v: Value) -> String {
-    v["did"].as_str().unwrap().to_string()
-}
-
 /// The answers that change with alice's and carol's state.
 struct View {
     likes: usize,
@@ -82,9 +78,9 @@ fn account_status_and_handle_changes_reach_every_answer() {
     );
     let mut answers: Vec<(&'static str, Value)> = Vec::new();
 
-    let alice = did_of(pds.cmd(json!({"op": "createAccount", "handle": "alice.test"})));
-    let bob = did_of(pds.cmd(json!({"op": "createAccount", "handle": "bob.test"})));
-    let carol = did_of(pds.cmd(json!({"op": "createAccount", "handle": "carol.test"})));
+    let alice = pds.create_account("alice.test");
+    let bob = pds.create_account("bob.test");
+    let carol = pds.create_account("carol.test");
     let now = "2026-11-24T12:00:00.000Z";
     let post = pds.cmd(
         json!({"op": "create", "did": bob, "collection": "app.bsky.feed.post",

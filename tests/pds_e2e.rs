@@ -29,18 +29,9 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         &["--plc", &pds.plc, "--handle-resolver", &pds.url],
     );
 
-    let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let bob = pds.cmd(json!({"op": "createAccount", "handle": "bob.test"}))["did"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let carol = pds.cmd(json!({"op": "createAccount", "handle": "carol.test"}))["did"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alice = pds.create_account("alice.test");
+    let bob = pds.create_account("bob.test");
+    let carol = pds.create_account("carol.test");
     let now = "2026-11-24T12:00:00.000Z";
     let post = |did: &str, text: &str, reply: Option<Value>| {
         let mut r = json!({"text": text, "createdAt": now});

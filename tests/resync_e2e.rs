@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::pds::Pds;
 use common::server::Server;
@@ -20,14 +19,8 @@ fn seq_of(frame: &[u8]) -> Option<i64> {
 #[test]
 fn a_lost_commit_is_recovered_by_a_resync_from_the_pds() {
     let mut pds = Pds::start();
-    let alice = pds.cmd(json!({"op": "createAccount", "handle": "alice.test"}))["did"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let bob = pds.cmd(json!({"op": "createAccount", "handle": "bob.test"}))["did"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alice = pds.create_account("alice.test");
+    let bob = pds.create_account("bob.test");
     let now = "2026-11-24T12:00:00.000Z";
     let post = |pds: &mut Pds, text: &str| {
         pds.cmd(
@@ -114,13 +107,13 @@ fn a_lost_commit_is_recovered_by_a_resync_from_the_pds() {
     let (ok, out, err) = common::server::sql(data.path(), "SELECT count(*) AS n FROM resyncs");
     assert!(ok, "{err}");
     assert_eq!(out.lines().nth(2).map(str::trim), Some("0"), "{out}");
-    let audit = Command::new(common::server::bin())
-        .args(["audit", &alice, "--host", &pds.url, "--data"])
-        .arg(data.path())
-        .args(["--lexicons"])
-        .arg(root.join("lexicons"))
-        .output()
-        .unwrap();
+    let audit = common::server::command(
+        &["audit", &alice, "--host", &pds.url],
+        data.path(),
+        &root.join("lexicons"),
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&audit.stdout);
     assert!(
         audit.status.success(),

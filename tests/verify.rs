@@ -49,15 +49,7 @@ fn all_148_production_commits_verify_against_their_did_documents_with_their_proo
             .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
         assert_eq!(commit.did, c.repo);
         // Sync 1.1: every op undone on the frame's MST nodes gives prevData.
-        let ops: Vec<lexview::mst::Op> = c
-            .ops
-            .iter()
-            .map(|op| lexview::mst::Op {
-                path: op.path,
-                cid: op.cid,
-                prev: op.prev,
-            })
-            .collect();
+        let ops: Vec<lexview::mst::Op> = c.ops.iter().map(Into::into).collect();
         let root = lexview::mst::invert(commit.data, &ops, &|cid| {
             blocks.get(cid).map(|b| b.to_vec())
         })

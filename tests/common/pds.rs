@@ -61,6 +61,12 @@ impl Pds {
         ]
     }
 
+    /// Creates an account; returns its DID.
+    pub fn create_account(&mut self, handle: &str) -> String {
+        let out = self.cmd(serde_json::json!({"op": "createAccount", "handle": handle}));
+        out["did"].as_str().expect("a DID").to_string()
+    }
+
     /// Sends one command and returns its answer; panics if it failed.
     pub fn cmd(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").unwrap();

@@ -198,6 +198,18 @@ fn send_signal(pid: u32, signal: &str) {
         .status();
 }
 
+/// `lexview <args> --data DATA --lexicons LEXICONS`, logging warnings only.
+pub fn command(args: &[&str], data: &Path, lexicons: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--lexicons")
+        .arg(lexicons)
+        .env("LEXVIEW_LOG", "warn");
+    cmd
+}
+
 /// `lexview sql` against a stopped server's store.
 pub fn sql(data: &Path, query: &str) -> (bool, String, String) {
     let out = Command::new(bin())
