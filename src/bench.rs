@@ -50,6 +50,22 @@ pub struct BenchArgs {
     /// DuckDB's memory limit for the store, e.g. 128MB (default: DuckDB's).
     #[arg(long)]
     pub memory_limit: Option<String>,
+    /// Query load (case d): build a store of at least this many generated
+    /// records (once; reused), serve it, and measure request latencies.
+    #[arg(long, default_value_t = 0)]
+    pub load: usize,
+    /// Requests per second for point, backlink, thread and search requests.
+    #[arg(long, default_value_t = 1000.0)]
+    pub load_rate: f64,
+    /// Requests per second for the 50-post pages (XRPC and GraphQL).
+    #[arg(long, default_value_t = 100.0)]
+    pub load_page_rate: f64,
+    /// Seconds of measured load per case (after 2 s of warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub load_seconds: f64,
+    /// Most requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -143,6 +159,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             stats.records as f64 / secs
         );
     }
+    if args.load > 0 {
+        crate::loadbench::run(&args)?;
+    }
     println!("peak RSS: {} MiB", peak_rss_kib() / 1024);
     Ok(())
 }
@@ -200,9 +219,9 @@ fn verifier(args: &BenchArgs) -> anyhow::Result<Option<Arc<crate::verify::Verifi
     )))
 }
 
-struct Measured {
-    events: usize,
-    secs: f64,
+pub(crate) struct Measured {
+    pub events: usize,
+    pub secs: f64,
     metrics: Arc<Metrics>,
 }
 
@@ -222,7 +241,7 @@ fn report(label: &str, m: Measured) {
 }
 
 /// Ingest on one thread, write on another, as `serve` does.
-fn measure(
+pub(crate) fn measure(
     catalog: &Arc<crate::lexicon::Catalog>,
     store_dir: &Path,
     batch: usize,
@@ -371,38 +390,173 @@ fn tid(n: u64) -> String {
         .collect()
 }
 
-/// Writes `n` `#commit` frames with a realistic mix: 40 % posts, 28 % likes,
-/// 10 % follows, 8 % reposts, 9 % custom records (status, RSVP, book), 5 % deletes.
+/// Writes `n` `#commit` frames of [`Corpus`] to `path`.
 pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let dids: Vec<String> = (0..5000)
-        .map(|i| format!("did:plc:bench{:019}", i))
-        .collect();
-    let mut created: Vec<(usize, &'static str, String)> = Vec::new();
-    let now = "2026-11-24T12:00:00.000Z";
-    for i in 0..n {
-        let author = i % dids.len();
-        let did = &dids[author];
+    for frame in Corpus::new(n, false) {
+        let frame = frame?;
+        out.write_all(&(frame.len() as u32).to_le_bytes())?;
+        out.write_all(&frame)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+const NOW: &str = "2026-11-24T12:00:00.000Z";
+
+/// Generated `#commit` frames with a realistic mix: 40 % posts (a third of
+/// them replies), 28 % likes, 10 % follows, 8 % reposts, 9 % custom records
+/// (status, RSVP, book), 5 % deletes, by 5,000 authors.
+pub struct Corpus {
+    n: usize,
+    i: usize,
+    dids: Vec<String>,
+    created: Vec<(usize, &'static str, String)>,
+    /// Post texts drawn from a skewed vocabulary (for search), instead of
+    /// one sentence that differs only in its number.
+    varied: bool,
+}
+
+/// Words of the generated post texts; earlier words are drawn more often.
+const VOCABULARY: &[&str] = &[
+    "the",
+    "and",
+    "rust",
+    "atproto",
+    "today",
+    "people",
+    "network",
+    "data",
+    "open",
+    "protocol",
+    "server",
+    "design",
+    "music",
+    "coffee",
+    "garden",
+    "morning",
+    "book",
+    "reading",
+    "river",
+    "mountain",
+    "city",
+    "train",
+    "weather",
+    "photo",
+    "cat",
+    "dog",
+    "code",
+    "release",
+    "index",
+    "search",
+    "feed",
+    "thread",
+    "calendar",
+    "event",
+    "festival",
+    "bridge",
+    "library",
+    "museum",
+    "kitchen",
+    "bread",
+    "recipe",
+    "winter",
+    "summer",
+    "ocean",
+    "forest",
+    "bicycle",
+    "guitar",
+    "painting",
+    "poem",
+    "story",
+    "history",
+    "science",
+    "planet",
+    "galaxy",
+    "telescope",
+    "lighthouse",
+    "harbor",
+    "island",
+    "valley",
+    "meadow",
+    "orchard",
+    "lantern",
+    "compass",
+    "journey",
+];
+
+impl Corpus {
+    pub fn new(n: usize, varied: bool) -> Corpus {
+        Corpus {
+            n,
+            i: 0,
+            dids: (0..5000)
+                .map(|i| format!("did:plc:bench{:019}", i))
+                .collect(),
+            created: Vec::new(),
+            varied,
+        }
+    }
+
+    /// Word `k` of generated post `i`, drawn from the vocabulary
+    /// (skewed towards the front: the square of a uniform draw).
+    pub fn word(i: usize, k: usize) -> &'static str {
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (k as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 31;
+        x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 29;
+        let u = (x % 1_000_000) as f64 / 1_000_000.0;
+        VOCABULARY[((u * u) * VOCABULARY.len() as f64) as usize]
+    }
+
+    /// Two words that generated posts contain, for search queries.
+    pub fn query_terms(j: usize) -> String {
+        let n = VOCABULARY.len();
+        format!(
+            "{} {}",
+            VOCABULARY[2 + j % (n - 2)],
+            VOCABULARY[2 + (j * 7 + 3) % (n - 2)]
+        )
+    }
+
+    fn post_text(&self, i: usize) -> String {
+        if !self.varied {
+            return format!("post number {i} about rust and atproto");
+        }
+        let words = 6 + i % 9;
+        let text: Vec<&str> = (0..words).map(|k| Corpus::word(i, k)).collect();
+        format!("{} {i}", text.join(" "))
+    }
+
+    fn frame(&mut self, i: usize) -> anyhow::Result<Vec<u8>> {
+        let author = i % self.dids.len();
+        let did = &self.dids[author];
         let rkey = tid(i as u64);
         let roll = (i * 7919) % 100;
-        let target_post = created
+        let target_post = self
+            .created
             .iter()
             .rev()
             .find(|c| c.1 == "app.bsky.feed.post")
             .map(|c| {
                 (
-                    format!("at://{}/app.bsky.feed.post/{}", dids[c.0], c.2),
+                    format!("at://{}/app.bsky.feed.post/{}", self.dids[c.0], c.2),
                     "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi",
                 )
             });
         let (action, collection, record): (&str, &'static str, Option<serde_json::Value>) = if roll
             < 5
-            && !created.is_empty()
+            && !self.created.is_empty()
         {
-            ("delete", created[(i * 31) % created.len()].1, None)
+            (
+                "delete",
+                self.created[(i * 31) % self.created.len()].1,
+                None,
+            )
         } else if roll < 45 {
-            let mut r = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} about rust and atproto"), "createdAt": now, "langs": ["en"]});
-            if let (true, Some((uri, cid))) = (i % 3 == 0, &target_post) {
+            let mut r = serde_json::json!({"$type": "app.bsky.feed.post", "text": self.post_text(i), "createdAt": NOW, "langs": ["en"]});
+            if let (true, Some((uri, cid))) = (i.is_multiple_of(3), &target_post) {
                 r["reply"] = serde_json::json!({"root": {"uri": uri, "cid": cid}, "parent": {"uri": uri, "cid": cid}});
             }
             ("create", "app.bsky.feed.post", Some(r))
@@ -415,7 +569,7 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
                 "create",
                 "app.bsky.feed.like",
                 Some(
-                    serde_json::json!({"$type": "app.bsky.feed.like", "subject": {"uri": uri, "cid": cid}, "createdAt": now}),
+                    serde_json::json!({"$type": "app.bsky.feed.like", "subject": {"uri": uri, "cid": cid}, "createdAt": NOW}),
                 ),
             )
         } else if roll < 83 {
@@ -423,7 +577,7 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
                 "create",
                 "app.bsky.graph.follow",
                 Some(
-                    serde_json::json!({"$type": "app.bsky.graph.follow", "subject": dids[(i * 13) % dids.len()], "createdAt": now}),
+                    serde_json::json!({"$type": "app.bsky.graph.follow", "subject": self.dids[(i * 13) % self.dids.len()], "createdAt": NOW}),
                 ),
             )
         } else if roll < 91 {
@@ -435,7 +589,7 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
                 "create",
                 "app.bsky.feed.repost",
                 Some(
-                    serde_json::json!({"$type": "app.bsky.feed.repost", "subject": {"uri": uri, "cid": cid}, "createdAt": now}),
+                    serde_json::json!({"$type": "app.bsky.feed.repost", "subject": {"uri": uri, "cid": cid}, "createdAt": NOW}),
                 ),
             )
         } else if roll < 94 {
@@ -443,7 +597,7 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
                 "create",
                 "xyz.statusphere.status",
                 Some(
-                    serde_json::json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": now}),
+                    serde_json::json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": NOW}),
                 ),
             )
         } else if roll < 97 {
@@ -451,20 +605,20 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
                 "create",
                 "buzz.bookhive.book",
                 Some(
-                    serde_json::json!({"$type": "buzz.bookhive.book", "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": format!("bk_{i}"), "status": "buzz.bookhive.defs#finished", "stars": 9, "createdAt": now}),
+                    serde_json::json!({"$type": "buzz.bookhive.book", "title": "The Dispossessed", "authors": "Ursula K. Le Guin", "hiveId": format!("bk_{i}"), "status": "buzz.bookhive.defs#finished", "stars": 9, "createdAt": NOW}),
                 ),
             )
         } else {
             let uri = format!(
                 "at://{}/community.lexicon.calendar.event/{}",
-                dids[(i * 17) % dids.len()],
+                self.dids[(i * 17) % self.dids.len()],
                 tid(7)
             );
             (
                 "create",
                 "community.lexicon.calendar.rsvp",
                 Some(
-                    serde_json::json!({"$type": "community.lexicon.calendar.rsvp", "subject": {"uri": uri, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "status": "community.lexicon.calendar.rsvp#going", "createdAt": now}),
+                    serde_json::json!({"$type": "community.lexicon.calendar.rsvp", "subject": {"uri": uri, "cid": "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"}, "status": "community.lexicon.calendar.rsvp#going", "createdAt": NOW}),
                 ),
             )
         };
@@ -472,18 +626,18 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
             Some(r) => {
                 let bytes = serde_ipld_dagcbor::to_vec(r)?;
                 let cid = crate::mst::dag_cbor_cid(&bytes);
-                created.push((author, collection, rkey.clone()));
-                if created.len() > 10_000 {
-                    created.drain(..5000);
+                self.created.push((author, collection, rkey.clone()));
+                if self.created.len() > 10_000 {
+                    self.created.drain(..5000);
                 }
                 (rkey.clone(), vec![(cid, bytes)], Some(cid), author)
             }
             None => {
-                let victim = created.remove((i * 31) % created.len());
+                let victim = self.created.remove((i * 31) % self.created.len());
                 (victim.2, Vec::new(), None, victim.0)
             }
         };
-        let repo = dids[repo_idx].clone();
+        let repo = self.dids[repo_idx].clone();
         let op = (
             if action == "delete" {
                 "delete"
@@ -493,20 +647,27 @@ pub fn generate_corpus(path: &Path, n: usize) -> anyhow::Result<()> {
             format!("{collection}/{path_rkey}"),
             cid,
         );
-        let frame = commit_frame(
+        commit_frame(
             i as i64 + 1,
             &repo,
             &rkey,
             vec![op],
             std::mem::take(&mut blocks),
             false,
-            now,
-        )?;
-        out.write_all(&(frame.len() as u32).to_le_bytes())?;
-        out.write_all(&frame)?;
+            NOW,
+        )
     }
-    out.flush()?;
-    Ok(())
+}
+
+impl Iterator for Corpus {
+    type Item = anyhow::Result<Vec<u8>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.i >= self.n {
+            return None;
+        }
+        self.i += 1;
+        Some(self.frame(self.i - 1))
+    }
 }
 
 /// One `#commit` frame (header + body) with a real CAR slice: `blocks` plus a

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod handles;
 pub mod index;
 pub mod lexicon;
+pub mod loadbench;
 pub mod metrics;
 pub mod mst;
 pub mod pipeline;

@@ -107,17 +107,18 @@ pub async fn get_backlinks(
     let (rows, total) = state
         .readers
         .with(move |c| {
-            let filter = "target = ? AND source_collection = ? AND path = ?
+            // links_to: the index lookup by target (schema/006).
+            let filter = "source_collection = ? AND path = ?
                  AND (?::VARCHAR IS NULL OR list_contains(string_split(?::VARCHAR, ' '), source_did))";
             let total: i64 = c.query_row(
-                &format!("SELECT count(*) FROM links WHERE {filter}"),
+                &format!("SELECT count(*) FROM links_to(?) WHERE {filter}"),
                 params![subject, collection, path, dids, dids],
                 |r| r.get(0),
             )?;
             let order = if reverse { "ASC" } else { "DESC" };
             let sql = format!(
                 "SELECT source_did, rkey FROM (
-                   SELECT source_did, split_part(source_uri, '/', 5) AS rkey FROM links WHERE {filter})
+                   SELECT source_did, split_part(source_uri, '/', 5) AS rkey FROM links_to(?) WHERE {filter})
                  WHERE {} ORDER BY rkey {order}, source_did {order} LIMIT ?",
                 keyset(reverse)
             );
@@ -158,8 +159,8 @@ pub async fn get_backlinks_count(
         .readers
         .with(move |c| {
             c.query_row(
-                "SELECT coalesce(sum(n), 0)::BIGINT FROM link_counts
-                 WHERE target = ? AND collection = ? AND path = ?",
+                "SELECT coalesce(sum(n), 0)::BIGINT FROM counts_of(?)
+                 WHERE collection = ? AND path = ?",
                 params![subject, collection, path],
                 |r| r.get(0),
             )
@@ -182,16 +183,16 @@ pub async fn get_backlink_dids(
         .readers
         .with(move |c| {
             let total: i64 = c.query_row(
-                "SELECT count(DISTINCT source_did) FROM links
-                 WHERE target = ? AND source_collection = ? AND path = ?",
+                "SELECT count(DISTINCT source_did) FROM links_to(?)
+                 WHERE source_collection = ? AND path = ?",
                 params![subject, collection, path],
                 |r| r.get(0),
             )?;
             // Each DID at the position of its newest link.
             let sql = format!(
                 "SELECT source_did, rkey FROM (
-                   SELECT source_did, max(split_part(source_uri, '/', 5)) AS rkey FROM links
-                   WHERE target = ? AND source_collection = ? AND path = ? GROUP BY source_did)
+                   SELECT source_did, max(split_part(source_uri, '/', 5)) AS rkey FROM links_to(?)
+                   WHERE source_collection = ? AND path = ? GROUP BY source_did)
                  WHERE {} ORDER BY rkey DESC, source_did DESC LIMIT ?",
                 keyset(false)
             );

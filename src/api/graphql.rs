@@ -266,9 +266,50 @@ struct Query {
     /// SQL conditions with `?` placeholders, and their values in order.
     conditions: Vec<String>,
     values: Vec<duckdb::types::Value>,
+    /// Only records of this author (a DID or a handle): looked up through
+    /// the DID index (`records_by`, schema/006), not as a condition, which
+    /// would scan the table.
+    author: Option<String>,
     /// The sort key expression (never NULL) and whether it is an integer.
     sort: Option<(String, bool)>,
     descending: bool,
+}
+
+impl Query {
+    /// Only records of `did`.
+    fn by_author(&mut self, did: String) {
+        if self.author.is_none() {
+            self.author = Some(did);
+        } else {
+            self.conditions.push("r.did = ?".into());
+            self.values.push(duckdb::types::Value::Text(did));
+        }
+    }
+
+    /// The table the conditions filter, aliased `r`, with its bound values:
+    /// the author's records when there is an author, else all records.
+    fn source(
+        &self,
+        c: &duckdb::Connection,
+    ) -> duckdb::Result<(&'static str, Vec<duckdb::types::Value>)> {
+        let Some(author) = &self.author else {
+            return Ok(("records r", Vec::new()));
+        };
+        // A handle names its DID; anything else is taken as a DID (an
+        // unknown one matches nothing).
+        let did = if author.starts_with("did:") {
+            author.clone()
+        } else {
+            let mut stmt =
+                c.prepare_cached("SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1")?;
+            let mut rows = stmt.query(params![author])?;
+            match rows.next()? {
+                Some(r) => r.get(0)?,
+                None => author.clone(),
+            }
+        };
+        Ok(("records_by(?) r", vec![duckdb::types::Value::Text(did)]))
+    }
 }
 
 fn db_value(
@@ -328,23 +369,16 @@ fn read_query(
         }
         if let Some(target) = w.get("linksTo") {
             q.conditions
-                .push("r.uri IN (SELECT source_uri FROM links WHERE target = ?)".into());
+                .push("r.uri IN (SELECT source_uri FROM links_to(?))".into());
             q.values
                 .push(duckdb::types::Value::Text(target.string()?.to_string()));
         }
         if let Some(author) = w.get("author") {
-            let author = author.string()?.to_string();
-            q.conditions.push(
-                "r.did = coalesce((SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1), ?)".into(),
-            );
-            q.values.push(duckdb::types::Value::Text(author.clone()));
-            q.values.push(duckdb::types::Value::Text(author));
+            q.author = Some(author.string()?.to_string());
         }
     }
     if let Some(did) = ctx.args.get("did") {
-        q.conditions.push("r.did = ?".into());
-        q.values
-            .push(duckdb::types::Value::Text(did.string()?.to_string()));
+        q.by_author(did.string()?.to_string());
     }
     if let Some(sort) = ctx.args.get("sortBy") {
         let name = sort.enum_name()?;
@@ -454,8 +488,9 @@ async fn aggregate(
     let query = read_query(ctx, fields)?;
     let groups = pool
         .with(move |c| {
+            let (from, mut values) = query.source(c)?;
             let mut filter = String::from("r.collection = ?");
-            let mut values = vec![duckdb::types::Value::Text(collection)];
+            values.push(duckdb::types::Value::Text(collection));
             for cond in &query.conditions {
                 filter.push_str(" AND ");
                 filter.push_str(cond);
@@ -469,7 +504,7 @@ async fn aggregate(
                 .collect();
             let group: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
             let sql = format!(
-                "SELECT {}, count(*) AS n FROM records r WHERE {filter}
+                "SELECT {}, count(*) AS n FROM {from} WHERE {filter}
                  GROUP BY {} ORDER BY n DESC, {} LIMIT ?",
                 cols.join(", "),
                 group.join(", "),
@@ -1468,8 +1503,8 @@ impl async_graphql::dataloader::Loader<ActorCountKey> for ActorCounts {
                 let mut out = std::collections::HashMap::new();
                 if !linked.is_empty() {
                     let mut stmt = c.prepare(
-                        "SELECT target, collection, path, sum(n)::BIGINT FROM link_counts
-                         WHERE target IN (SELECT unnest(string_split(?, ' '))) GROUP BY ALL",
+                        "SELECT target, collection, path, sum(n)::BIGINT FROM counts_of_any(?)
+                         GROUP BY ALL",
                     )?;
                     let rows = stmt.query_map(params![linked], |r| {
                         Ok((
@@ -1636,10 +1671,10 @@ fn batch_pages(
     let list = parents.join(" ");
     let (from, mut values) = match &spec.join {
         Join::LinksHere { path } => (
-            "records r JOIN (SELECT DISTINCT target AS parent, source_uri FROM links
-               WHERE path = ? AND target IN (SELECT unnest(string_split(?, ' ')))) j
+            "records r JOIN (SELECT DISTINCT target AS parent, source_uri FROM links_to_any(?)
+               WHERE path = ?) j
              ON j.source_uri = r.uri",
-            vec![V::Text(path.clone()), V::Text(list)],
+            vec![V::Text(list), V::Text(path.clone())],
         ),
         _ => (
             "records r JOIN (SELECT unnest(string_split(?, ' ')) AS parent) j ON r.did = j.parent",
@@ -1648,6 +1683,14 @@ fn batch_pages(
     };
     let mut filter = String::from("r.collection = ?");
     values.push(V::Text(spec.collection.clone()));
+    if let Some(author) = &spec.query.author {
+        // Many parents' pages at once: the author is a condition here.
+        filter.push_str(
+            " AND r.did = coalesce((SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1), ?)",
+        );
+        values.push(V::Text(author.clone()));
+        values.push(V::Text(author.clone()));
+    }
     for cond in &spec.query.conditions {
         filter.push_str(" AND ");
         filter.push_str(cond);
@@ -1789,15 +1832,13 @@ impl Join {
         match self {
             Join::None => {}
             Join::LinksHere { path } => {
-                q.conditions.push(
-                    "r.uri IN (SELECT source_uri FROM links WHERE target = ? AND path = ?)".into(),
-                );
+                q.conditions
+                    .push("r.uri IN (SELECT source_uri FROM links_to(?) WHERE path = ?)".into());
                 q.values.push(duckdb::types::Value::Text(parent()?));
                 q.values.push(duckdb::types::Value::Text(path.clone()));
             }
             Join::AuthoredBy => {
-                q.conditions.push("r.did = ?".into());
-                q.values.push(duckdb::types::Value::Text(parent()?));
+                q.by_author(parent()?);
             }
         }
         Ok(())
@@ -1926,9 +1967,7 @@ pub(crate) fn records_by_uri<'a>(
 ) -> duckdb::Result<Vec<RecordRow>> {
     // AT-URIs contain no spaces.
     let list = uris.collect::<Vec<_>>().join(" ");
-    let mut stmt = c.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.uri IN (SELECT unnest(string_split(?, ' ')))"
-    ))?;
+    let mut stmt = c.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
     let rows = stmt.query_map(params![list], read_row)?;
     rows.collect()
 }
@@ -1954,17 +1993,22 @@ fn attach_targets(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Res
     if rows.is_empty() {
         return Ok(());
     }
-    // AT-URIs contain no spaces.
-    let list = rows
+    // The AT-URIs the records hold, found as the writer found them (the
+    // links table has no index by source), and looked up by URI. AT-URIs
+    // contain no spaces.
+    let mut targets: Vec<String> = rows
         .iter()
-        .map(|r| r.uri.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut stmt = c.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM records r WHERE r.uri IN (
-           SELECT target FROM links
-           WHERE source_uri IN (SELECT unnest(string_split(?, ' '))) AND target LIKE 'at://%')"
-    ))?;
+        .flat_map(|r| crate::index::links::extract_links(&r.record))
+        .filter(|l| l.target.starts_with("at://"))
+        .map(|l| l.target)
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    let list = targets.join(" ");
+    let mut stmt = c.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
     let mut found = stmt
         .query_map(params![list], read_row)?
         .collect::<duckdb::Result<Vec<_>>>()?;
@@ -1989,8 +2033,7 @@ fn attach_counts(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Resu
         .collect::<Vec<_>>()
         .join(" ");
     let mut stmt = c.prepare(
-        "SELECT target, collection, path, n FROM link_counts
-         WHERE target IN (SELECT unnest(string_split(?, ' '))) ORDER BY collection, path",
+        "SELECT target, collection, path, n FROM counts_of_any(?) ORDER BY collection, path",
     )?;
     let mut by_target: std::collections::HashMap<String, Vec<(String, String, i64)>> =
         std::collections::HashMap::new();
@@ -2032,15 +2075,16 @@ async fn fetch_page(
     let page = pool
         .with(move |c| {
             use duckdb::types::Value as V;
+            let (from, mut values) = query.source(c)?;
             let mut filter = String::from("r.collection = ?");
-            let mut values = vec![V::Text(collection)];
+            values.push(V::Text(collection));
             for cond in &query.conditions {
                 filter.push_str(" AND ");
                 filter.push_str(cond);
             }
             values.extend(query.values.iter().cloned());
             let total: i64 = c.query_row(
-                &format!("SELECT count(*) FROM records r WHERE {filter}"),
+                &format!("SELECT count(*) FROM {from} WHERE {filter}"),
                 duckdb::params_from_iter(values.iter()),
                 |r| r.get(0),
             )?;
@@ -2053,21 +2097,34 @@ async fn fetch_page(
                 &mut values,
             )?;
             values.push(V::BigInt(first + 1));
+            // Two steps: the page's URIs and sort keys, then the wide
+            // columns of that page only (the record JSON is the costly part
+            // of rows found through an index, which are fetched one by one;
+            // a record deleted between the two is left out of the page).
             let sql = format!(
-                "SELECT {RECORD_COLUMNS}, {key} AS sort_key FROM records r WHERE {filter}
+                "SELECT r.uri, {key} AS sort_key FROM {from} WHERE {filter}
                  ORDER BY sort_key {order}, r.uri {order} LIMIT ?"
             );
             let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt
+            let keys = stmt
                 .query_map(duckdb::params_from_iter(values.iter()), |r| {
                     let key = if key_is_int {
-                        Value::from(r.get::<_, i64>(7)?)
+                        Value::from(r.get::<_, i64>(1)?)
                     } else {
-                        Value::from(r.get::<_, String>(7)?)
+                        Value::from(r.get::<_, String>(1)?)
                     };
-                    Ok((read_row(r)?, key))
+                    Ok((r.get::<_, String>(0)?, key))
                 })?
                 .collect::<duckdb::Result<Vec<_>>>()?;
+            let mut found: std::collections::HashMap<String, RecordRow> =
+                records_by_uri(c, keys.iter().map(|(u, _)| u.as_str()))?
+                    .into_iter()
+                    .map(|r| (r.uri.clone(), r))
+                    .collect();
+            let mut rows: Vec<(RecordRow, Value)> = keys
+                .into_iter()
+                .filter_map(|(uri, key)| Some((found.remove(&uri)?, key)))
+                .collect();
             let more = rows.len() as i64 > first;
             rows.truncate(first as usize);
             if backward {

@@ -49,20 +49,19 @@ pub(crate) async fn post_views(
         .readers
         .with(move |c| {
             let sql = format!(
-                "WITH wanted AS (SELECT DISTINCT unnest(string_split(?, ' ')) AS uri),
-                 counts AS (
+                "WITH counts AS (
                    SELECT target,
                      sum(n) FILTER (WHERE collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri') AS replies,
                      sum(n) FILTER (WHERE collection = 'app.bsky.feed.repost' AND path = '.subject.uri') AS reposts,
                      sum(n) FILTER (WHERE collection = 'app.bsky.feed.like' AND path = '.subject.uri') AS likes,
                      sum(n) FILTER (WHERE collection = 'app.bsky.feed.post'
                                     AND path IN ('.embed.record.uri', '.embed.record.record.uri')) AS quotes
-                   FROM link_counts WHERE target IN (SELECT uri FROM wanted) GROUP BY target)
+                   FROM counts_of_any($1) GROUP BY target)
                  SELECT r.uri, r.cid, r.did, r.record::VARCHAR, strftime(r.indexed_at, {DATETIME}),
                         coalesce(c.replies, 0)::BIGINT, coalesce(c.reposts, 0)::BIGINT,
                         coalesce(c.likes, 0)::BIGINT, coalesce(c.quotes, 0)::BIGINT
-                 FROM wanted w JOIN records r ON r.uri = w.uri AND r.collection = '{POST}'
-                 LEFT JOIN counts c ON c.target = r.uri"
+                 FROM records_at($1) r LEFT JOIN counts c ON c.target = r.uri
+                 WHERE r.collection = '{POST}'"
             );
             let mut stmt = c.prepare(&sql)?;
             let rows = stmt.query_map(params![list], |r| {
@@ -154,8 +153,8 @@ pub async fn get_quotes(
             let (ck, cd) = after.unzip();
             let mut stmt = c.prepare(
                 "SELECT uri, did, rkey FROM (
-                   SELECT r.uri, r.did, r.rkey, r.record FROM links l JOIN records r ON r.uri = l.source_uri
-                   WHERE l.target = ? AND l.source_collection = 'app.bsky.feed.post'
+                   SELECT r.uri, r.did, r.rkey, r.record FROM links_to(?) l JOIN records r ON r.uri = l.source_uri
+                   WHERE l.source_collection = 'app.bsky.feed.post'
                      AND l.path IN ('.embed.record.uri', '.embed.record.record.uri'))
                  WHERE (?::VARCHAR IS NULL
                         OR coalesce(record ->> '/embed/record/cid', record ->> '/embed/record/record/cid') = ?)
@@ -216,9 +215,8 @@ pub async fn get_post_thread(
             .readers
             .with(move |c| {
                 let mut stmt = c.prepare(
-                    "SELECT target, source_uri FROM links
-                     WHERE target IN (SELECT unnest(string_split(?, ' ')))
-                       AND source_collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri'
+                    "SELECT target, source_uri FROM links_to_any(?)
+                     WHERE source_collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri'
                      ORDER BY split_part(source_uri, '/', 5), source_uri",
                 )?;
                 let rows = stmt.query_map(params![list], |r| {
@@ -307,25 +305,60 @@ pub async fn get_author_feed(
         .readers
         .with(move |c| {
             let (ck, _) = after.unzip();
+            // The filter is one of a fixed set of SQL conditions (an unknown
+            // value filters nothing), chosen here so that the common one
+            // reads no record JSON.
+            let wanted = match filter.as_str() {
+                "posts_no_replies" => {
+                    "collection = 'app.bsky.feed.repost' OR (record -> 'reply') IS NULL"
+                }
+                "posts_with_media" => {
+                    "collection = 'app.bsky.feed.post'
+                     AND (record ->> '/embed/$type') IN ('app.bsky.embed.images', 'app.bsky.embed.video',
+                                                         'app.bsky.embed.recordWithMedia')"
+                }
+                "posts_with_video" => {
+                    "collection = 'app.bsky.feed.post'
+                     AND ((record ->> '/embed/$type') = 'app.bsky.embed.video'
+                          OR (record ->> '/embed/media/$type') = 'app.bsky.embed.video')"
+                }
+                "posts_and_author_threads" => {
+                    "collection = 'app.bsky.feed.repost' OR (record -> 'reply') IS NULL
+                     OR split_part(record ->> '/reply/root/uri', '/', 3) = did"
+                }
+                _ => "true",
+            };
+            // Two steps: the page's URIs from the narrow columns of the
+            // author's rows (scattered through the table, each fetched on
+            // its own), then the wide columns of that page only.
+            // The author's rows are few enough to sort here: DuckDB's top-N
+            // over an index scan costs several times the scan.
+            // The cursor condition only when there is a cursor.
+            let after = if ck.is_some() { "AND rkey < ?" } else { "" };
             let mut stmt = c.prepare(&format!(
-                "SELECT uri, collection, rkey, record ->> '/subject/uri', strftime(indexed_at, {DATETIME}) FROM records
-                 WHERE did = ? AND collection IN ('app.bsky.feed.post', 'app.bsky.feed.repost')
-                   AND CASE ?
-                         WHEN 'posts_no_replies' THEN collection = 'app.bsky.feed.repost' OR (record -> 'reply') IS NULL
-                         WHEN 'posts_with_media' THEN collection = 'app.bsky.feed.post'
-                              AND (record ->> '/embed/$type') IN ('app.bsky.embed.images', 'app.bsky.embed.video',
-                                                                  'app.bsky.embed.recordWithMedia')
-                         WHEN 'posts_with_video' THEN collection = 'app.bsky.feed.post'
-                              AND ((record ->> '/embed/$type') = 'app.bsky.embed.video'
-                                   OR (record ->> '/embed/media/$type') = 'app.bsky.embed.video')
-                         WHEN 'posts_and_author_threads' THEN collection = 'app.bsky.feed.repost'
-                              OR (record -> 'reply') IS NULL
-                              OR split_part(record ->> '/reply/root/uri', '/', 3) = did
-                         ELSE true END
-                   AND (?::VARCHAR IS NULL OR rkey < ?)
-                 ORDER BY rkey DESC LIMIT ?"
+                "SELECT rkey, uri FROM records_by(?)
+                 WHERE collection IN ('app.bsky.feed.post', 'app.bsky.feed.repost') AND ({wanted})
+                   {after}"
             ))?;
-            let rows = stmt.query_map(params![key, filter, ck, ck, limit + 1], |r| {
+            let mut values = vec![key];
+            values.extend(ck);
+            let mut keys = stmt
+                .query_map(duckdb::params_from_iter(values.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<duckdb::Result<Vec<_>>>()?;
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+            keys.truncate(limit as usize + 1);
+            let page = keys
+                .into_iter()
+                .map(|(_, uri)| uri)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut stmt = c.prepare(&format!(
+                "SELECT uri, collection, rkey, record ->> '/subject/uri', strftime(indexed_at, {DATETIME})
+                 FROM records_at(?) ORDER BY rkey DESC"
+            ))?;
+            let rows = stmt.query_map(params![page], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,

@@ -91,30 +91,44 @@ pub(crate) async fn profile_views(
     }
     // DIDs contain no spaces (they are checked before they get here).
     let list = missing.join(" ");
+    let profiles = missing
+        .iter()
+        .map(|d| format!("at://{d}/app.bsky.actor.profile/self"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let rows = state
         .readers
         .with(move |c| {
+            // Two index lookups (joining the DID list with records would
+            // scan them).
             let mut stmt = c.prepare(
-                "WITH wanted AS (SELECT unnest(string_split(?, ' ')) AS did)
-                 SELECT w.did, a.handle, p.record::VARCHAR,
-                        strftime(p.indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
-                 FROM wanted w
-                 LEFT JOIN actors a ON a.did = w.did
-                 LEFT JOIN records p ON p.uri = 'at://' || w.did || '/app.bsky.actor.profile/self'",
+                "SELECT did, handle FROM actors WHERE did IN (SELECT unnest(string_split(?, ' ')))",
             )?;
-            let rows = stmt.query_map(params![list], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })?;
-            rows.collect::<duckdb::Result<Vec<_>>>()
+            let handles = stmt
+                .query_map(params![list], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })?
+                .collect::<duckdb::Result<HashMap<_, _>>>()?;
+            let mut stmt = c.prepare(
+                "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
+                 FROM records_at(?)",
+            )?;
+            let profiles = stmt
+                .query_map(params![profiles], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                    ))
+                })?
+                .collect::<duckdb::Result<HashMap<_, _>>>()?;
+            Ok((handles, profiles))
         })
         .await?;
+    let (mut handles, mut profiles) = rows;
     let mut cache = state.profiles.0.lock().expect("profile cache lock");
-    for (did, handle, record, indexed_at) in rows {
+    for did in missing {
+        let handle = handles.remove(&did).flatten();
+        let (record, indexed_at) = profiles.remove(&did).unzip();
         let record: Option<Value> = record.and_then(|r| serde_json::from_str(&r).ok());
         let view = profile_view(&did, handle.as_deref(), record.as_ref(), indexed_at);
         cache.put(did.clone(), view.clone());
@@ -211,10 +225,10 @@ pub async fn get_profile(
         .with(move |c| {
             c.query_row(
                 "SELECT
-                   (SELECT coalesce(sum(n), 0)::BIGINT FROM link_counts
-                     WHERE target = $1 AND collection = 'app.bsky.graph.follow' AND path = '.subject'),
-                   (SELECT count(*) FROM records WHERE did = $1 AND collection = 'app.bsky.graph.follow'),
-                   (SELECT count(*) FROM records WHERE did = $1 AND collection = 'app.bsky.feed.post'),
+                   (SELECT coalesce(sum(n), 0)::BIGINT FROM counts_of($1)
+                     WHERE collection = 'app.bsky.graph.follow' AND path = '.subject'),
+                   (SELECT count(*) FROM records_by($1) WHERE collection = 'app.bsky.graph.follow'),
+                   (SELECT count(*) FROM records_by($1) WHERE collection = 'app.bsky.feed.post'),
                    (SELECT record ->> '/banner/ref/$link' FROM records
                      WHERE uri = 'at://' || $1 || '/app.bsky.actor.profile/self')",
                 params![key],
@@ -243,15 +257,15 @@ pub async fn get_profile(
 
 const FOLLOWERS_SQL: &str = "
     SELECT did, rkey, NULL, NULL FROM (
-      SELECT source_did AS did, split_part(source_uri, '/', 5) AS rkey FROM links
-      WHERE target = ? AND source_collection = 'app.bsky.graph.follow' AND path = '.subject')
+      SELECT source_did AS did, split_part(source_uri, '/', 5) AS rkey FROM links_to(?)
+      WHERE source_collection = 'app.bsky.graph.follow' AND path = '.subject')
     WHERE (?::VARCHAR IS NULL OR rkey < ? OR (rkey = ? AND did < ?))
     ORDER BY rkey DESC, did DESC LIMIT ?";
 
 const FOLLOWS_SQL: &str = "
     SELECT did, rkey, NULL, NULL FROM (
-      SELECT record ->> 'subject' AS did, rkey FROM records
-      WHERE did = ? AND collection = 'app.bsky.graph.follow')
+      SELECT record ->> 'subject' AS did, rkey FROM records_by(?)
+      WHERE collection = 'app.bsky.graph.follow')
     WHERE did IS NOT NULL AND (?::VARCHAR IS NULL OR rkey < ? OR (rkey = ? AND did < ?))
     ORDER BY rkey DESC, did DESC LIMIT ?";
 
@@ -260,8 +274,8 @@ const FOLLOWS_SQL: &str = "
 const SUBJECT_SQL: &str = "
     SELECT l.source_did AS did, split_part(l.source_uri, '/', 5) AS rkey,
            r.created_at, strftime(r.indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
-    FROM links l JOIN records r ON r.uri = l.source_uri
-    WHERE l.target = ? AND l.source_collection = ? AND l.path = '.subject.uri'
+    FROM links_to(?) l JOIN records r ON r.uri = l.source_uri
+    WHERE l.source_collection = ? AND l.path = '.subject.uri'
       AND (?::VARCHAR IS NULL OR (r.record -> 'subject' ->> 'cid') = ?)
       AND (?::VARCHAR IS NULL OR split_part(l.source_uri, '/', 5) < ?
            OR (split_part(l.source_uri, '/', 5) = ? AND l.source_did < ?))
