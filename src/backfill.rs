@@ -124,8 +124,37 @@ pub fn list_repos(
     host: &str,
     collections: &[String],
 ) -> anyhow::Result<(Vec<Listed>, &'static str)> {
-    let mut seen = std::collections::HashSet::new();
     let mut listed = Vec::new();
+    let (_, how) = list_repos_paged(client, host, collections, |page| {
+        listed.extend(page);
+        Ok(())
+    })?;
+    Ok((listed, how))
+}
+
+/// [`list_repos`], a page at a time: `each` gets every page as it arrives
+/// (each repository once), so a relay's whole listing is never held. Returns
+/// how many were listed and the method.
+pub fn list_repos_paged(
+    client: &reqwest::blocking::Client,
+    host: &str,
+    collections: &[String],
+    mut each: impl FnMut(Vec<Listed>) -> anyhow::Result<()>,
+) -> anyhow::Result<(usize, &'static str)> {
+    // Repositories with records in several collections are listed once per
+    // collection; a 128-bit key per DID (two seeded 64-bit hashes, 16 bytes)
+    // remembers which were passed on.
+    let (h1, h2) = (
+        foldhash::fast::FixedState::with_seed(1),
+        foldhash::fast::FixedState::with_seed(2),
+    );
+    let key = |did: &str| {
+        use std::hash::BuildHasher;
+        (u128::from(h1.hash_one(did)) << 64) | u128::from(h2.hash_one(did))
+    };
+    let mut seen: std::collections::HashSet<u128, foldhash::fast::FixedState> =
+        std::collections::HashSet::default();
+    let mut total = 0usize;
     'collections: for collection in collections {
         let mut cursor: Option<String> = None;
         loop {
@@ -137,7 +166,7 @@ pub fn list_repos(
             }
             let resp = get_with_retries(client, &url)?;
             if !resp.status().is_success() {
-                if listed.is_empty() && cursor.is_none() {
+                if total == 0 && cursor.is_none() {
                     tracing::info!(
                         host,
                         status = %resp.status(),
@@ -148,24 +177,27 @@ pub fn list_repos(
                 bail!("{url}: HTTP {}", resp.status());
             }
             let page: serde_json::Value = resp.json()?;
+            let mut out = Vec::new();
             for r in page["repos"].as_array().into_iter().flatten() {
                 if let Some(did) = r["did"].as_str() {
-                    if seen.insert(did.to_string()) {
-                        listed.push(Listed {
+                    if seen.insert(key(did)) {
+                        out.push(Listed {
                             did: did.to_string(),
                             rev: None,
                         });
                     }
                 }
             }
+            total += out.len();
+            each(out)?;
             cursor = page["cursor"].as_str().map(str::to_string);
             if cursor.is_none() || page["repos"].as_array().is_none_or(|a| a.is_empty()) {
                 continue 'collections;
             }
         }
     }
-    if !collections.is_empty() && !seen.is_empty() {
-        return Ok((listed, "listReposByCollection"));
+    if !collections.is_empty() && total > 0 {
+        return Ok((total, "listReposByCollection"));
     }
     let mut cursor: Option<String> = None;
     loop {
@@ -174,21 +206,24 @@ pub fn list_repos(
             url.push_str(&format!("&cursor={c}"));
         }
         let page: serde_json::Value = get_with_retries(client, &url)?.error_for_status()?.json()?;
+        let mut out = Vec::new();
         for r in page["repos"].as_array().into_iter().flatten() {
             let active = r["active"].as_bool().unwrap_or(true);
             if let (Some(did), true) = (r["did"].as_str(), active) {
-                listed.push(Listed {
+                out.push(Listed {
                     did: did.to_string(),
                     rev: r["rev"].as_str().map(str::to_string),
                 });
             }
         }
+        total += out.len();
+        each(out)?;
         cursor = page["cursor"].as_str().map(str::to_string);
         if cursor.is_none() || page["repos"].as_array().is_none_or(|a| a.is_empty()) {
             break;
         }
     }
-    Ok((listed, "listRepos"))
+    Ok((total, "listRepos"))
 }
 
 /// Spaces out fetches to at most `rate` per second, across threads.

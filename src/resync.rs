@@ -407,6 +407,11 @@ impl Router {
         }
     }
 
+    /// Repositories queued and not yet started.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether nothing is queued or in flight.
     pub fn idle(&self) -> bool {
         self.queue.is_empty() && self.in_flight.is_empty()

@@ -19,6 +19,10 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Ingestor, Outcome};
 use crate::source::{firehose, jetstream, replay, RawFrame, SourceSpec, Wire};
 
+/// Backfill requests waiting in the channel, and the router's queue length
+/// up to which more are taken from it.
+const BACKFILL_WINDOW: usize = 1024;
+
 /// Whether commits are verified before they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Verify {
@@ -186,7 +190,9 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // One resolver (and its cache) for verification and resyncs.
     let resolver = crate::verify::resolver(&cfg.plc, cfg.did_docs.as_deref())?;
     let (fetched_tx, fetched_rx) = mpsc::unbounded_channel();
-    let (request_tx, request_rx) = mpsc::unbounded_channel::<String>();
+    // Backfill requests wait here (and the lister with them) until the
+    // router's queue has room: a relay's listing is never held whole.
+    let (request_tx, request_rx) = mpsc::channel::<String>(BACKFILL_WINDOW);
     if cfg.backfill {
         anyhow::ensure!(
             cfg.resync_concurrency > 0,
@@ -196,22 +202,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
         let readers = store.readers();
         let m = metrics.clone();
-        tokio::task::spawn_blocking(move || match discover(&host, &collections, &readers) {
-            Ok((todo, done)) => {
-                tracing::info!(
+        tokio::task::spawn_blocking(move || {
+            match discover(&host, &collections, &readers, &request_tx, &m) {
+                Ok((todo, done)) => tracing::info!(
                     host,
-                    to_backfill = todo.len(),
+                    to_backfill = todo,
                     already_done = done,
                     "backfill: repositories listed"
-                );
-                Metrics::add(&m.backfill_repos_total, todo.len() as u64);
-                for did in todo {
-                    if request_tx.send(did).is_err() {
-                        return;
-                    }
-                }
+                ),
+                Err(e) => tracing::error!(host, "backfill: listing repositories failed: {e:#}"),
             }
-            Err(e) => tracing::error!(host, "backfill: listing repositories failed: {e:#}"),
         });
     } else {
         drop(request_tx);
@@ -400,7 +400,7 @@ struct IngestContext {
     workers: Option<Arc<crate::resync::Workers>>,
     fetched: mpsc::UnboundedReceiver<crate::resync::Fetched>,
     /// Repositories to backfill (`--backfill`).
-    requests: mpsc::UnboundedReceiver<String>,
+    requests: mpsc::Receiver<String>,
     shutdown: CancellationToken,
 }
 
@@ -447,7 +447,9 @@ fn ingest_loop(
                 biased;
                 Some(f) = ctx.fetched.recv() => Input::Fetched(f),
                 _ = tokio::time::sleep_until(retry_at), if retry.is_some() => Input::Retry,
-                Some(did) = ctx.requests.recv() => Input::Request(did),
+                Some(did) = ctx.requests.recv(), if router.queued() < BACKFILL_WINDOW => {
+                    Input::Request(did)
+                }
                 f = rx.recv(), if sources_open => Input::Frame(f),
                 _ = ctx.shutdown.cancelled(), if !sources_open => Input::Stop,
             }
@@ -583,25 +585,43 @@ fn discover(
     host: &str,
     collections: &[String],
     readers: &crate::index::store::ReadPool,
-) -> anyhow::Result<(Vec<String>, usize)> {
+    requests: &mpsc::Sender<String>,
+    metrics: &Metrics,
+) -> anyhow::Result<(usize, usize)> {
     let client = reqwest::blocking::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
         .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let (listed, how) = crate::backfill::list_repos(&client, host, collections)?;
-    tracing::info!(host, repos = listed.len(), how, "backfill: listing done");
-    let done: std::collections::HashSet<String> = readers.with_blocking(|c| {
-        let mut stmt = c.prepare("SELECT did FROM backfill_repos")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect()
+    let (mut todo, mut skipped) = (0, 0);
+    let (listed, how) = crate::backfill::list_repos_paged(&client, host, collections, |page| {
+        // Repositories a backfill finished before are skipped, a page at a
+        // time (DIDs contain no spaces).
+        let list = page
+            .iter()
+            .map(|l| l.did.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let done: std::collections::HashSet<String> = readers.with_blocking(|c| {
+            let mut stmt = c.prepare(
+                "SELECT did FROM backfill_repos WHERE did IN (SELECT unnest(string_split(?, ' ')))",
+            )?;
+            let rows = stmt.query_map([list], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        for l in page {
+            if done.contains(&l.did) {
+                skipped += 1;
+                continue;
+            }
+            todo += 1;
+            Metrics::inc(&metrics.backfill_repos_listed_total);
+            requests
+                .blocking_send(l.did)
+                .map_err(|_| anyhow::anyhow!("shutting down"))?;
+        }
+        Ok(())
     })?;
-    let total = listed.len();
-    let todo: Vec<String> = listed
-        .into_iter()
-        .map(|l| l.did)
-        .filter(|d| !done.contains(d))
-        .collect();
-    let skipped = total - todo.len();
+    tracing::info!(host, repos = listed, how, "backfill: listing done");
     Ok((todo, skipped))
 }
 

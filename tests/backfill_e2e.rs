@@ -252,7 +252,10 @@ fn serve_backfill_cuts_over_to_the_live_stream() {
     server.wait_for(std::time::Duration::from_secs(30), |h| {
         h["sources"][0]["cursor"].as_i64() >= Some(last)
     });
-    assert_eq!(server.counter("backfill_repos_total"), dids.len() as u64);
+    assert_eq!(
+        server.counter("backfill_repos_listed_total"),
+        dids.len() as u64
+    );
     assert_eq!(server.counter("resyncs_failed_total"), 0);
     assert_eq!(server.counter("commits_rejected_total"), 0);
     assert!(server.stop().success());
