@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Seconds of measured load per case (after 2 s of warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub load_seconds: f64,
+    /// Only the load cases whose name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub load_only: Vec<String>,
     /// Most requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,

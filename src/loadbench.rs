@@ -269,7 +269,10 @@ async fn drive_all(
     );
     println!("| case | rate (req/s) | answered | errors | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, rate, requests) in cases {
+    let wanted = |name: &str| {
+        args.load_only.is_empty() || args.load_only.iter().any(|w| name.contains(w.as_str()))
+    };
+    for (name, rate, requests) in cases.into_iter().filter(|c| wanted(c.0)) {
         let graphql = format!("{base}/graphql");
         // Warm-up (not counted): connections, caches, the server's pages.
         drive(&client, &graphql, &requests, rate, 2.0, args.concurrency).await;

@@ -123,7 +123,7 @@ pub async fn get_backlinks(
                 keyset(reverse)
             );
             let (ck, cd) = after.unzip();
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(
                     params![subject, collection, path, dids, dids, ck, ck, ck, cd, limit + 1],
@@ -158,12 +158,11 @@ pub async fn get_backlinks_count(
     let total: i64 = state
         .readers
         .with(move |c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT coalesce(sum(n), 0)::BIGINT FROM counts_of(?)
                  WHERE collection = ? AND path = ?",
-                params![subject, collection, path],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![subject, collection, path], |r| r.get(0))
         })
         .await?;
     Ok(json!({ "total": total }))
@@ -197,7 +196,7 @@ pub async fn get_backlink_dids(
                 keyset(false)
             );
             let (ck, cd) = after.unzip();
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(
                     params![subject, collection, path, ck, ck, ck, cd, limit + 1],

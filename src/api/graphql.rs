@@ -511,7 +511,7 @@ async fn aggregate(
                 group.join(", ")
             );
             let n = keys.len();
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(duckdb::params_from_iter(values.iter()), |r| {
                 let keys = (0..n)
                     .map(|i| r.get::<_, Option<String>>(i))
@@ -1502,7 +1502,7 @@ impl async_graphql::dataloader::Loader<ActorCountKey> for ActorCounts {
             .with(move |c| {
                 let mut out = std::collections::HashMap::new();
                 if !linked.is_empty() {
-                    let mut stmt = c.prepare(
+                    let mut stmt = c.prepare_cached(
                         "SELECT target, collection, path, sum(n)::BIGINT FROM counts_of_any(?)
                          GROUP BY ALL",
                     )?;
@@ -1522,7 +1522,7 @@ impl async_graphql::dataloader::Loader<ActorCountKey> for ActorCounts {
                     }
                 }
                 if !authored.is_empty() {
-                    let mut stmt = c.prepare(
+                    let mut stmt = c.prepare_cached(
                         "SELECT did, collection, count(*) FROM records
                          WHERE did IN (SELECT unnest(string_split(?, ' '))) GROUP BY ALL",
                     )?;
@@ -1698,7 +1698,7 @@ fn batch_pages(
     values.extend(spec.query.values.iter().cloned());
     let mut totals: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     {
-        let mut stmt = c.prepare(&format!(
+        let mut stmt = c.prepare_cached(&format!(
             "SELECT j.parent, count(*) FROM {from} WHERE {filter} GROUP BY j.parent"
         ))?;
         let rows = stmt.query_map(duckdb::params_from_iter(values.iter()), |r| {
@@ -1724,7 +1724,7 @@ fn batch_pages(
         &mut values,
     )?;
     values.push(V::BigInt(spec.first + 1));
-    let mut stmt = c.prepare(&format!(
+    let mut stmt = c.prepare_cached(&format!(
         "SELECT {RECORD_COLUMNS}, {key} AS sort_key, j.parent,
                 row_number() OVER (PARTITION BY j.parent ORDER BY {key} {order}, r.uri {order}) AS rn
          FROM {from} WHERE {filter} QUALIFY rn <= ? ORDER BY j.parent, rn"
@@ -1967,7 +1967,7 @@ pub(crate) fn records_by_uri<'a>(
 ) -> duckdb::Result<Vec<RecordRow>> {
     // AT-URIs contain no spaces.
     let list = uris.collect::<Vec<_>>().join(" ");
-    let mut stmt = c.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
+    let mut stmt = c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
     let rows = stmt.query_map(params![list], read_row)?;
     rows.collect()
 }
@@ -2008,7 +2008,7 @@ fn attach_targets(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Res
     targets.sort_unstable();
     targets.dedup();
     let list = targets.join(" ");
-    let mut stmt = c.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
+    let mut stmt = c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
     let mut found = stmt
         .query_map(params![list], read_row)?
         .collect::<duckdb::Result<Vec<_>>>()?;
@@ -2032,7 +2032,7 @@ fn attach_counts(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Resu
         .map(|r| r.uri.as_str())
         .collect::<Vec<_>>()
         .join(" ");
-    let mut stmt = c.prepare(
+    let mut stmt = c.prepare_cached(
         "SELECT target, collection, path, n FROM counts_of_any(?) ORDER BY collection, path",
     )?;
     let mut by_target: std::collections::HashMap<String, Vec<(String, String, i64)>> =
@@ -2105,7 +2105,7 @@ async fn fetch_page(
                 "SELECT r.uri, {key} AS sort_key FROM {from} WHERE {filter}
                  ORDER BY sort_key {order}, r.uri {order} LIMIT ?"
             );
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let keys = stmt
                 .query_map(duckdb::params_from_iter(values.iter()), |r| {
                     let key = if key_is_int {
@@ -2151,7 +2151,7 @@ async fn fetch_page(
 
 async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<Option<RecordRow>> {
     pool.with(move |c| {
-        let mut stmt = c.prepare(&format!(
+        let mut stmt = c.prepare_cached(&format!(
             "SELECT {RECORD_COLUMNS} FROM records r WHERE uri = ?"
         ))?;
         let mut rows = stmt

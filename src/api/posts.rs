@@ -63,7 +63,7 @@ pub(crate) async fn post_views(
                  FROM records_at($1) r LEFT JOIN counts c ON c.target = r.uri
                  WHERE r.collection = '{POST}'"
             );
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![list], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -151,7 +151,7 @@ pub async fn get_quotes(
         .readers
         .with(move |c| {
             let (ck, cd) = after.unzip();
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT uri, did, rkey FROM (
                    SELECT r.uri, r.did, r.rkey, r.record FROM links_to(?) l JOIN records r ON r.uri = l.source_uri
                    WHERE l.source_collection = 'app.bsky.feed.post'
@@ -214,7 +214,7 @@ pub async fn get_post_thread(
         let rows = state
             .readers
             .with(move |c| {
-                let mut stmt = c.prepare(
+                let mut stmt = c.prepare_cached(
                     "SELECT target, source_uri FROM links_to_any(?)
                      WHERE source_collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri'
                      ORDER BY split_part(source_uri, '/', 5), source_uri",
@@ -335,7 +335,7 @@ pub async fn get_author_feed(
             // over an index scan costs several times the scan.
             // The cursor condition only when there is a cursor.
             let after = if ck.is_some() { "AND rkey < ?" } else { "" };
-            let mut stmt = c.prepare(&format!(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT rkey, uri FROM records_by(?)
                  WHERE collection IN ('app.bsky.feed.post', 'app.bsky.feed.repost') AND ({wanted})
                    {after}"
@@ -354,7 +354,7 @@ pub async fn get_author_feed(
                 .map(|(_, uri)| uri)
                 .collect::<Vec<_>>()
                 .join(" ");
-            let mut stmt = c.prepare(&format!(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT uri, collection, rkey, record ->> '/subject/uri', strftime(indexed_at, {DATETIME})
                  FROM records_at(?) ORDER BY rkey DESC"
             ))?;

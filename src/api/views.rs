@@ -101,7 +101,7 @@ pub(crate) async fn profile_views(
         .with(move |c| {
             // Two index lookups (joining the DID list with records would
             // scan them).
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT did, handle FROM actors WHERE did IN (SELECT unnest(string_split(?, ' ')))",
             )?;
             let handles = stmt
@@ -109,7 +109,7 @@ pub(crate) async fn profile_views(
                     Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
                 })?
                 .collect::<duckdb::Result<HashMap<_, _>>>()?;
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
                  FROM records_at(?)",
             )?;
@@ -181,7 +181,7 @@ pub(crate) async fn account_visible(state: &AppState, did: &str) -> Result<(), X
     let status = state
         .readers
         .with(move |c| {
-            let mut stmt = c.prepare("SELECT active, status FROM actors WHERE did = ?")?;
+            let mut stmt = c.prepare_cached("SELECT active, status FROM actors WHERE did = ?")?;
             let mut rows = stmt.query(params![key])?;
             Ok(match rows.next()? {
                 Some(r) => Some((r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?)),
@@ -310,7 +310,7 @@ async fn page(
             values.push(Box::new(ck));
             values.push(Box::new(cd));
             values.push(Box::new(limit + 1));
-            let mut stmt = c.prepare(sql)?;
+            let mut stmt = c.prepare_cached(sql)?;
             let rows = stmt.query_map(duckdb::params_from_iter(values.iter()), |r| {
                 Ok((
                     r.get::<_, String>(0)?,

@@ -76,7 +76,8 @@ pub(crate) async fn resolve_repo(state: &AppState, repo: &str) -> Result<String,
     let found = state
         .readers
         .with(move |c| {
-            let mut stmt = c.prepare("SELECT did FROM actors WHERE lower(handle) = ? LIMIT 1")?;
+            let mut stmt =
+                c.prepare_cached("SELECT did FROM actors WHERE lower(handle) = ? LIMIT 1")?;
             let mut rows = stmt.query(params![handle])?;
             Ok(match rows.next()? {
                 Some(r) => Some(r.get::<_, String>(0)?),
@@ -109,7 +110,8 @@ async fn get_record(
     let row = state
         .readers
         .with(move |c| {
-            let mut stmt = c.prepare("SELECT cid, record::VARCHAR FROM records WHERE uri = ?")?;
+            let mut stmt =
+                c.prepare_cached("SELECT cid, record::VARCHAR FROM records WHERE uri = ?")?;
             let mut rows = stmt.query(params![key])?;
             Ok(match rows.next()? {
                 Some(r) => Some((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
@@ -149,7 +151,7 @@ async fn list_records(
                  WHERE did = ? AND collection = ? AND (?::VARCHAR IS NULL OR rkey {cmp} ?)
                  ORDER BY rkey {order} LIMIT ?"
             );
-            let mut stmt = c.prepare(&sql)?;
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![did, collection, cursor, cursor, limit], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
