@@ -136,17 +136,11 @@ fn sample(store_dir: &Path) -> anyhow::Result<(i64, Targets)> {
     Ok((records, targets))
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+/// `GET {base}/xrpc/{nsid}?{params}`, the parameters URL-encoded.
+fn xrpc(base: &str, nsid: &str, params: &[(&str, &str)]) -> Request {
+    let url = reqwest::Url::parse_with_params(&format!("{base}/xrpc/{nsid}"), params)
+        .expect("loopback URL");
+    Request::Get(url.into())
 }
 
 const GRAPHQL_PAGE: &str = "query Page($author: String!) { appBskyFeedPost(where: {author: $author}, sortBy: indexedAt, order: DESC, first: 50) { nodes { uri cid text createdAt appBskyFeedLikeBySubjectCount author { did handle } } } }";
@@ -194,8 +188,8 @@ async fn drive_all(
             parts.next().unwrap_or("").to_string(),
         )
     };
-    let get = |list: &[String], f: &dyn Fn(&str) -> String| -> Vec<Request> {
-        list.iter().map(|x| Request::Get(f(x))).collect()
+    let get = |list: &[String], f: &dyn Fn(&str) -> Request| -> Vec<Request> {
+        list.iter().map(|x| f(x)).collect()
     };
     let cases: Vec<(&str, f64, Vec<Request>)> = vec![
         (
@@ -203,16 +197,21 @@ async fn drive_all(
             args.load_rate,
             get(&t.posts, &|u| {
                 let (did, coll, rkey) = at(u);
-                format!("{base}/xrpc/com.atproto.repo.getRecord?repo={did}&collection={coll}&rkey={rkey}")
+                xrpc(
+                    &base,
+                    "com.atproto.repo.getRecord",
+                    &[("repo", &did), ("collection", &coll), ("rkey", &rkey)],
+                )
             }),
         ),
         (
             "blue.microcosm.links.getBacklinksCount",
             args.load_rate,
             get(&t.liked, &|u| {
-                format!(
-                    "{base}/xrpc/blue.microcosm.links.getBacklinksCount?subject={}&source=app.bsky.feed.like:subject.uri",
-                    enc(u)
+                xrpc(
+                    &base,
+                    "blue.microcosm.links.getBacklinksCount",
+                    &[("subject", u), ("source", "app.bsky.feed.like:subject.uri")],
                 )
             }),
         ),
@@ -220,14 +219,18 @@ async fn drive_all(
             "app.bsky.feed.getLikes",
             args.load_rate,
             get(&t.liked, &|u| {
-                format!("{base}/xrpc/app.bsky.feed.getLikes?uri={}&limit=50", enc(u))
+                xrpc(
+                    &base,
+                    "app.bsky.feed.getLikes",
+                    &[("uri", u), ("limit", "50")],
+                )
             }),
         ),
         (
             "app.bsky.feed.getPostThread",
             args.load_rate,
             get(&t.threads, &|u| {
-                format!("{base}/xrpc/app.bsky.feed.getPostThread?uri={}", enc(u))
+                xrpc(&base, "app.bsky.feed.getPostThread", &[("uri", u)])
             }),
         ),
         (
@@ -235,10 +238,11 @@ async fn drive_all(
             args.load_rate,
             (0..2000)
                 .map(|j| {
-                    Request::Get(format!(
-                        "{base}/xrpc/dev.lexview.search.searchRecords?q={}&limit=25",
-                        enc(&Corpus::query_terms(j))
-                    ))
+                    xrpc(
+                        &base,
+                        "dev.lexview.search.searchRecords",
+                        &[("q", &Corpus::query_terms(j)), ("limit", "25")],
+                    )
                 })
                 .collect(),
         ),
@@ -246,7 +250,11 @@ async fn drive_all(
             "app.bsky.feed.getAuthorFeed, 50 posts",
             args.load_page_rate,
             get(&t.authors, &|d| {
-                format!("{base}/xrpc/app.bsky.feed.getAuthorFeed?actor={d}&limit=50")
+                xrpc(
+                    &base,
+                    "app.bsky.feed.getAuthorFeed",
+                    &[("actor", d), ("limit", "50")],
+                )
             }),
         ),
         (

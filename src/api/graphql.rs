@@ -300,13 +300,7 @@ impl Query {
         let did = if author.starts_with("did:") {
             author.clone()
         } else {
-            let mut stmt =
-                c.prepare_cached("SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1")?;
-            let mut rows = stmt.query(params![author])?;
-            match rows.next()? {
-                Some(r) => r.get(0)?,
-                None => author.clone(),
-            }
+            super::xrpc::did_for_handle(c, author)?.unwrap_or_else(|| author.clone())
         };
         Ok(("records_by(?) r", vec![duckdb::types::Value::Text(did)]))
     }

@@ -72,20 +72,25 @@ pub(crate) async fn resolve_repo(state: &AppState, repo: &str) -> Result<String,
     if is_valid_did(repo) {
         return Ok(repo.to_string());
     }
-    let handle = repo.to_ascii_lowercase();
+    let handle = repo.to_string();
     let found = state
         .readers
-        .with(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT did FROM actors WHERE lower(handle) = ? LIMIT 1")?;
-            let mut rows = stmt.query(params![handle])?;
-            Ok(match rows.next()? {
-                Some(r) => Some(r.get::<_, String>(0)?),
-                None => None,
-            })
-        })
+        .with(move |c| did_for_handle(c, &handle))
         .await?;
     found.ok_or_else(|| XrpcError::invalid_request(format!("Could not find repo: {repo}")))
+}
+
+/// The DID whose current handle is `handle` (case-insensitive), if any.
+pub(crate) fn did_for_handle(
+    c: &duckdb::Connection,
+    handle: &str,
+) -> duckdb::Result<Option<String>> {
+    let mut stmt = c.prepare_cached("SELECT did FROM actors WHERE lower(handle) = ? LIMIT 1")?;
+    let mut rows = stmt.query(params![handle.to_ascii_lowercase()])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(r.get(0)?)),
+        None => Ok(None),
+    }
 }
 
 fn required<'a>(p: &'a Params, name: &str) -> &'a str {

@@ -776,6 +776,9 @@ fn migrate(conn: &Connection) -> Result<()> {
         if *version <= current {
             continue;
         }
+        // Some build indexes over every row: minutes on a large store.
+        tracing::info!(version, name, "applying migration");
+        let started = std::time::Instant::now();
         conn.execute_batch("BEGIN TRANSACTION")?;
         let applied = conn.execute_batch(sql).and_then(|_| {
             conn.execute(
@@ -784,7 +787,12 @@ fn migrate(conn: &Connection) -> Result<()> {
             )
         });
         finish_transaction(conn, applied.map_err(StoreError::from))?;
-        tracing::info!(version, name, "applied migration");
+        tracing::info!(
+            version,
+            name,
+            secs = started.elapsed().as_secs_f64(),
+            "applied migration"
+        );
     }
     Ok(())
 }
