@@ -286,7 +286,85 @@ pub async fn get_post_thread(
     if let Some(parent) = parent {
         thread["parent"] = parent;
     }
+    add_thread_context(state, &anchor, &mut thread).await?;
     Ok(json!({ "thread": thread }))
+}
+
+/// Sets every `threadViewPost`'s `threadContext`: `rootAuthorLike`, the
+/// like of the thread root's author on that post, where there is one.
+async fn add_thread_context(
+    state: &AppState,
+    anchor: &Value,
+    thread: &mut Value,
+) -> Result<(), XrpcError> {
+    const NODE: &str = "app.bsky.feed.defs#threadViewPost";
+    fn collect(v: &Value, out: &mut Vec<String>) {
+        if v["$type"] != NODE {
+            return;
+        }
+        if let Some(u) = v.pointer("/post/uri").and_then(Value::as_str) {
+            out.push(u.to_string());
+        }
+        collect(&v["parent"], out);
+        for r in v["replies"].as_array().into_iter().flatten() {
+            collect(r, out);
+        }
+    }
+    fn set(v: &mut Value, likes: &HashMap<String, String>) {
+        if v["$type"] != NODE {
+            return;
+        }
+        let uri = v
+            .pointer("/post/uri")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        v["threadContext"] = match likes.get(uri) {
+            Some(like) => json!({ "rootAuthorLike": like }),
+            None => json!({}),
+        };
+        if let Some(p) = v.get_mut("parent") {
+            set(p, likes);
+        }
+        for r in v
+            .get_mut("replies")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            set(r, likes);
+        }
+    }
+    let root = anchor
+        .pointer("/record/reply/root/uri")
+        .or_else(|| anchor.get("uri"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let root_author = root
+        .strip_prefix("at://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    let mut uris = Vec::new();
+    collect(thread, &mut uris);
+    // AT-URIs contain no spaces.
+    let list = uris.join(" ");
+    let likes: HashMap<String, String> = state
+        .readers
+        .with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT target, min(source_uri) FROM links_to_any(?)
+                 WHERE source_collection = 'app.bsky.feed.like' AND path = '.subject.uri'
+                   AND source_did = ?
+                 GROUP BY target",
+            )?;
+            let rows = stmt.query_map(params![list, root_author], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            rows.collect()
+        })
+        .await?;
+    set(thread, &likes);
+    Ok(())
 }
 
 pub async fn get_author_feed(

