@@ -100,6 +100,18 @@ impl Pds {
 
 impl Drop for Pds {
     fn drop(&mut self) {
+        // SIGTERM first, so the harness stops what it started (the
+        // AppView's Postgres runs as its own process), then SIGKILL.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

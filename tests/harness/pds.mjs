@@ -75,8 +75,12 @@ async function withAppView () {
     pds, plc, bsky,
     processAll: async () => { await pds.processAll(); await bsky.sub.processAll() },
     close: async () => {
-      await pds.close(); await bsky.close(); await plc.close(); await pg.stop()
-      fs.rmSync(pgDir, { recursive: true, force: true })
+      try {
+        await pds.close(); await bsky.close(); await plc.close()
+      } finally {
+        await pg.stop()
+        fs.rmSync(pgDir, { recursive: true, force: true })
+      }
     },
   }
 }
@@ -171,7 +175,11 @@ rl.on('line', (line) => {
     process.stdout.write(JSON.stringify(out) + '\n')
   })
 })
-rl.on('close', () => queue.then(async () => {
+const shutdown = () => queue.then(async () => {
   await network.close().catch(() => {})
   process.exit(0)
-}))
+})
+rl.on('close', shutdown)
+// The test's Drop sends SIGTERM: close everything, Postgres included (a
+// killed harness would leave its Postgres running).
+process.on('SIGTERM', shutdown)
