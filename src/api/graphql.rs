@@ -292,17 +292,24 @@ impl Query {
         &self,
         c: &duckdb::Connection,
     ) -> duckdb::Result<(&'static str, Vec<duckdb::types::Value>)> {
+        Ok(match self.author_did(c)? {
+            Some(did) => ("records_by(?) r", vec![duckdb::types::Value::Text(did)]),
+            None => ("records r", Vec::new()),
+        })
+    }
+
+    /// The author's DID: a handle names its DID; anything else is taken as
+    /// a DID (an unknown one matches nothing).
+    fn author_did(&self, c: &duckdb::Connection) -> duckdb::Result<Option<String>> {
         let Some(author) = &self.author else {
-            return Ok(("records r", Vec::new()));
+            return Ok(None);
         };
-        // A handle names its DID; anything else is taken as a DID (an
-        // unknown one matches nothing).
-        let did = if author.starts_with("did:") {
-            author.clone()
-        } else {
-            super::xrpc::did_for_handle(c, author)?.unwrap_or_else(|| author.clone())
-        };
-        Ok(("records_by(?) r", vec![duckdb::types::Value::Text(did)]))
+        if author.starts_with("did:") {
+            return Ok(Some(author.clone()));
+        }
+        Ok(Some(
+            super::xrpc::did_for_handle(c, author)?.unwrap_or_else(|| author.clone()),
+        ))
     }
 }
 
@@ -1677,13 +1684,10 @@ fn batch_pages(
     };
     let mut filter = String::from("r.collection = ?");
     values.push(V::Text(spec.collection.clone()));
-    if let Some(author) = &spec.query.author {
+    if let Some(did) = spec.query.author_did(c)? {
         // Many parents' pages at once: the author is a condition here.
-        filter.push_str(
-            " AND r.did = coalesce((SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1), ?)",
-        );
-        values.push(V::Text(author.clone()));
-        values.push(V::Text(author.clone()));
+        filter.push_str(" AND r.did = ?");
+        values.push(V::Text(did));
     }
     for cond in &spec.query.conditions {
         filter.push_str(" AND ");

@@ -339,11 +339,7 @@ async fn add_thread_context(
         .or_else(|| anchor.get("uri"))
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let root_author = root
-        .strip_prefix("at://")
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_default()
-        .to_string();
+    let root_author = crate::index::event::did_of(root).to_string();
     let mut uris = Vec::new();
     collect(thread, &mut uris);
     // AT-URIs contain no spaces.
@@ -406,12 +402,10 @@ pub async fn get_author_feed(
                 }
                 _ => "true",
             };
-            // Two steps: the page's URIs from the narrow columns of the
+            // Two steps: the page's keys from the narrow columns of the
             // author's rows (scattered through the table, each fetched on
-            // its own), then the wide columns of that page only.
-            // The author's rows are few enough to sort here: DuckDB's top-N
-            // over an index scan costs several times the scan.
-            // The cursor condition only when there is a cursor.
+            // its own), sorted here (DuckDB's top-N over an index scan costs
+            // several times the scan), then the wide columns of that page.
             let after = if ck.is_some() { "AND rkey < ?" } else { "" };
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT rkey, uri FROM records_by(?)

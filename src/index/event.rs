@@ -13,9 +13,14 @@ pub struct Link {
 impl Link {
     /// The DID that owns the link target.
     pub fn target_did(&self) -> &str {
-        let t = self.target.strip_prefix("at://").unwrap_or(&self.target);
-        t.split(['/', '#']).next().unwrap_or(t)
+        did_of(&self.target)
     }
+}
+
+/// The DID an AT-URI (or a DID, or `did#fragment`) belongs to.
+pub fn did_of(target: &str) -> &str {
+    let t = target.strip_prefix("at://").unwrap_or(target);
+    t.split(['/', '#']).next().unwrap_or(t)
 }
 
 /// A record version to index. Built by [`RecordWrite::new`], which does the
