@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub verify: Verify,
     /// With `verify`, keys from this `{did: document}` file, not the network.
     pub did_docs: Option<PathBuf>,
+    /// Jetstream's zstd dictionary: Jetstream sources ask for compression.
+    pub jetstream_dictionary: Option<PathBuf>,
     /// Repositories resynced at once; 0: none (requests stay in `resyncs`).
     pub resync_concurrency: usize,
     /// Of those, at most this many from one PDS host.
@@ -156,9 +158,18 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // writing overlap when the stream runs faster than the writer.
     let (ev_tx, ev_rx) = mpsc::channel::<IndexEvent>(cfg.writer.max_events.max(1024));
 
+    let dictionary = match &cfg.jetstream_dictionary {
+        Some(path) => {
+            let d = jetstream::Dictionary::load(path)?;
+            tracing::info!(dictionary = %path.display(), "Jetstream sources ask for zstd-compressed events");
+            Some(d)
+        }
+        None => None,
+    };
     let mut source_tasks = Vec::new();
     for (id, spec) in specs {
         let (tx, token, m) = (raw_tx.clone(), shutdown.clone(), metrics.clone());
+        let dictionary = dictionary.clone();
         let source: Arc<str> = Arc::from(id.as_str());
         let start = resume.get(&id).copied().flatten();
         let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
@@ -179,7 +190,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                     }
                 }
                 SourceSpec::Jetstream { url } => {
-                    jetstream::run(source, url, start, collections, tx, m, token).await
+                    jetstream::run(source, url, start, collections, dictionary, tx, m, token).await
                 }
             }
         }));

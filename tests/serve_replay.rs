@@ -297,6 +297,82 @@ fn a_relay_that_drops_the_connection_every_40_frames_gives_the_same_index() {
     common::assert_lines_eq(&dump(clean.path()), &dump(dropped.path()));
 }
 
+/// Jetstream's compressed mode: with a dictionary (here one trained on the
+/// recording itself, as Jetstream's was trained on its own traffic), the
+/// source asks for `compress=true`, decompresses every binary message, and
+/// the index equals the replay's; a binary message that is not zstd is
+/// counted as malformed and skipped.
+#[test]
+fn compressed_jetstream_gives_the_same_index() {
+    let clean = tempfile::tempdir().unwrap();
+    let server = Server::start(&[&replay(None)], clean.path(), &lexicons());
+    server.wait_for_cursor(LAST_SEQ);
+    assert!(server.stop().success());
+
+    let lines = jetstream_lines();
+    let samples: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    let sizes: Vec<usize> = samples.iter().map(|s| s.len()).collect();
+    let dictionary = zstd::dict::from_continuous(&samples.concat(), &sizes, 16 << 10).unwrap();
+    let dict_dir = tempfile::tempdir().unwrap();
+    let dict_path = dict_dir.path().join("zstd_dictionary");
+    std::fs::write(&dict_path, &dictionary).unwrap();
+
+    let jetstream = common::jetstream::start_with(lines, 40, 1, Some(dictionary));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_full(
+        &[&format!("jetstream+{}", jetstream.url)],
+        dir.path(),
+        &lexicons(),
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
+        &["--jetstream-dictionary", dict_path.to_str().unwrap()],
+    );
+    server.wait_for_cursor(jetstream.last_time_us);
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(server.stop().success());
+    common::assert_lines_eq(
+        &dump_with(clean.path(), false),
+        &dump_with(dir.path(), false),
+    );
+    let requests = jetstream.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "reconnected once: {requests:?}");
+    assert!(
+        requests.iter().all(|r| r.contains("compress=true")),
+        "{requests:?}"
+    );
+    // One garbage message per connection.
+    assert!(
+        metrics.contains("lexview_frames_malformed_total 2"),
+        "{metrics}"
+    );
+
+    // A file that is no zstd dictionary stops serve at once, saying so.
+    std::fs::write(&dict_path, "{}").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lexview"))
+        .args(["serve", "--source", "jetstream+ws://127.0.0.1:9", "--data"])
+        .arg(dir.path())
+        .arg("--jetstream-dictionary")
+        .arg(&dict_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a zstd dictionary"), "{stderr}");
+}
+
+fn jetstream_lines() -> Vec<String> {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jetstream/expected_v1.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
 #[test]
 fn jetstream_of_the_same_window_gives_the_same_index_through_dropped_connections() {
     let clean = tempfile::tempdir().unwrap();
@@ -307,14 +383,7 @@ fn jetstream_of_the_same_window_gives_the_same_index_through_dropped_connections
     // What production Jetstream emitted for the same 150 frames, served with
     // the connection dropped once, after 40 events: the reconnection resumes
     // from a rewound cursor, so events are applied twice, harmlessly.
-    let lines: Vec<String> = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/jetstream/expected_v1.jsonl"),
-    )
-    .unwrap()
-    .lines()
-    .map(str::to_string)
-    .collect();
+    let lines = jetstream_lines();
     let jetstream = common::jetstream::start(lines, 40, 1);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(

@@ -2,7 +2,9 @@
 //! `time_us` order with Jetstream's playback semantics (events at or after
 //! `cursor`, commits only of the `wantedCollections`), closes each of the
 //! first `drops` connections after `close_after` events, and records each
-//! request URI. (Every connection cannot be dropped: a consumer resumes a
+//! request URI. With a dictionary, a request with `compress=true` gets each
+//! event as a zstd frame in a binary message, as Jetstream sends them, after
+//! one message that is not zstd at all. (Every connection cannot be dropped: a consumer resumes a
 //! couple of seconds back, which covers this whole recording.)
 #![allow(dead_code)]
 // tungstenite's handshake callback type has a large error variant; not ours to change.
@@ -23,6 +25,16 @@ pub struct Jetstream {
 }
 
 pub fn start(lines: Vec<String>, close_after: usize, drops: usize) -> Jetstream {
+    start_with(lines, close_after, drops, None)
+}
+
+pub fn start_with(
+    lines: Vec<String>,
+    close_after: usize,
+    drops: usize,
+    dictionary: Option<Vec<u8>>,
+) -> Jetstream {
+    let dictionary = Arc::new(dictionary);
     let mut events: Vec<(i64, Option<String>, String)> = lines
         .into_iter()
         .map(|l| {
@@ -48,11 +60,12 @@ pub fn start(lines: Vec<String>, close_after: usize, drops: usize) -> Jetstream 
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let (events, log) = (events.clone(), log.clone());
+                let (events, log, dictionary) = (events.clone(), log.clone(), dictionary.clone());
                 let drop_this = log.lock().unwrap().len() < drops;
                 tokio::spawn(async move {
                     let mut cursor: Option<i64> = None;
                     let mut wanted: Vec<String> = Vec::new();
+                    let mut compress = false;
                     let ws = tokio_tungstenite::accept_hdr_async(
                         stream,
                         |req: &Request, resp: Response| {
@@ -61,6 +74,7 @@ pub fn start(lines: Vec<String>, close_after: usize, drops: usize) -> Jetstream 
                                 match kv.split_once('=') {
                                     Some(("cursor", c)) => cursor = c.parse().ok(),
                                     Some(("wantedCollections", c)) => wanted.push(c.to_string()),
+                                    Some(("compress", "true")) => compress = true,
                                     _ => {}
                                 }
                             }
@@ -69,6 +83,19 @@ pub fn start(lines: Vec<String>, close_after: usize, drops: usize) -> Jetstream 
                     )
                     .await;
                     let Ok(mut ws) = ws else { return };
+                    let mut compressor = match dictionary.as_ref() {
+                        Some(d) if compress => {
+                            if ws
+                                .send(Message::Binary(b"garbage".to_vec().into()))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            Some(zstd::bulk::Compressor::with_dictionary(3, d).unwrap())
+                        }
+                        _ => None,
+                    };
                     let mut sent = 0;
                     for (time_us, collection, line) in events.iter() {
                         if cursor.is_some_and(|c| *time_us < c) {
@@ -79,7 +106,11 @@ pub fn start(lines: Vec<String>, close_after: usize, drops: usize) -> Jetstream 
                                 continue;
                             }
                         }
-                        if ws.send(Message::Text(line.clone().into())).await.is_err() {
+                        let msg = match compressor.as_mut() {
+                            Some(c) => Message::Binary(c.compress(line.as_bytes()).unwrap().into()),
+                            None => Message::Text(line.clone().into()),
+                        };
+                        if ws.send(msg).await.is_err() {
                             return;
                         }
                         sent += 1;
