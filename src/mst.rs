@@ -50,13 +50,9 @@ pub fn dag_cbor_cid(bytes: &[u8]) -> Cid {
 pub fn build(entries: &[(Vec<u8>, Cid)], blocks: &mut Vec<(Cid, Vec<u8>)>) -> Cid {
     let items: Vec<Item> = entries
         .iter()
-        .map(|(k, v)| Item::Leaf(k.clone(), *v))
+        .map(|(k, v)| Item::Leaf(k.clone(), *v, key_height(k)))
         .collect();
-    let top = entries
-        .iter()
-        .map(|(k, _)| key_height(k))
-        .max()
-        .unwrap_or(0);
+    let top = items.iter().map(Item::top).max().unwrap_or(0);
     build_items(&items, top, blocks).expect("a tree of records only has no unloaded subtree")
 }
 
@@ -92,12 +88,23 @@ fn encode_node(
 
 // ---- Sync 1.1: inverting a commit's ops on a partial tree ----
 
-/// An item of a partial tree flattened in key order: a record, or a subtree
-/// whose node was not in the proof (its CID and layer).
+/// An item of a partial tree flattened in key order: a record (its key's
+/// height computed once, as each layer of a rebuild asks for it), or a
+/// subtree whose node was not in the proof (its CID and layer).
 #[derive(Debug, Clone, PartialEq)]
 enum Item {
-    Leaf(Vec<u8>, Cid),
+    Leaf(Vec<u8>, Cid, u32),
     Opaque(Cid, u32),
+}
+
+impl Item {
+    /// The lowest layer whose node can hold this item.
+    fn top(&self) -> u32 {
+        match self {
+            Item::Leaf(_, _, h) => *h,
+            Item::Opaque(_, l) => l + 1,
+        }
+    }
 }
 
 /// Why an inversion could not be carried out.
@@ -112,19 +119,23 @@ pub enum ProofError {
 }
 
 #[derive(serde::Deserialize)]
-struct NodeIn {
+struct NodeIn<'a> {
     l: Option<Cid>,
-    e: Vec<EntryIn>,
+    #[serde(borrow)]
+    e: Vec<EntryIn<'a>>,
 }
 
 #[derive(serde::Deserialize)]
-struct EntryIn {
+struct EntryIn<'a> {
     p: usize,
-    #[serde(with = "serde_bytes")]
-    k: Vec<u8>,
+    #[serde(borrow, with = "serde_bytes")]
+    k: &'a [u8],
     v: Cid,
     t: Option<Cid>,
 }
+
+/// A proof's blocks by CID (each checked against its CID by the caller).
+pub type Get<'b> = dyn Fn(&Cid) -> Option<&'b [u8]> + 'b;
 
 /// One operation of a commit, as the inversion needs it.
 pub struct Op<'a> {
@@ -145,10 +156,10 @@ impl<'a> From<&crate::decode::frame::RepoOp<'a>> for Op<'a> {
     }
 }
 
-fn flatten(
+fn flatten<'b>(
     cid: Cid,
     layer: Option<u32>,
-    get: &dyn Fn(&Cid) -> Option<Vec<u8>>,
+    get: &Get<'b>,
     out: &mut Vec<Item>,
 ) -> Result<(), ProofError> {
     let Some(bytes) = get(&cid) else {
@@ -157,7 +168,7 @@ fn flatten(
         return Ok(());
     };
     let node: NodeIn =
-        serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| ProofError::Node(cid, e.to_string()))?;
+        serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ProofError::Node(cid, e.to_string()))?;
     let mut keys = Vec::with_capacity(node.e.len());
     let mut key: Vec<u8> = Vec::new();
     for e in &node.e {
@@ -165,19 +176,21 @@ fn flatten(
             return Err(ProofError::Node(cid, "bad prefix length".into()));
         }
         key.truncate(e.p);
-        key.extend_from_slice(&e.k);
-        keys.push(key.clone());
+        key.extend_from_slice(e.k);
+        // Each key's own height: the rebuild places it by that, so a node
+        // holding a key of another layer does not rebuild to its CID.
+        keys.push((key.clone(), key_height(&key)));
     }
     // A node's layer is its keys' height; an empty node is one above its child.
     let layer = match (keys.first(), layer) {
-        (Some(k), _) => key_height(k),
+        (Some((_, h)), _) => *h,
         (None, Some(l)) => l,
         (None, None) => match node.l.and_then(|l| get(&l)) {
             Some(child) => {
-                let c: NodeIn = serde_ipld_dagcbor::from_slice(&child)
+                let c: NodeIn = serde_ipld_dagcbor::from_slice(child)
                     .map_err(|e| ProofError::Node(cid, e.to_string()))?;
                 match c.e.first() {
-                    Some(e) if e.p == 0 => key_height(&e.k) + 1,
+                    Some(e) if e.p == 0 => key_height(e.k) + 1,
                     _ => return Err(ProofError::Incomplete("the root's layer".into())),
                 }
             }
@@ -188,8 +201,8 @@ fn flatten(
     if let Some(l) = node.l {
         flatten(l, below, get, out)?;
     }
-    for (e, k) in node.e.iter().zip(keys) {
-        out.push(Item::Leaf(k, e.v));
+    for (e, (k, h)) in node.e.iter().zip(keys) {
+        out.push(Item::Leaf(k, e.v, h));
         if let Some(t) = e.t {
             flatten(t, below, get, out)?;
         }
@@ -224,7 +237,7 @@ fn build_items(
         };
     for (i, item) in items.iter().enumerate() {
         match item {
-            Item::Leaf(k, v) if key_height(k) == layer => {
+            Item::Leaf(k, v, h) if *h == layer => {
                 let below = sub(&items[start..i], blocks)?;
                 match here.last_mut() {
                     Some(last) => last.2 = below,
@@ -233,7 +246,7 @@ fn build_items(
                 here.push((k, *v, None));
                 start = i + 1;
             }
-            Item::Leaf(k, _) if key_height(k) > layer => {
+            Item::Leaf(k, _, h) if *h > layer => {
                 return Err(ProofError::Incomplete(String::from_utf8_lossy(k).into()))
             }
             Item::Opaque(_, l) if *l >= layer => {
@@ -253,32 +266,30 @@ fn build_items(
 /// Sync 1.1's inductive proof: undoes `ops` on the tree rooted at `root`
 /// (only the nodes `get` returns are known) and returns the root before the
 /// commit, to compare with the commit's `prevData`.
-pub fn invert(
-    root: Cid,
-    ops: &[Op<'_>],
-    get: &dyn Fn(&Cid) -> Option<Vec<u8>>,
-) -> Result<Cid, ProofError> {
+pub fn invert<'b>(root: Cid, ops: &[Op<'_>], get: &Get<'b>) -> Result<Cid, ProofError> {
     let mut items = Vec::new();
     flatten(root, None, get, &mut items)?;
     let find = |items: &[Item], key: &[u8]| {
         items
             .iter()
-            .position(|i| matches!(i, Item::Leaf(k, _) if k == key))
+            .position(|i| matches!(i, Item::Leaf(k, ..) if k == key))
     };
     for op in ops {
         let key = op.path.as_bytes();
         match (op.cid, op.prev) {
             // A create: the key goes.
             (Some(cid), None) => match find(&items, key) {
-                Some(i) if items[i] == Item::Leaf(key.to_vec(), cid) => {
+                Some(i) if matches!(&items[i], Item::Leaf(_, v, _) if *v == cid) => {
                     items.remove(i);
                 }
                 _ => return Err(ProofError::OpMismatch(op.path.into())),
             },
             // An update: the old value comes back.
             (Some(cid), Some(prev)) => match find(&items, key) {
-                Some(i) if items[i] == Item::Leaf(key.to_vec(), cid) => {
-                    items[i] = Item::Leaf(key.to_vec(), prev);
+                Some(i) if matches!(&items[i], Item::Leaf(_, v, _) if *v == cid) => {
+                    if let Item::Leaf(_, v, _) = &mut items[i] {
+                        *v = prev;
+                    }
                 }
                 _ => return Err(ProofError::OpMismatch(op.path.into())),
             },
@@ -289,7 +300,7 @@ pub fn invert(
                 }
                 let at = items
                     .iter()
-                    .position(|i| matches!(i, Item::Leaf(k, _) if k.as_slice() > key))
+                    .position(|i| matches!(i, Item::Leaf(k, ..) if k.as_slice() > key))
                     .unwrap_or(items.len());
                 let before = items[..at]
                     .iter()
@@ -301,19 +312,12 @@ pub fn invert(
                 {
                     return Err(ProofError::Incomplete(op.path.into()));
                 }
-                items.insert(at, Item::Leaf(key.to_vec(), prev));
+                items.insert(at, Item::Leaf(key.to_vec(), prev, key_height(key)));
             }
             (None, None) => return Err(ProofError::OpMismatch(op.path.into())),
         }
     }
-    let top = items
-        .iter()
-        .map(|i| match i {
-            Item::Leaf(k, _) => key_height(k),
-            Item::Opaque(_, l) => l + 1,
-        })
-        .max()
-        .unwrap_or(0);
+    let top = items.iter().map(Item::top).max().unwrap_or(0);
     build_items(&items, top, &mut Vec::new())
 }
 
@@ -461,7 +465,7 @@ mod tests {
                     prev: Some(leaf),
                 }))
                 .collect();
-            let got = invert(root, &ops, &|c| known.get(c).cloned())
+            let got = invert(root, &ops, &|c| known.get(c).map(Vec::as_slice))
                 .unwrap_or_else(|e| panic!("{}: {e}", v["comment"]));
             assert_eq!(got.to_string(), v["rootBeforeCommit"], "{}", v["comment"]);
             // A wrong prev value does not reach the root before.
@@ -471,7 +475,7 @@ mod tests {
                     cid: None,
                     prev: Some(dag_cbor_cid(b"other")),
                 }];
-                let got = invert(root, &bad, &|c| known.get(c).cloned());
+                let got = invert(root, &bad, &|c| known.get(c).map(Vec::as_slice));
                 assert!(
                     got.map(|r| r.to_string())
                         != Ok(v["rootBeforeCommit"].as_str().unwrap().to_string())

@@ -29,7 +29,7 @@ fn check_proof(
         blocks
             .get(cid)
             .filter(|b| verify_block(cid, b).is_ok())
-            .map(|b| b.to_vec())
+            .copied()
     };
     match crate::mst::invert(*data, &ops, &get) {
         Ok(root) if root == prev_data => Ok(()),
