@@ -269,22 +269,29 @@ pub(crate) fn measure(
     let producer = std::thread::spawn(move || {
         let mut n = 0usize;
         let mut chunk = Vec::with_capacity(CHUNK);
-        // Rounds of 256 frames, as `serve`'s ingest loop takes them (signature
-        // checks in parallel first when verifying).
+        // Rounds of 256 frames, as `serve`'s ingest loop takes them under
+        // load: when verifying, each round's signatures and proofs are
+        // checked in parallel while the round before is handled in order.
         let mut frames = frames.peekable();
-        while frames.peek().is_some() {
+        let mut previous: Vec<Vec<u8>> = Vec::new();
+        loop {
             let round: Vec<Vec<u8>> = frames.by_ref().take(256).collect();
             let views: Vec<&[u8]> = round.iter().map(Vec::as_slice).collect();
-            ingestor.precheck(&views);
-            for frame in &round {
-                n += 1;
-                if let Ok(Outcome::Event(ev)) = ingestor.process("bench", frame) {
-                    chunk.push(ev);
+            ingestor.overlapped(&views, || {
+                for frame in &previous {
+                    n += 1;
+                    if let Ok(Outcome::Event(ev)) = ingestor.process("bench", frame) {
+                        chunk.push(ev);
+                    }
+                    if chunk.len() >= CHUNK {
+                        let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                    }
                 }
-                if chunk.len() >= CHUNK {
-                    let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
-                }
+            });
+            if round.is_empty() {
+                break;
             }
+            previous = round;
         }
         let _ = tx.send(chunk);
         n

@@ -444,7 +444,9 @@ mod tests {
         }
         let a = dag_cbor_cid(b"a");
         let long_key = vec![b'x'; 300];
-        let keys: Vec<Vec<u8>> = (0..30).map(|i| format!("app.bsky.feed.post/{i:013}").into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = (0..30)
+            .map(|i| format!("app.bsky.feed.post/{i:013}").into_bytes())
+            .collect();
         for n in [0usize, 1, 5, 23, 24, 30] {
             for left in [None, Some(a)] {
                 let entries: Vec<(&[u8], usize, Option<Cid>, Cid)> = (0..n)
@@ -456,7 +458,12 @@ mod tests {
                 let oracle = serde_ipld_dagcbor::to_vec(&Node {
                     e: entries
                         .iter()
-                        .map(|(k, p, t, v)| Entry { k, p: *p, t: *t, v: *v })
+                        .map(|(k, p, t, v)| Entry {
+                            k,
+                            p: *p,
+                            t: *t,
+                            v: *v,
+                        })
                         .collect(),
                     l: left,
                 })

@@ -201,37 +201,51 @@ impl Ingestor {
     /// With a verifier: checks the signatures of these frames' commits in
     /// parallel (rayon), ahead of [`Ingestor::process`], which then handles
     /// the frames one by one in order (rev order, DID, everything else).
+    /// The results of this round and the one before are kept, so the frames
+    /// of one round can be handled while the next is checked
+    /// ([`Ingestor::overlapped`]).
     pub fn precheck(&self, frames: &[&[u8]]) {
         use rayon::prelude::*;
         let Some(verifier) = &self.verifier else {
             return;
         };
-        verifier.clear_prechecked();
+        verifier.next_round();
         let catalog = self.catalog.load();
         // The commits that touch a loaded collection, decoded once.
-        let commits: Vec<(&[u8], Commit<'_>)> = frames
+        let commits: Vec<Commit<'_>> = frames
             .par_iter()
             .filter_map(|bytes| match decode_frame(bytes) {
-                Ok(Frame::Commit(c)) if touches(&catalog, &c) => Some((*bytes, c)),
+                Ok(Frame::Commit(c)) if touches(&catalog, &c) => Some(c),
                 _ => None,
             })
             .collect();
         // Keys of repos not seen yet, fetched concurrently first.
-        let repos: Vec<&str> = commits.iter().map(|(_, c)| c.repo).collect();
+        let repos: Vec<&str> = commits.iter().map(|c| c.repo).collect();
         verifier.prefetch(&repos);
-        commits.par_iter().for_each(|(bytes, c)| {
+        commits.par_iter().for_each(|c| {
             let Ok(blocks) = read_car(c.blocks) else {
                 return;
             };
             if let Some(block) = blocks.blocks.get(&c.commit) {
                 if verify_block(&c.commit, block).is_ok() {
-                    let key = crate::verify::frame_key(bytes);
+                    let key = crate::verify::commit_key(c);
                     verifier.precheck(key, block, c.repo, c.rev, |data| {
                         check_proof(c, &blocks.blocks, data)
                     });
                 }
             }
         });
+    }
+
+    /// Checks the frames `next` (as [`Ingestor::precheck`]) while `handle`
+    /// runs, which handles the previous round's frames in order: with two
+    /// cores, one round's signatures and proofs overlap with the sequential
+    /// pass (and the writer) over the one before.
+    pub fn overlapped<R: Send>(&self, next: &[&[u8]], handle: impl FnOnce() -> R + Send) -> R {
+        if self.verifier.is_none() || next.is_empty() {
+            return handle();
+        }
+        rayon::join(handle, || self.precheck(next)).0
     }
 
     /// Processes one `subscribeRepos` frame from `source`.
@@ -269,7 +283,7 @@ impl Ingestor {
                 }
                 event.time = Some(c.time.to_string());
                 event.changes = self
-                    .commit_changes(&c, bytes)
+                    .commit_changes(&c)
                     .inspect_err(|_| Metrics::inc(&m.commits_rejected_total))?;
             }
             Frame::Identity(i) => {
@@ -503,7 +517,7 @@ impl Ingestor {
         self.catalog.load().has_record(collection)
     }
 
-    fn commit_changes(&self, c: &Commit<'_>, frame: &[u8]) -> Result<Vec<Change>, IngestError> {
+    fn commit_changes(&self, c: &Commit<'_>) -> Result<Vec<Change>, IngestError> {
         let m = &self.metrics;
         let reject = |reason: String| IngestError::CommitRejected {
             seq: c.seq,
@@ -558,7 +572,7 @@ impl Ingestor {
                 .and_then(|block| {
                     verify_block(&c.commit, block)
                         .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
-                    verifier.verify(&crate::verify::frame_key(frame), block, c.repo, c.rev)
+                    verifier.verify(&crate::verify::commit_key(c), block, c.repo, c.rev)
                 })
                 .and_then(|v| {
                     if v.proven {

@@ -425,6 +425,11 @@ enum Input {
     Stop,
 }
 
+/// Frames are taken in rounds of what is waiting (up to this many), so that
+/// signature checks can run in parallel before the frames are handled one by
+/// one, in order.
+const ROUND: usize = 256;
+
 fn ingest_loop(
     ingestor: Ingestor,
     mut rx: mpsc::Receiver<RawFrame>,
@@ -432,10 +437,6 @@ fn ingest_loop(
     mut router: crate::resync::Router,
     mut ctx: IngestContext,
 ) {
-    // Frames are taken in rounds of what is waiting (up to ROUND), so that
-    // signature checks can run in parallel before the frames are handled one
-    // by one, in order.
-    const ROUND: usize = 256;
     let mut round: Vec<RawFrame> = Vec::with_capacity(ROUND);
     let mut sources_open = true;
     loop {
@@ -489,26 +490,53 @@ fn ingest_loop(
             Input::Frame(Some(f)) => f,
         };
         round.push(first);
-        while round.len() < ROUND {
-            match rx.try_recv() {
-                Ok(f) => round.push(f),
-                Err(_) => break,
-            }
-        }
-        let firehose: Vec<&[u8]> = round
-            .iter()
-            .filter(|f| f.wire == Wire::Firehose)
-            .map(|f| f.bytes.as_slice())
-            .collect();
+        take_waiting(&mut rx, &mut round);
+        let firehose = firehose_frames(&round);
         if firehose.len() > 1 {
             ingestor.precheck(&firehose);
         }
-        for frame in round.drain(..) {
-            if !handle_frame(&ingestor, &frame, &mut router, &tx) {
+        // While more frames are waiting, the next round is checked while this
+        // one is handled (for a few rounds, then the other inputs get a turn).
+        for stretch in 0.. {
+            let mut next = Vec::with_capacity(ROUND);
+            if stretch < OVERLAPPED_ROUNDS {
+                take_waiting(&mut rx, &mut next);
+            }
+            let handled = ingestor.overlapped(&firehose_frames(&next), || {
+                round
+                    .drain(..)
+                    .all(|frame| handle_frame(&ingestor, &frame, &mut router, &tx))
+            });
+            if !handled {
                 return;
             }
+            if next.is_empty() {
+                break;
+            }
+            round = next;
         }
     }
+}
+
+/// Frames taken in a row before the ingest thread looks at its other inputs.
+const OVERLAPPED_ROUNDS: usize = 8;
+
+/// Moves the frames that are waiting into `round`, up to [`ROUND`].
+fn take_waiting(rx: &mut mpsc::Receiver<RawFrame>, round: &mut Vec<RawFrame>) {
+    while round.len() < ROUND {
+        match rx.try_recv() {
+            Ok(f) => round.push(f),
+            Err(_) => break,
+        }
+    }
+}
+
+fn firehose_frames(round: &[RawFrame]) -> Vec<&[u8]> {
+    round
+        .iter()
+        .filter(|f| f.wire == Wire::Firehose)
+        .map(|f| f.bytes.as_slice())
+        .collect()
 }
 
 /// Ingests one frame and hands its events to the writer (through the resync

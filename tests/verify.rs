@@ -50,10 +50,8 @@ fn all_148_production_commits_verify_against_their_did_documents_with_their_proo
         assert_eq!(commit.did, c.repo);
         // Sync 1.1: every op undone on the frame's MST nodes gives prevData.
         let ops: Vec<lexview::mst::Op> = c.ops.iter().map(Into::into).collect();
-        let root = lexview::mst::invert(commit.data, &ops, &|cid| {
-            blocks.get(cid).copied()
-        })
-        .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
+        let root = lexview::mst::invert(commit.data, &ops, &|cid| blocks.get(cid).copied())
+            .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
         assert_eq!(Some(root), c.prev_data, "seq {}", c.seq);
         verified += 1;
     }
