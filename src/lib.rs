@@ -8,6 +8,7 @@ pub mod api;
 pub mod backfill;
 pub mod bench;
 pub mod decode;
+pub mod export;
 pub mod handles;
 pub mod index;
 pub mod lexicon;

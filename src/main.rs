@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Index sources into the store and serve XRPC, GraphQL, /_health and /metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run SQL against the store and print a table.
     Sql {
         /// The SQL to run, e.g. "SELECT collection, count(*) FROM records GROUP BY ALL".
@@ -41,6 +41,9 @@ enum Command {
     /// Compare the index with a repository's current `getRepo` and print every
     /// difference (stop `lexview serve` first).
     Audit(lexview::backfill::AuditArgs),
+    /// Write the store's records, links, counts, actors and quarantine as
+    /// Parquet (or CSV) files, with a manifest (stop `lexview serve` first).
+    Export(lexview::export::ExportArgs),
     /// Rebuild derived indexes from the store (stop `lexview serve` first).
     Reindex {
         /// Rebuild the full-text search index from DuckDB.
@@ -85,6 +88,28 @@ struct ServeArgs {
     /// The DID whose app.bsky.feed.generator records name the feeds (default: --feedgen-did).
     #[arg(long, env = "LEXVIEW_FEED_PUBLISHER")]
     feed_publisher: Option<String>,
+    /// Image URLs in embed views: `{preset}` (feed_thumbnail, feed_fullsize),
+    /// `{did}` and `{cid}` are filled in.
+    #[arg(
+        long,
+        env = "LEXVIEW_IMAGE_URL",
+        default_value = lexview::api::embeds::DEFAULT_IMAGE_URL
+    )]
+    image_url: String,
+    /// Video playlist URLs in embed views (`{did}`, `{cid}` percent-encoded).
+    #[arg(
+        long,
+        env = "LEXVIEW_VIDEO_PLAYLIST_URL",
+        default_value = lexview::api::embeds::DEFAULT_VIDEO_PLAYLIST_URL
+    )]
+    video_playlist_url: String,
+    /// Video thumbnail URLs in embed views (`{did}`, `{cid}` percent-encoded).
+    #[arg(
+        long,
+        env = "LEXVIEW_VIDEO_THUMBNAIL_URL",
+        default_value = lexview::api::embeds::DEFAULT_VIDEO_THUMBNAIL_URL
+    )]
+    video_thumbnail_url: String,
     /// Directory for the DuckDB store and the search index.
     #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
     data: PathBuf,
@@ -170,7 +195,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli
         .command
-        .unwrap_or_else(|| Command::Serve(ServeArgs::default()))
+        .unwrap_or_else(|| Command::Serve(Box::default()))
     {
         Command::Serve(a) => {
             let cfg = ServeConfig {
@@ -181,6 +206,11 @@ fn main() -> anyhow::Result<()> {
                 search_config: a.search_config,
                 feed_publisher: a.feed_publisher.unwrap_or_else(|| a.feedgen_did.clone()),
                 feedgen_did: a.feedgen_did,
+                media: lexview::api::embeds::MediaUrls {
+                    image: a.image_url,
+                    video_playlist: a.video_playlist_url,
+                    video_thumbnail: a.video_thumbnail_url,
+                },
                 data: a.data,
                 listen: a.listen,
                 plc: a.plc,
@@ -221,6 +251,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Backfill(args) => lexview::backfill::run(args),
         Command::Audit(args) => lexview::backfill::run_audit(args),
+        Command::Export(args) => lexview::export::run(args),
         Command::Bench(args) => lexview::bench::run(args),
     }
 }

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub search_config: PathBuf,
     pub feedgen_did: String,
     pub feed_publisher: String,
+    /// Where embed views point for images and videos.
+    pub media: api::embeds::MediaUrls,
     pub data: PathBuf,
     pub listen: SocketAddr,
     pub plc: String,
@@ -344,6 +346,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         profiles,
         events,
         search: Some(search.clone()),
+        media: Arc::new(cfg.media.clone()),
         readers,
         catalog: shared_catalog,
         metrics: metrics.clone(),

@@ -1,7 +1,9 @@
 //! The HTTP surface: XRPC, GraphQL, health and metrics, one axum router.
 
 pub mod backlinks;
+pub mod embeds;
 pub mod feeds;
+pub mod gates;
 pub mod graphql;
 pub mod graphql_types;
 pub mod health;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub events: graphql::Events,
     /// Full-text search (None when the server runs without it).
     pub search: Option<Arc<crate::search::Search>>,
+    /// Where embed views point for images and videos.
+    pub media: Arc<embeds::MediaUrls>,
 }
 
 impl AppState {

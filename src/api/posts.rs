@@ -7,8 +7,10 @@
 //! (app.bsky.embed.record) or `.embed.record.record.uri`
 //! (app.bsky.embed.recordWithMedia) points at the post.
 //!
-//! Not yet: embed views (`embed` is left out), viewer state, threadgates,
-//! labels (always `[]`), reply ranking (replies come oldest first), pins.
+//! Embeds are shown as the AppView shows them (`embeds.rs`).
+//!
+//! Not yet: viewer state, threadgates, labels (always `[]`), reply ranking
+//! (replies come oldest first), pins.
 
 use std::collections::HashMap;
 
@@ -16,6 +18,7 @@ use duckdb::params;
 use serde_json::{json, Value};
 
 use super::backlinks::{cut_page, decode_cursor, encode_cursor};
+use super::gates;
 use super::params::{parse, Params};
 use super::views::profile_views;
 use super::{AppState, XrpcError};
@@ -39,6 +42,17 @@ fn basic(view: &Value) -> Value {
 pub(crate) async fn post_views(
     state: &AppState,
     uris: &[String],
+) -> Result<HashMap<String, Value>, XrpcError> {
+    post_views_at(state, uris, 0).await
+}
+
+/// `postView`s shown at `depth`: 0 for the posts of an answer, 1 for posts
+/// they quote, 2 for posts those quote. Embeds are shown down to depth 1, so
+/// the quoted posts are fetched one level deeper (at most two more queries).
+async fn post_views_at(
+    state: &AppState,
+    uris: &[String],
+    depth: u8,
 ) -> Result<HashMap<String, Value>, XrpcError> {
     if uris.is_empty() {
         return Ok(HashMap::new());
@@ -84,11 +98,85 @@ pub(crate) async fn post_views(
         .await?;
     let authors: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
     let profiles = profile_views(state, &authors).await?;
-    let mut out = HashMap::new();
-    for (uri, cid, did, record, indexed_at, [replies, reposts, likes, quotes]) in rows {
+    let mut parsed = Vec::with_capacity(rows.len());
+    for (uri, cid, did, record, indexed_at, counts) in rows {
         let record: Value = serde_json::from_str(&record)
             .map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))?;
-        let view = json!({
+        parsed.push((uri, cid, did, record, indexed_at, counts));
+    }
+    // The posts that these posts' embeds quote, one level deeper.
+    let show_embeds = depth < 2;
+    let quoted = if show_embeds {
+        let wanted: Vec<String> = parsed
+            .iter()
+            .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
+            .map(str::to_string)
+            .collect();
+        Box::pin(post_views_at(state, &wanted, depth + 1)).await?
+    } else {
+        HashMap::new()
+    };
+    // Blocks and post gates between the quoting posts and what they quote.
+    let quoting: Vec<(&str, &Value)> = parsed
+        .iter()
+        .filter(|p| show_embeds && p.3.get("embed").and_then(gates::embedded_record).is_some())
+        .map(|p| (p.0.as_str(), &p.3))
+        .collect();
+    let (blocks, detached) = if quoting.is_empty() {
+        Default::default()
+    } else {
+        let pairs: Vec<(String, String)> = quoting
+            .iter()
+            .filter_map(|(uri, record)| {
+                let quoted = gates::embedded_record(record.get("embed")?)?;
+                Some((uri.to_string(), quoted.to_string()))
+            })
+            .collect();
+        (
+            gates::post_blocks(state, quoting.iter().copied()).await?,
+            gates::detached_quotes(state, &pairs).await?,
+        )
+    };
+    // Thread gates: shown on root posts; replies a gate does not allow are
+    // not counted (as the AppView counts them).
+    let threadgates =
+        gates::threadgates(state, parsed.iter().map(|p| gates::root_of(&p.0, &p.3))).await?;
+    let limited: Vec<&str> = parsed
+        .iter()
+        .filter(|p| p.5[0] > 0 && threadgates.contains_key(gates::root_of(&p.0, &p.3)))
+        .map(|p| p.0.as_str())
+        .collect();
+    let mut gated_counts: HashMap<String, i64> = HashMap::new();
+    if !limited.is_empty() {
+        let roots: HashMap<&str, &str> = parsed
+            .iter()
+            .map(|p| (p.0.as_str(), gates::root_of(&p.0, &p.3)))
+            .collect();
+        let direct = gates::links_to(state, limited, POST, ".reply.parent.uri").await?;
+        let pairs: Vec<(String, String)> = direct
+            .iter()
+            .map(|l| (l.source_uri.clone(), roots[l.target.as_str()].to_string()))
+            .collect();
+        let gated = gates::gated_replies(state, &pairs, &threadgates).await?;
+        for l in direct.iter().filter(|l| gated.contains(&l.source_uri)) {
+            *gated_counts.entry(l.target.clone()).or_default() += 1;
+        }
+    }
+    let mut out = HashMap::new();
+    for (uri, cid, did, record, indexed_at, [replies, reposts, likes, quotes]) in parsed {
+        let replies = replies - gated_counts.get(&uri).copied().unwrap_or(0);
+        let threadgate = threadgates
+            .get(&uri)
+            .filter(|_| record.get("reply").is_none())
+            .map(gates::Threadgate::view);
+        let gate = super::embeds::QuoteState {
+            blocked: blocks.get(&uri).is_some_and(|b| b.embed),
+            detached: detached.get(&uri).copied(),
+        };
+        let embed = record.get("embed").filter(|_| show_embeds).and_then(|e| {
+            super::embeds::embed_view(&state.media, &did, e, &quoted, depth + 1, gate)
+        });
+        let mut view = json!({
             "uri": uri,
             "cid": cid,
             "author": basic(&profiles[&did]),
@@ -100,6 +188,12 @@ pub(crate) async fn post_views(
             "indexedAt": indexed_at,
             "labels": [],
         });
+        if let Some(embed) = embed {
+            view["embed"] = embed;
+        }
+        if let Some(threadgate) = threadgate {
+            view["threadgate"] = threadgate;
+        }
         out.insert(uri, view);
     }
     Ok(out)
@@ -232,12 +326,44 @@ pub async fn get_post_thread(
         views.extend(post_views(state, &next).await?);
         level = next;
     }
+    // Replies whose author and their parent's author block each other are
+    // left out (with what hangs below them).
+    let blocks =
+        gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
+    // Replies their thread's gate does not allow are left out; an anchor
+    // that is one is shown alone.
+    let gated = gates::gated_posts(
+        state,
+        views
+            .iter()
+            .map(|(u, v)| (u.as_str(), &v["record"]))
+            .chain([(uri.as_str(), &anchor["record"])]),
+    )
+    .await?;
+    // The thread root's gate, shown beside the thread.
+    let root = gates::root_of(&uri, &anchor["record"]).to_string();
+    let threadgate = gates::threadgates(state, [root.as_str()])
+        .await?
+        .remove(&root)
+        .map(|g| g.view());
+    let answer = |thread: Value| match &threadgate {
+        Some(gate) => json!({ "thread": thread, "threadgate": gate }),
+        None => json!({ "thread": thread }),
+    };
+    if gated.contains(&uri) {
+        let mut thread =
+            json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": anchor.clone()});
+        add_thread_context(state, &anchor, &mut thread).await?;
+        return Ok(answer(thread));
+    }
     fn build(
         uri: &str,
         view: Value,
         left: i64,
         children: &HashMap<String, Vec<String>>,
         views: &HashMap<String, Value>,
+        blocks: &HashMap<String, gates::PostBlocks>,
+        gated: &std::collections::HashSet<String>,
     ) -> Value {
         let mut node = json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": view});
         if left > 0 {
@@ -245,23 +371,43 @@ pub async fn get_post_thread(
                 .get(uri)
                 .into_iter()
                 .flatten()
+                .filter(|c| !blocks.get(*c).is_some_and(|b| b.parent) && !gated.contains(*c))
                 .filter_map(|c| {
                     views
                         .get(c)
-                        .map(|v| build(c, v.clone(), left - 1, children, views))
+                        .map(|v| build(c, v.clone(), left - 1, children, views, blocks, gated))
                 })
                 .collect();
             node["replies"] = Value::Array(replies);
         }
         node
     }
-    let mut thread = build(&uri, anchor.clone(), depth, &children, &views);
+    let mut thread = build(
+        &uri,
+        anchor.clone(),
+        depth,
+        &children,
+        &views,
+        &blocks,
+        &gated,
+    );
 
-    // Parents, up to `parentHeight`; a missing one is a notFoundPost.
+    // Parents, up to `parentHeight`; a missing one is a notFoundPost, one
+    // whose author and its child's block each other a blockedPost (and the
+    // chain ends there).
     let mut chain = Vec::new();
-    let mut current = parent_of(&anchor);
-    while let Some(parent) = current.take() {
+    let mut child = anchor.clone();
+    while let Some(parent) = parent_of(&child) {
         if chain.len() as i64 >= parent_height {
+            break;
+        }
+        let child_uri = child["uri"].as_str().unwrap_or_default().to_string();
+        let blocked = gates::post_blocks(state, [(child_uri.as_str(), &child["record"])])
+            .await?
+            .get(&child_uri)
+            .is_some_and(|b| b.parent);
+        if blocked {
+            chain.push(gates::blocked_post(&parent));
             break;
         }
         match post_views(state, std::slice::from_ref(&parent))
@@ -269,13 +415,16 @@ pub async fn get_post_thread(
             .remove(&parent)
         {
             Some(v) => {
-                current = parent_of(&v);
                 chain.push(typed(
-                    json!({"post": v}),
+                    json!({"post": v.clone()}),
                     "app.bsky.feed.defs#threadViewPost",
                 ));
+                child = v;
             }
-            None => chain.push(not_found(&parent)),
+            None => {
+                chain.push(not_found(&parent));
+                break;
+            }
         }
     }
     // Nest them: the nearest parent holds the next one up.
@@ -287,7 +436,7 @@ pub async fn get_post_thread(
         thread["parent"] = parent;
     }
     add_thread_context(state, &anchor, &mut thread).await?;
-    Ok(json!({ "thread": thread }))
+    Ok(answer(thread))
 }
 
 /// Sets every `threadViewPost`'s `threadContext`: `rootAuthorLike`, the
@@ -427,7 +576,7 @@ pub async fn get_author_feed(
                 .collect::<Vec<_>>()
                 .join(" ");
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT uri, collection, rkey, record ->> '/subject/uri', strftime(indexed_at, {DATETIME})
+                "SELECT uri, collection, rkey, record ->> '/subject/uri', strftime(indexed_at, {DATETIME}), cid
                  FROM records_at(?) ORDER BY rkey DESC"
             ))?;
             let rows = stmt.query_map(params![page], |r| {
@@ -437,17 +586,18 @@ pub async fn get_author_feed(
                     r.get::<_, String>(2)?,
                     r.get::<_, Option<String>>(3)?,
                     r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
                 ))
             })?;
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
         .await?;
-    let next = cut_page(&mut rows, limit, |(_, _, rkey, _, _)| {
+    let next = cut_page(&mut rows, limit, |(_, _, rkey, _, _, _)| {
         encode_cursor(rkey, &did)
     });
     // Hydrate the posts, the reposted posts and every reply's root and parent.
     let mut wanted: Vec<String> = Vec::new();
-    for (uri, collection, _, subject, _) in &rows {
+    for (uri, collection, _, subject, _, _) in &rows {
         match (collection.as_str(), subject) {
             ("app.bsky.feed.repost", Some(s)) => wanted.push(s.clone()),
             _ => wanted.push(uri.clone()),
@@ -463,9 +613,16 @@ pub async fn get_author_feed(
         }
     }
     views.extend(post_views(state, &refs).await?);
+    let blocks =
+        gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
+    let blocked =
+        |uri: &str, pick: fn(&gates::PostBlocks) -> bool| blocks.get(uri).is_some_and(pick);
+    // A reply its thread's gate does not allow is shown without its context.
+    let gated =
+        gates::gated_posts(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
     let reposter = profile_views(state, std::slice::from_ref(&did)).await?;
     let mut feed = Vec::new();
-    for (uri, collection, _, subject, indexed_at) in &rows {
+    for (uri, collection, _, subject, indexed_at, cid) in &rows {
         let post_uri = if collection == "app.bsky.feed.repost" {
             match subject {
                 Some(s) => s,
@@ -478,19 +635,31 @@ pub async fn get_author_feed(
             continue;
         };
         let mut item = json!({ "post": post });
-        if let (Some(root), Some(parent)) = (
-            post.pointer("/record/reply/root/uri")
-                .and_then(Value::as_str),
-            post.pointer("/record/reply/parent/uri")
-                .and_then(Value::as_str),
-        ) {
-            let view = |u: &str| match views.get(u) {
+        let reply = (!gated.contains(post_uri)).then(|| {
+            (
+                post.pointer("/record/reply/root/uri")
+                    .and_then(Value::as_str),
+                post.pointer("/record/reply/parent/uri")
+                    .and_then(Value::as_str),
+            )
+        });
+        if let Some((Some(root), Some(parent))) = reply {
+            // A shown parent or root is a blockedPost when blocks stand
+            // between it and the post (for the root: or the parent).
+            let view = |u: &str, is_blocked: bool| match views.get(u) {
+                Some(_) if is_blocked => gates::blocked_post(u),
                 Some(v) => typed(v.clone(), "app.bsky.feed.defs#postView"),
                 None => not_found(u),
             };
-            item["reply"] = json!({ "root": view(root), "parent": view(parent) });
+            let parent_blocked = blocked(post_uri, |b| b.parent);
+            let root_blocked = blocked(post_uri, |b| b.root) || blocked(parent, |b| b.root);
+            item["reply"] = json!({
+                "root": view(root, root_blocked),
+                "parent": view(parent, parent_blocked),
+            });
             if let Some(gp) = views
                 .get(parent)
+                .filter(|_| !parent_blocked)
                 .and_then(|pv| pv.pointer("/record/reply/parent/uri"))
                 .and_then(Value::as_str)
                 .and_then(|gp| views.get(gp))
@@ -503,6 +672,7 @@ pub async fn get_author_feed(
                 "$type": "app.bsky.feed.defs#reasonRepost",
                 "by": basic(&reposter[&did]),
                 "uri": uri,
+                "cid": cid,
                 "indexedAt": indexed_at,
             });
         }

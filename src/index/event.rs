@@ -23,6 +23,14 @@ pub fn did_of(target: &str) -> &str {
     t.split(['/', '#']).next().unwrap_or(t)
 }
 
+/// The collection of an AT-URI (`at://did/collection/rkey`), if it names one.
+pub fn collection_of(uri: &str) -> Option<&str> {
+    uri.strip_prefix("at://")?
+        .split('/')
+        .nth(1)
+        .filter(|c| !c.is_empty())
+}
+
 /// A record version to index. Built by [`RecordWrite::new`], which does the
 /// per-record string work (URI, JSON text, links) on the ingest thread so the
 /// single writer only moves prepared values into DuckDB. The decoded value is

@@ -812,6 +812,16 @@ fn lock_error(path: &Path, e: duckdb::Error) -> StoreError {
 /// Opens the store for a one-off command (`lexview sql`), with a clear error
 /// when a running server holds it.
 pub fn open_for_query(data_dir: &Path) -> Result<Connection> {
+    open_existing(data_dir, duckdb::AccessMode::ReadWrite)
+}
+
+/// Opens the store read-only (`lexview export`): several such readers may
+/// share it, though not with a running server.
+pub fn open_read_only(data_dir: &Path) -> Result<Connection> {
+    open_existing(data_dir, duckdb::AccessMode::ReadOnly)
+}
+
+fn open_existing(data_dir: &Path, mode: duckdb::AccessMode) -> Result<Connection> {
     let path = db_path(data_dir);
     if !path.exists() {
         return Err(StoreError::Io(std::io::Error::new(
@@ -822,7 +832,8 @@ pub fn open_for_query(data_dir: &Path) -> Result<Connection> {
             ),
         )));
     }
-    let conn = Connection::open(&path).map_err(|e| lock_error(&path, e))?;
+    let config = duckdb::Config::default().access_mode(mode)?;
+    let conn = Connection::open_with_flags(&path, config).map_err(|e| lock_error(&path, e))?;
     conn.execute_batch(SESSION_SETTINGS)?;
     Ok(conn)
 }

@@ -7,6 +7,7 @@
 //           {"op":"create","did":...,"collection":...,"record":{...},"rkey"?:...}
 //           {"op":"put","did":...,"collection":...,"rkey":...,"record":{...}}
 //           {"op":"delete","did":...,"collection":...,"rkey":...}
+//           {"op":"uploadBlob","did":...,"base64":...,"mimeType":...} -> {"blob":{...}}
 //           {"op":"deactivate","did":...} / {"op":"activate","did":...}
 //           {"op":"takedown","did":...,"applied":true|false}   (admin)
 //           {"op":"deleteAccount","did":...}                    (admin)
@@ -120,6 +121,12 @@ async function handle(cmd) {
       const agent = agents.get(cmd.did)
       await agent.com.atproto.repo.deleteRecord({ repo: cmd.did, collection: cmd.collection, rkey: cmd.rkey })
       return {}
+    }
+    case 'uploadBlob': {
+      const agent = agents.get(cmd.did)
+      const res = await agent.com.atproto.repo.uploadBlob(Buffer.from(cmd.base64, 'base64'), { encoding: cmd.mimeType })
+      // The blob in its JSON form ({"$type":"blob","ref":{"$link":...},...}).
+      return { blob: JSON.parse(JSON.stringify(res.data.blob)) }
     }
     case 'deactivate':
       await agents.get(cmd.did).com.atproto.server.deactivateAccount({})
