@@ -2,9 +2,11 @@
 # Runs the whole test suite: installs the pinned PDS test harness (npm), then
 # every Rust test in the release profile (the one profile this project builds),
 # and closes with one line summing all test binaries: "N passed, M failed".
+# The target directory is cargo's (./target unless CARGO_TARGET_DIR says
+# otherwise), the same one `cargo run --release` uses, so DuckDB's C++ is
+# compiled once for both; .ci/run points it at a cache outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lexview/target}"
 tests/harness/setup.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
