@@ -300,6 +300,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let search = start_search(&cfg, &catalog, &readers)?;
     let profiles = Arc::new(api::views::ProfileCache::default());
     let invalidate = profiles.clone();
+    // Loaded before the writer starts, so no committed gate or block is missed.
+    let gate_filter = Arc::new(
+        readers
+            .with_blocking(api::gates::GateFilter::load)
+            .context("loading the gate and block filter")?,
+    );
+    let gates_seen = gate_filter.clone();
     let (events, _) = tokio::sync::broadcast::channel(4096);
     let publish: api::graphql::Events = events.clone();
     let writer = tokio::spawn(writer::run(
@@ -312,6 +319,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let search = search.clone();
             move |batch| {
                 invalidate.invalidate(batch);
+                gates_seen.on_commit(batch);
                 search.on_commit(batch);
                 if let Some(h) = &handles {
                     h.on_commit(batch);
@@ -347,6 +355,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         events,
         search: Some(search.clone()),
         media: Arc::new(cfg.media.clone()),
+        gates: gate_filter,
         readers,
         catalog: shared_catalog,
         metrics: metrics.clone(),

@@ -28,6 +28,114 @@ use crate::index::event::did_of;
 const BLOCK: &str = "app.bsky.graph.block";
 const POST: &str = "app.bsky.feed.post";
 
+/// Which posts may have a thread or post gate, and which pairs of accounts
+/// may block one another: 64-bit hashes of the URIs of posts a gate record
+/// has named, and of the (unordered) DID pairs a block record has joined,
+/// since the store began (loaded at start, then fed by every committed batch). Entries are
+/// never removed, so a miss proves there is nothing to look up, and a hit
+/// (or a hash collision) only costs the lookup that would otherwise always
+/// run: most posts have no gate and most accounts no block, and each lookup
+/// is a store query.
+pub struct GateFilter {
+    gated: std::sync::RwLock<HashSet<u64, foldhash::fast::FixedState>>,
+    blocking: std::sync::RwLock<HashSet<u64, foldhash::fast::FixedState>>,
+}
+
+const THREADGATE: &str = "app.bsky.feed.threadgate";
+const POSTGATE: &str = "app.bsky.feed.postgate";
+
+/// The filter's hasher (fixed, so that a hash means the same all along).
+const SEED: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x6c65_7876_6965_7700);
+
+fn hash(s: &str) -> u64 {
+    use std::hash::BuildHasher;
+    SEED.hash_one(s)
+}
+
+/// The key of two accounts, whichever blocks the other.
+fn pair(a: &str, b: &str) -> u64 {
+    use std::hash::BuildHasher;
+    SEED.hash_one(if a <= b { (a, b) } else { (b, a) })
+}
+
+/// The post a gate record at `at://did/collection/rkey` governs (gates share
+/// their post's record key).
+fn gated_post(did: &str, rkey: &str) -> String {
+    format!("at://{did}/{POST}/{rkey}")
+}
+
+impl GateFilter {
+    /// Everything the store holds (two column scans).
+    pub fn load(conn: &duckdb::Connection) -> duckdb::Result<GateFilter> {
+        let mut gated = HashSet::default();
+        let mut stmt = conn.prepare(
+            "SELECT did, rkey FROM records WHERE collection IN ('app.bsky.feed.threadgate', 'app.bsky.feed.postgate')",
+        )?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (did, rkey) = row?;
+            gated.insert(hash(&gated_post(&did, &rkey)));
+        }
+        let mut blocking = HashSet::default();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT source_did, target FROM links WHERE source_collection = '{BLOCK}' AND path = '.subject'"
+        ))?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (a, b) = row?;
+            blocking.insert(pair(&a, &b));
+        }
+        Ok(GateFilter {
+            gated: std::sync::RwLock::new(gated),
+            blocking: std::sync::RwLock::new(blocking),
+        })
+    }
+
+    /// Notes the gates and blocks of a committed batch.
+    pub fn on_commit(&self, batch: &[crate::index::event::IndexEvent]) {
+        use crate::index::event::Change;
+        let (mut gated, mut blocking) = (Vec::new(), Vec::new());
+        for ev in batch {
+            for change in &ev.changes {
+                let Change::Put(w) = change else { continue };
+                match w.collection.as_str() {
+                    THREADGATE | POSTGATE => gated.push(hash(&gated_post(&w.did, &w.rkey))),
+                    BLOCK => {
+                        for l in w.links.iter().filter(|l| l.path == ".subject") {
+                            blocking.push(pair(&w.did, &l.target));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !gated.is_empty() {
+            self.gated.write().expect("gate filter lock").extend(gated);
+        }
+        if !blocking.is_empty() {
+            self.blocking
+                .write()
+                .expect("gate filter lock")
+                .extend(blocking);
+        }
+    }
+
+    /// Whether the post `uri` may have a thread or post gate.
+    pub fn may_be_gated(&self, uri: &str) -> bool {
+        self.gated
+            .read()
+            .expect("gate filter lock")
+            .contains(&hash(uri))
+    }
+
+    /// Whether `a` and `b` may block one another.
+    pub fn may_block(&self, a: &str, b: &str) -> bool {
+        self.blocking
+            .read()
+            .expect("gate filter lock")
+            .contains(&pair(a, b))
+    }
+}
+
 /// A row of `links`: `source_uri` (by `source_did`) points at `target`.
 pub(crate) struct LinkRow {
     pub target: String,
@@ -135,7 +243,8 @@ pub(crate) async fn post_blocks<'a>(
         let author = did_of(uri);
         let other = |target: Option<&str>| {
             let other = did_of(target?);
-            (other != author && !other.is_empty()).then(|| (author.to_string(), other.to_string()))
+            (other != author && !other.is_empty() && state.gates.may_block(author, other))
+                .then(|| (author.to_string(), other.to_string()))
         };
         let relations = [
             other(record.pointer("/reply/parent/uri").and_then(Value::as_str)),
@@ -197,7 +306,10 @@ pub(crate) async fn detached_quotes(
     };
     let gates: Vec<String> = quotes
         .iter()
-        .filter(|(_, quoted)| crate::index::event::collection_of(quoted) == Some(POST))
+        .filter(|(_, quoted)| {
+            crate::index::event::collection_of(quoted) == Some(POST)
+                && state.gates.may_be_gated(quoted)
+        })
         .map(|(_, quoted)| gate_uri(quoted))
         .collect();
     let records: HashMap<String, Value> = records_at(
@@ -294,7 +406,8 @@ pub(crate) async fn threadgates<'a>(
 ) -> Result<HashMap<String, Threadgate>, XrpcError> {
     let mut by_gate: HashMap<String, String> = HashMap::new();
     for root in roots {
-        if crate::index::event::collection_of(root) != Some(POST) {
+        if crate::index::event::collection_of(root) != Some(POST) || !state.gates.may_be_gated(root)
+        {
             continue;
         }
         let rkey = root.rsplit('/').next().unwrap_or_default();
@@ -437,4 +550,82 @@ pub(crate) async fn gated_posts<'a>(
     }
     let gates = threadgates(state, replies.iter().map(|(_, root)| root.as_str())).await?;
     gated_replies(state, &replies, &gates).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::event::{Change, IndexEvent, RecordWrite};
+    use crate::index::store::Store;
+
+    const CID: &str = "bafyreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
+
+    fn put(did: &str, collection: &str, rkey: &str, record: Value) -> IndexEvent {
+        let w = RecordWrite::new(
+            did.into(),
+            collection.into(),
+            rkey.into(),
+            CID.into(),
+            "3k".into(),
+            record,
+        );
+        IndexEvent {
+            source: "test".into(),
+            cursor: None,
+            time: None,
+            changes: vec![Change::Put(w)],
+        }
+    }
+
+    #[test]
+    fn the_filter_knows_every_gate_and_block_stored_or_committed() {
+        let (alice, bob, carol, dave) = (
+            "did:plc:alice",
+            "did:plc:bob",
+            "did:plc:carol",
+            "did:plc:dave",
+        );
+        let at = "2026-01-01T00:00:00.000Z";
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store
+            .apply(&[
+                put(
+                    alice,
+                    THREADGATE,
+                    "3kgate",
+                    json!({"post": format!("at://{alice}/{POST}/3kgate"), "createdAt": at}),
+                ),
+                put(
+                    bob,
+                    BLOCK,
+                    "3kblock",
+                    json!({"subject": carol, "createdAt": at}),
+                ),
+            ])
+            .unwrap();
+        let filter = store.readers().with_blocking(GateFilter::load).unwrap();
+        assert!(filter.may_be_gated(&format!("at://{alice}/{POST}/3kgate")));
+        assert!(!filter.may_be_gated(&format!("at://{alice}/{POST}/3kother")));
+        assert!(filter.may_block(bob, carol) && filter.may_block(carol, bob));
+        assert!(!filter.may_block(bob, alice) && !filter.may_block(carol, dave));
+        // Committed after the load.
+        filter.on_commit(&[
+            put(
+                dave,
+                POSTGATE,
+                "3kpost",
+                json!({"post": format!("at://{dave}/{POST}/3kpost"), "createdAt": at}),
+            ),
+            put(
+                alice,
+                BLOCK,
+                "3kb2",
+                json!({"subject": dave, "createdAt": at}),
+            ),
+        ]);
+        assert!(filter.may_be_gated(&format!("at://{dave}/{POST}/3kpost")));
+        assert!(filter.may_block(dave, alice));
+        assert!(!filter.may_block(dave, bob));
+    }
 }

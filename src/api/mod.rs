@@ -46,6 +46,9 @@ pub struct AppState {
     pub search: Option<Arc<crate::search::Search>>,
     /// Where embed views point for images and videos.
     pub media: Arc<embeds::MediaUrls>,
+    /// Which posts may have gates and which accounts may block: lookups
+    /// run only on a hit.
+    pub gates: Arc<gates::GateFilter>,
 }
 
 impl AppState {
