@@ -354,6 +354,39 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         ]
     );
 
+    // Forward joins at any depth: the liked reply's parent and the
+    // parent's parent, each level one batched lookup.
+    let reads_before = server.counter("store_reads_total");
+    let gql = server.graphql(
+        r#"{ appBskyFeedLike { nodes { subject { target { ... on AppBskyFeedPost { text
+             reply { parent { target { ... on AppBskyFeedPost { text
+               reply { parent { target { ... on AppBskyFeedPost { text } } } }
+             } } } } } } } } } }"#,
+    );
+    assert!(gql.get("errors").is_none(), "{gql}");
+    let chain = gql["data"]["appBskyFeedLike"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["subject"]["target"])
+        .find(|t| t["text"] == "hi both")
+        .expect("alice's like of carol's reply");
+    assert_eq!(
+        chain["reply"]["parent"]["target"]["text"], "hi alice",
+        "{gql}"
+    );
+    assert_eq!(
+        chain["reply"]["parent"]["target"]["reply"]["parent"]["target"]["text"], "Hello from alice",
+        "{gql}"
+    );
+    // The page and its first level (a few queries), then one batch per
+    // further level, however many likes there are.
+    let join_reads = server.counter("store_reads_total") - reads_before;
+    assert!(
+        join_reads <= 6,
+        "{join_reads} store reads for a three-level join"
+    );
+
     // where, sortBy, order and cursor pages.
     let gql = server.graphql(
         r#"{ a: appBskyFeedPost(where: {text: {contains: "rust"}}, sortBy: text, order: ASC) { totalCount nodes { text } }

@@ -1160,11 +1160,13 @@ pub fn build_schema(
     }
     let counts = DataLoader::new(ActorCounts(readers.clone()), tokio::spawn);
     let connections = DataLoader::new(Connections(readers.clone()), tokio::spawn);
+    let targets = DataLoader::new(TargetRows(readers.clone()), tokio::spawn);
     builder
         .register(query)
         .data(readers)
         .data(counts)
         .data(connections)
+        .data(targets)
         .finish()
 }
 
@@ -1983,6 +1985,40 @@ fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
         counts: Arc::default(),
         targets: Arc::default(),
     })
+}
+
+/// Records by URI for forward joins past the first level: a page
+/// prefetches the records its rows link to ([`attach_targets`]); a target
+/// that is not among them (a record that a joined record links to, or one
+/// not indexed) is loaded here, batched with every other target asked for
+/// at the same depth, and comes with its counts and its own targets, so
+/// each further level costs one batch.
+pub(crate) struct TargetRows(Arc<ReadPool>);
+
+impl async_graphql::dataloader::Loader<String> for TargetRows {
+    type Value = RecordRow;
+    type Error = Arc<String>;
+
+    async fn load(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, RecordRow>, Self::Error> {
+        // AT-URIs contain no spaces.
+        let list = keys.join(" ");
+        self.0
+            .with(move |c| {
+                let mut stmt =
+                    c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
+                let mut rows = stmt
+                    .query_map(params![list], read_row)?
+                    .collect::<duckdb::Result<Vec<_>>>()?;
+                attach_counts(c, &mut rows)?;
+                attach_targets(c, &mut rows)?;
+                Ok(rows.into_iter().map(|r| (r.uri.clone(), r)).collect())
+            })
+            .await
+            .map_err(|e| Arc::new(e.to_string()))
+    }
 }
 
 /// Loads the records that `rows` link to (with their counts) in two queries

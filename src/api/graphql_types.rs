@@ -219,26 +219,34 @@ impl<'a> Nested<'a> {
                     let records = records.clone();
                     FieldFuture::new(async move {
                         let n = ctx.parent_value.try_downcast_ref::<Node>()?;
-                        let Some(row) = n
-                            .value
-                            .get("uri")
-                            .and_then(Value::as_str)
-                            .and_then(|u| n.targets.get(u))
-                        else {
+                        let Some(uri) = n.value.get("uri").and_then(Value::as_str) else {
                             return Ok(None);
+                        };
+                        // The page's prefetched targets first; deeper
+                        // levels (and targets not indexed) through the
+                        // batched loader.
+                        let row = match n.targets.get(uri) {
+                            Some(row) => row.clone(),
+                            None => {
+                                let loader = ctx.data::<async_graphql::dataloader::DataLoader<
+                                    super::graphql::TargetRows,
+                                >>()?;
+                                match loader.load_one(uri.to_string()).await? {
+                                    Some(row) => row,
+                                    None => return Ok(None),
+                                }
+                            }
                         };
                         let collection = row.uri.split('/').nth(3).unwrap_or_default();
                         if !records.contains(collection) {
                             return Ok(None);
                         }
-                        Ok(Some(
-                            FieldValue::owned_any(row.clone())
-                                .with_type(super::graphql::type_name(collection)),
-                        ))
+                        let type_name = super::graphql::type_name(collection);
+                        Ok(Some(FieldValue::owned_any(row).with_type(type_name)))
                     })
                 })
                 .description(
-                    "The record `uri` points at, when it is indexed here (one level per page).",
+                    "The record `uri` points at, when it is indexed here (any depth: one batched lookup per level).",
                 ),
             );
         }
