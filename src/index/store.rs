@@ -580,28 +580,48 @@ impl Store {
                 else {
                     continue;
                 };
+                // Only what the snapshot lacks is kept in memory: the rows
+                // are checked as they stream by (a repository of millions
+                // of records held as a set of keys cost ~150 bytes each).
+                let lacks = |collection: &str, rkey: &str| {
+                    !keep.contains(&format!("at://{did}/{collection}/{rkey}"))
+                };
+                let mut deletes: indexmap::IndexSet<(String, String)> = Default::default();
                 let mut stmt = self
                     .conn
                     .prepare_cached("SELECT collection, rkey FROM records WHERE did = ?")?;
-                let mut held: indexmap::IndexSet<(String, String)> = stmt
-                    .query_map(params![did], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<duckdb::Result<_>>()?;
+                let mut rows = stmt.query(params![did])?;
+                while let Some(row) = rows.next()? {
+                    let text = |i| {
+                        row.get_ref(i)?.as_str().map_err(|e| {
+                            duckdb::Error::FromSqlConversionFailure(
+                                i,
+                                duckdb::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })
+                    };
+                    let (collection, rkey) = (text(0)?, text(1)?);
+                    if lacks(collection, rkey) {
+                        deletes.insert((collection.to_string(), rkey.to_string()));
+                    }
+                }
+                // Records the batch wrote before the snapshot, not in the
+                // store yet.
                 let earlier = events[..i]
                     .iter()
                     .flat_map(|e| e.changes.iter())
                     .chain(ev.changes[..j].iter());
                 for c in earlier {
                     if let Change::Put(w) = c {
-                        if w.did == *did {
-                            held.insert((w.collection.clone(), w.rkey.clone()));
+                        if w.did == *did && lacks(&w.collection, &w.rkey) {
+                            deletes.insert((w.collection.clone(), w.rkey.clone()));
                         }
                     }
                 }
                 out.push(
-                    held.into_iter()
-                        .filter(|(collection, rkey)| {
-                            !keep.contains(&format!("at://{did}/{collection}/{rkey}"))
-                        })
+                    deletes
+                        .into_iter()
                         .map(|(collection, rkey)| Change::Delete {
                             did: did.clone(),
                             collection,
