@@ -140,6 +140,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             generate_repo(&path, args.repo)?;
         }
         let car_len = std::fs::metadata(&path)?.len();
+        // As `lexview backfill` runs.
+        crate::backfill::purge_memory_promptly();
         let store_dir = args.dir.join("store-repo");
         let _ = std::fs::remove_dir_all(&store_dir);
         let mut store = Store::open(&store_dir)?;
