@@ -278,25 +278,29 @@ mod tests {
     const DID: &str = "did:plc:abc";
     const CID: &str = "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
 
+    /// The view of `embed` by `DID` at `depth`, with nothing between it
+    /// and what it quotes.
+    fn show(embed: &Value, quoted: &HashMap<String, Value>, depth: u8) -> Option<Value> {
+        embed_view(
+            &MediaUrls::default(),
+            DID,
+            embed,
+            quoted,
+            depth,
+            QuoteState::default(),
+        )
+    }
+
     fn blob() -> Value {
         json!({"$type": "blob", "ref": {"$link": CID}, "mimeType": "image/png", "size": 10})
     }
 
     #[test]
     fn images_and_cards_point_at_the_cdn() {
-        let media = MediaUrls::default();
         let embed = json!({"$type": "app.bsky.embed.images", "images": [
             {"image": blob(), "alt": "a cat", "aspectRatio": {"width": 3, "height": 2}},
             {"image": {"cid": CID, "mimeType": "image/jpeg"}, "alt": ""}]});
-        let view = embed_view(
-            &media,
-            DID,
-            &embed,
-            &HashMap::new(),
-            1,
-            QuoteState::default(),
-        )
-        .unwrap();
+        let view = show(&embed, &HashMap::new(), 1).unwrap();
         assert_eq!(
             view,
             json!({"$type": "app.bsky.embed.images#view", "images": [
@@ -310,15 +314,7 @@ mod tests {
         let card = json!({"$type": "app.bsky.embed.external",
             "external": {"uri": "https://example.com", "title": "t", "description": "d"}});
         assert_eq!(
-            embed_view(
-                &media,
-                DID,
-                &card,
-                &HashMap::new(),
-                1,
-                QuoteState::default()
-            )
-            .unwrap(),
+            show(&card, &HashMap::new(), 1).unwrap(),
             json!({"$type": "app.bsky.embed.external#view",
                    "external": {"uri": "https://example.com", "title": "t", "description": "d"}})
         );
@@ -327,15 +323,7 @@ mod tests {
     #[test]
     fn video_urls_take_the_did_and_cid_percent_encoded() {
         let embed = json!({"$type": "app.bsky.embed.video", "video": blob(), "alt": "clip"});
-        let view = embed_view(
-            &MediaUrls::default(),
-            DID,
-            &embed,
-            &HashMap::new(),
-            1,
-            QuoteState::default(),
-        )
-        .unwrap();
+        let view = show(&embed, &HashMap::new(), 1).unwrap();
         assert_eq!(
             view["playlist"],
             format!("https://video.bsky.app/watch/did%3Aplc%3Aabc/{CID}/playlist.m3u8")
@@ -354,41 +342,17 @@ mod tests {
         let quoted = HashMap::from([(quoted_uri.clone(), post)]);
         let embed =
             json!({"$type": "app.bsky.embed.record", "record": {"uri": quoted_uri, "cid": CID}});
-        let view = embed_view(
-            &MediaUrls::default(),
-            DID,
-            &embed,
-            &quoted,
-            1,
-            QuoteState::default(),
-        )
-        .unwrap();
+        let view = show(&embed, &quoted, 1).unwrap();
         assert_eq!(view["record"]["$type"], "app.bsky.embed.record#viewRecord");
         assert_eq!(view["record"]["value"], json!({"text": "q"}));
         assert_eq!(view["record"]["embeds"], json!([]));
         // Two levels down, no `embeds`.
-        let deep = embed_view(
-            &MediaUrls::default(),
-            DID,
-            &embed,
-            &quoted,
-            2,
-            QuoteState::default(),
-        )
-        .unwrap();
+        let deep = show(&embed, &quoted, 2).unwrap();
         assert!(deep["record"].get("embeds").is_none());
         let gone = json!({"$type": "app.bsky.embed.record",
             "record": {"uri": format!("at://{DID}/app.bsky.feed.post/gone"), "cid": CID}});
         assert_eq!(
-            embed_view(
-                &MediaUrls::default(),
-                DID,
-                &gone,
-                &quoted,
-                1,
-                QuoteState::default()
-            )
-            .unwrap()["record"],
+            show(&gone, &quoted, 1).unwrap()["record"],
             json!({"$type": "app.bsky.embed.record#viewNotFound",
                    "uri": format!("at://{DID}/app.bsky.feed.post/gone"), "notFound": true})
         );
@@ -435,28 +399,17 @@ mod tests {
             "record": {"record": {"uri": uri, "cid": CID}},
             "media": {"$type": "app.bsky.embed.images", "images": []}})
         };
-        let shown = embed_view(
-            &MediaUrls::default(),
-            DID,
-            &with_media(&quoted_uri),
-            &quoted,
-            1,
-            QuoteState::default(),
-        )
-        .unwrap();
+        let shown = show(&with_media(&quoted_uri), &quoted, 1).unwrap();
         assert!(shown["record"].get("$type").is_none());
         assert_eq!(
             shown["record"]["record"]["$type"],
             "app.bsky.embed.record#viewRecord"
         );
         assert_eq!(shown["media"]["$type"], "app.bsky.embed.images#view");
-        let missing = embed_view(
-            &MediaUrls::default(),
-            DID,
+        let missing = show(
             &with_media("at://did:plc:x/app.bsky.feed.post/y"),
             &quoted,
             1,
-            QuoteState::default(),
         )
         .unwrap();
         assert_eq!(missing["record"]["$type"], "app.bsky.embed.record#view");
@@ -467,14 +420,6 @@ mod tests {
         // recordWithMedia without media the AppView shows: no embed.
         let odd = json!({"$type": "app.bsky.embed.recordWithMedia", "record": {"record": {"uri": quoted_uri}},
             "media": {"$type": "com.example.sticker"}});
-        assert!(embed_view(
-            &MediaUrls::default(),
-            DID,
-            &odd,
-            &quoted,
-            1,
-            QuoteState::default()
-        )
-        .is_none());
+        assert!(show(&odd, &quoted, 1).is_none());
     }
 }
