@@ -296,10 +296,17 @@ pub async fn get_post_thread(
         .remove(&uri)
         .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
 
-    // Replies, level by level, down to `depth`.
+    // Replies, level by level, down to `depth`; only posts whose (exact)
+    // reply count says they have replies are looked up, which saves the
+    // query of the last, empty level.
+    let has_replies = |view: &Value| view["replyCount"].as_i64().unwrap_or(0) > 0;
     let mut children: HashMap<String, Vec<String>> = HashMap::new();
     let mut views: HashMap<String, Value> = HashMap::new();
-    let mut level = vec![uri.clone()];
+    let mut level: Vec<String> = if has_replies(&anchor) {
+        vec![uri.clone()]
+    } else {
+        Vec::new()
+    };
     for _ in 0..depth {
         if level.is_empty() {
             break;
@@ -323,8 +330,12 @@ pub async fn get_post_thread(
         for (parent, child) in rows {
             children.entry(parent).or_default().push(child);
         }
-        views.extend(post_views(state, &next).await?);
-        level = next;
+        let next_views = post_views(state, &next).await?;
+        level = next
+            .into_iter()
+            .filter(|u| next_views.get(u).is_some_and(has_replies))
+            .collect();
+        views.extend(next_views);
     }
     // Replies whose author and their parent's author block each other are
     // left out (with what hangs below them).
