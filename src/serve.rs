@@ -301,10 +301,18 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let profiles = Arc::new(api::views::ProfileCache::default());
     let invalidate = profiles.clone();
     // Loaded before the writer starts, so no committed gate or block is missed.
+    let started = std::time::Instant::now();
     let gate_filter = Arc::new(
         readers
             .with_blocking(api::gates::GateFilter::load)
             .context("loading the gate and block filter")?,
+    );
+    let (gated, blocking) = gate_filter.sizes();
+    tracing::info!(
+        gated_posts = gated,
+        blocking_pairs = blocking,
+        ms = started.elapsed().as_millis() as u64,
+        "gate and block filter loaded"
     );
     let gates_seen = gate_filter.clone();
     let (events, _) = tokio::sync::broadcast::channel(4096);

@@ -119,6 +119,14 @@ impl GateFilter {
         }
     }
 
+    /// How many gated posts and blocking pairs it holds.
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.gated.read().expect("gate filter lock").len(),
+            self.blocking.read().expect("gate filter lock").len(),
+        )
+    }
+
     /// Whether the post `uri` may have a thread or post gate.
     pub fn may_be_gated(&self, uri: &str) -> bool {
         self.gated
