@@ -771,19 +771,18 @@ impl Verifier {
                 });
             }
         }
-        // Kept until the next round: an identical frame (a replay) may use
-        // the result too.
+        let key = self.resolver.signing_key(repo)?;
+        // A pre-checked result (kept for this round and the next), only if
+        // it was checked with the DID's current key: an `#identity` handled
+        // while the round was being checked may have replaced it.
         let pre = self
             .prechecked
             .lock()
             .expect("precheck lock")
             .get(frame)
-            .filter(|p| p.commit.did == repo && p.commit.rev == rev)
-            .map(|p| (p.key.clone(), p.commit.clone()));
-        let key = self.resolver.signing_key(repo)?;
-        // Only with the DID's current key: an `#identity` handled while the
-        // round was being checked may have replaced it.
-        if let Some((_, commit)) = pre.filter(|(k, _)| *k == key) {
+            .filter(|p| p.commit.did == repo && p.commit.rev == rev && p.key == key)
+            .map(|p| p.commit.clone());
+        if let Some(commit) = pre {
             return Ok(commit);
         }
         let verified = match verify_commit(block, repo, rev, &key) {

@@ -88,16 +88,20 @@ fn kind(embed: &Value) -> Option<&str> {
     embed.get("$type").and_then(Value::as_str)
 }
 
-/// The URI of the post an embed quotes (`app.bsky.embed.record`, or the
-/// record half of `recordWithMedia`), when it quotes a post.
-pub(crate) fn quoted_post(embed: &Value) -> Option<&str> {
-    let uri = match kind(embed)? {
+/// The URI of the record an embed quotes (`app.bsky.embed.record`, or the
+/// record half of `recordWithMedia`), of any collection.
+pub(crate) fn embedded_record(embed: &Value) -> Option<&str> {
+    match kind(embed)? {
         "app.bsky.embed.record" => embed.pointer("/record/uri"),
         "app.bsky.embed.recordWithMedia" => embed.pointer("/record/record/uri"),
         _ => None,
     }?
-    .as_str()?;
-    (crate::index::event::collection_of(uri) == Some(POST)).then_some(uri)
+    .as_str()
+}
+
+/// [`embedded_record`], when it is a post.
+pub(crate) fn quoted_post(embed: &Value) -> Option<&str> {
+    embedded_record(embed).filter(|uri| crate::index::event::collection_of(uri) == Some(POST))
 }
 
 /// Copies the keys of `from` that are present into `to`.
@@ -244,18 +248,25 @@ pub(crate) fn embed_view(
     depth: u8,
     gate: QuoteState,
 ) -> Option<Value> {
-    let record = |uri: &Value| record_view(uri.as_str().unwrap_or_default(), quoted, depth, gate);
+    let record = || {
+        record_view(
+            embedded_record(embed).unwrap_or_default(),
+            quoted,
+            depth,
+            gate,
+        )
+    };
     match kind(embed)? {
         "app.bsky.embed.record" => Some(json!({
             "$type": "app.bsky.embed.record#view",
-            "record": record(&embed["record"]["uri"]).unwrap_or_else(|v| v),
+            "record": record().unwrap_or_else(|v| v),
         })),
         "app.bsky.embed.recordWithMedia" => {
             let media = media_view(media, did, &embed["media"])?;
             // As the AppView has it: the record half of a recordWithMedia
             // view carries the record view's `$type` only when the quoted
             // record is not shown.
-            let record = match record(&embed["record"]["record"]["uri"]) {
+            let record = match record() {
                 Ok(view) => json!({"record": view}),
                 Err(placeholder) => {
                     json!({"$type": "app.bsky.embed.record#view", "record": placeholder})

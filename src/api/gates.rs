@@ -59,22 +59,23 @@ fn pair(a: &str, b: &str) -> u64 {
     SEED.hash_one(if a <= b { (a, b) } else { (b, a) })
 }
 
-/// The post a gate record at `at://did/collection/rkey` governs (gates share
-/// their post's record key).
-fn gated_post(did: &str, rkey: &str) -> String {
-    format!("at://{did}/{POST}/{rkey}")
+/// The URI of the record of `collection` (a gate, or the post itself) that
+/// shares the post `post`'s DID and record key: gates name their post by
+/// record key.
+fn sibling(post: &str, collection: &str) -> String {
+    let rkey = post.rsplit('/').next().unwrap_or_default();
+    format!("at://{}/{collection}/{rkey}", did_of(post))
 }
 
 impl GateFilter {
     /// Everything the store holds (two column scans).
     pub fn load(conn: &duckdb::Connection) -> duckdb::Result<GateFilter> {
         let mut gated = HashSet::default();
-        let mut stmt = conn.prepare(
-            "SELECT did, rkey FROM records WHERE collection IN ('app.bsky.feed.threadgate', 'app.bsky.feed.postgate')",
-        )?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-            let (did, rkey) = row?;
-            gated.insert(hash(&gated_post(&did, &rkey)));
+        let mut stmt = conn.prepare(&format!(
+            "SELECT uri FROM records WHERE collection IN ('{THREADGATE}', '{POSTGATE}')"
+        ))?;
+        for uri in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            gated.insert(hash(&sibling(&uri?, POST)));
         }
         let mut blocking = HashSet::default();
         let mut stmt = conn.prepare(&format!(
@@ -98,7 +99,7 @@ impl GateFilter {
             for change in &ev.changes {
                 let Change::Put(w) = change else { continue };
                 match w.collection.as_str() {
-                    THREADGATE | POSTGATE => gated.push(hash(&gated_post(&w.did, &w.rkey))),
+                    THREADGATE | POSTGATE => gated.push(hash(&sibling(&w.uri, POST))),
                     BLOCK => {
                         for l in w.links.iter().filter(|l| l.path == ".subject") {
                             blocking.push(pair(&w.did, &l.target));
@@ -224,17 +225,6 @@ pub(crate) struct PostBlocks {
     pub embed: bool,
 }
 
-/// The URI of the record an embed quotes (`app.bsky.embed.record`, or the
-/// record half of `recordWithMedia`), of any collection.
-pub(crate) fn embedded_record(embed: &Value) -> Option<&str> {
-    match embed.get("$type")?.as_str()? {
-        "app.bsky.embed.record" => embed.pointer("/record/uri"),
-        "app.bsky.embed.recordWithMedia" => embed.pointer("/record/record/uri"),
-        _ => None,
-    }?
-    .as_str()
-}
-
 /// For each post (URI, record), whether its author and the authors of its
 /// reply parent, reply root and embedded record block each other. One query
 /// for all of them; none when no post has another author to check.
@@ -257,7 +247,7 @@ pub(crate) async fn post_blocks<'a>(
         let relations = [
             other(record.pointer("/reply/parent/uri").and_then(Value::as_str)),
             other(record.pointer("/reply/root/uri").and_then(Value::as_str)),
-            other(record.get("embed").and_then(embedded_record)),
+            other(record.get("embed").and_then(super::embeds::embedded_record)),
         ];
         for (a, b) in relations.iter().flatten() {
             dids.insert(a.clone());
@@ -308,10 +298,7 @@ pub(crate) async fn detached_quotes(
     state: &AppState,
     quotes: &[(String, String)],
 ) -> Result<HashMap<String, Detached>, XrpcError> {
-    let gate_uri = |quoted: &str| {
-        let rkey = quoted.rsplit('/').next().unwrap_or_default();
-        format!("at://{}/app.bsky.feed.postgate/{rkey}", did_of(quoted))
-    };
+    let gate_uri = |quoted: &str| sibling(quoted, POSTGATE);
     let gates: Vec<String> = quotes
         .iter()
         .filter(|(_, quoted)| {
@@ -320,15 +307,12 @@ pub(crate) async fn detached_quotes(
         })
         .map(|(_, quoted)| gate_uri(quoted))
         .collect();
-    let records: HashMap<String, Value> = records_at(
-        state,
-        gates.iter().map(String::as_str),
-        "app.bsky.feed.postgate",
-    )
-    .await?
-    .into_iter()
-    .map(|(uri, _, record)| (uri, record))
-    .collect();
+    let records: HashMap<String, Value> =
+        records_at(state, gates.iter().map(String::as_str), POSTGATE)
+            .await?
+            .into_iter()
+            .map(|(uri, _, record)| (uri, record))
+            .collect();
     let mut detached = HashMap::new();
     for (quoting, quoted) in quotes {
         let Some(gate) = records.get(&gate_uri(quoted)) else {
@@ -418,18 +402,9 @@ pub(crate) async fn threadgates<'a>(
         {
             continue;
         }
-        let rkey = root.rsplit('/').next().unwrap_or_default();
-        by_gate.insert(
-            format!("at://{}/app.bsky.feed.threadgate/{rkey}", did_of(root)),
-            root.to_string(),
-        );
+        by_gate.insert(sibling(root, THREADGATE), root.to_string());
     }
-    let rows = records_at(
-        state,
-        by_gate.keys().map(String::as_str),
-        "app.bsky.feed.threadgate",
-    )
-    .await?;
+    let rows = records_at(state, by_gate.keys().map(String::as_str), THREADGATE).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(uri, cid, record)| {
@@ -542,20 +517,25 @@ pub(crate) async fn gated_replies(
     Ok(gated)
 }
 
+/// The replies among `posts` (URI, record), with their threads' roots, as
+/// [`gated_replies`] takes them.
+pub(crate) fn reply_roots<'a>(
+    posts: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) -> Vec<(String, String)> {
+    posts
+        .into_iter()
+        .filter(|(_, record)| record.get("reply").is_some())
+        .map(|(uri, record)| (uri.to_string(), root_of(uri, record).to_string()))
+        .collect()
+}
+
 /// The posts among `posts` (URI, record) that are replies their thread's
 /// gate does not allow.
 pub(crate) async fn gated_posts<'a>(
     state: &AppState,
     posts: impl IntoIterator<Item = (&'a str, &'a Value)>,
 ) -> Result<HashSet<String>, XrpcError> {
-    let replies: Vec<(String, String)> = posts
-        .into_iter()
-        .filter(|(_, record)| record.get("reply").is_some())
-        .map(|(uri, record)| (uri.to_string(), root_of(uri, record).to_string()))
-        .collect();
-    if replies.is_empty() {
-        return Ok(HashSet::new());
-    }
+    let replies = reply_roots(posts);
     let gates = threadgates(state, replies.iter().map(|(_, root)| root.as_str())).await?;
     gated_replies(state, &replies, &gates).await
 }

@@ -2003,15 +2003,10 @@ impl async_graphql::dataloader::Loader<String> for TargetRows {
         &self,
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, RecordRow>, Self::Error> {
-        // AT-URIs contain no spaces.
-        let list = keys.join(" ");
+        let keys = keys.to_vec();
         self.0
             .with(move |c| {
-                let mut stmt =
-                    c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
-                let mut rows = stmt
-                    .query_map(params![list], read_row)?
-                    .collect::<duckdb::Result<Vec<_>>>()?;
+                let mut rows = records_by_uri(c, keys.iter().map(String::as_str))?;
                 attach_counts(c, &mut rows)?;
                 attach_targets(c, &mut rows)?;
                 Ok(rows.into_iter().map(|r| (r.uri.clone(), r)).collect())
@@ -2041,11 +2036,7 @@ fn attach_targets(c: &duckdb::Connection, rows: &mut [RecordRow]) -> duckdb::Res
     }
     targets.sort_unstable();
     targets.dedup();
-    let list = targets.join(" ");
-    let mut stmt = c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
-    let mut found = stmt
-        .query_map(params![list], read_row)?
-        .collect::<duckdb::Result<Vec<_>>>()?;
+    let mut found = records_by_uri(c, targets.iter().map(String::as_str))?;
     attach_counts(c, &mut found)?;
     let targets: Arc<super::graphql_types::Targets> =
         Arc::new(found.into_iter().map(|r| (r.uri.clone(), r)).collect());

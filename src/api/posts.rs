@@ -7,10 +7,11 @@
 //! (app.bsky.embed.record) or `.embed.record.record.uri`
 //! (app.bsky.embed.recordWithMedia) points at the post.
 //!
-//! Embeds are shown as the AppView shows them (`embeds.rs`).
+//! Embeds are shown as the AppView shows them (`embeds.rs`), and so are
+//! blocks, post gates and thread gates (`gates.rs`).
 //!
-//! Not yet: viewer state, threadgates, labels (always `[]`), reply ranking
-//! (replies come oldest first), pins.
+//! Not yet: viewer state, labels (always `[]`), reply ranking (replies come
+//! oldest first), pins.
 
 use std::collections::HashMap;
 
@@ -104,54 +105,61 @@ async fn post_views_at(
             .map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))?;
         parsed.push((uri, cid, did, record, indexed_at, counts));
     }
-    // The posts that these posts' embeds quote, one level deeper.
+    // Derived once per post: the record its embed quotes (when embeds are
+    // shown at this depth) and the root of its thread.
     let show_embeds = depth < 2;
-    let quoted = if show_embeds {
-        let wanted: Vec<String> = parsed
-            .iter()
-            .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
-            .map(str::to_string)
-            .collect();
-        Box::pin(post_views_at(state, &wanted, depth + 1)).await?
-    } else {
-        HashMap::new()
-    };
-    // Blocks and post gates between the quoting posts and what they quote.
-    let quoting: Vec<(&str, &Value)> = parsed
+    let embedded: Vec<Option<&str>> = parsed
         .iter()
-        .filter(|p| show_embeds && p.3.get("embed").and_then(gates::embedded_record).is_some())
-        .map(|p| (p.0.as_str(), &p.3))
+        .map(|p| {
+            p.3.get("embed")
+                .filter(|_| show_embeds)
+                .and_then(super::embeds::embedded_record)
+        })
+        .collect();
+    let roots: HashMap<&str, &str> = parsed
+        .iter()
+        .map(|p| (p.0.as_str(), gates::root_of(&p.0, &p.3)))
+        .collect();
+    // The posts that these posts' embeds quote, one level deeper.
+    let wanted: Vec<String> = parsed
+        .iter()
+        .filter(|_| show_embeds)
+        .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
+        .map(str::to_string)
+        .collect();
+    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1)).await?;
+    // Blocks and post gates between the quoting posts and what they quote.
+    let quoting: Vec<(&Value, &str, &str)> = parsed
+        .iter()
+        .zip(&embedded)
+        .filter_map(|(p, e)| Some((&p.3, p.0.as_str(), (*e)?)))
         .collect();
     let (blocks, detached) = if quoting.is_empty() {
         Default::default()
     } else {
         let pairs: Vec<(String, String)> = quoting
             .iter()
-            .filter_map(|(uri, record)| {
-                let quoted = gates::embedded_record(record.get("embed")?)?;
-                Some((uri.to_string(), quoted.to_string()))
-            })
+            .map(|(_, uri, quoted)| (uri.to_string(), quoted.to_string()))
             .collect();
         (
-            gates::post_blocks(state, quoting.iter().copied()).await?,
+            gates::post_blocks(
+                state,
+                quoting.iter().map(|(record, uri, _)| (*uri, *record)),
+            )
+            .await?,
             gates::detached_quotes(state, &pairs).await?,
         )
     };
     // Thread gates: shown on root posts; replies a gate does not allow are
     // not counted (as the AppView counts them).
-    let threadgates =
-        gates::threadgates(state, parsed.iter().map(|p| gates::root_of(&p.0, &p.3))).await?;
+    let threadgates = gates::threadgates(state, roots.values().copied()).await?;
     let limited: Vec<&str> = parsed
         .iter()
-        .filter(|p| p.5[0] > 0 && threadgates.contains_key(gates::root_of(&p.0, &p.3)))
+        .filter(|p| p.5[0] > 0 && threadgates.contains_key(roots[p.0.as_str()]))
         .map(|p| p.0.as_str())
         .collect();
     let mut gated_counts: HashMap<String, i64> = HashMap::new();
     if !limited.is_empty() {
-        let roots: HashMap<&str, &str> = parsed
-            .iter()
-            .map(|p| (p.0.as_str(), gates::root_of(&p.0, &p.3)))
-            .collect();
         let direct = gates::links_to(state, limited, POST, ".reply.parent.uri").await?;
         let pairs: Vec<(String, String)> = direct
             .iter()
@@ -342,21 +350,19 @@ pub async fn get_post_thread(
     let blocks =
         gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
     // Replies their thread's gate does not allow are left out; an anchor
-    // that is one is shown alone.
-    let gated = gates::gated_posts(
-        state,
+    // that is one is shown alone. The thread root's gate, shown beside the
+    // thread, comes from the same lookup.
+    let replies = gates::reply_roots(
         views
             .iter()
             .map(|(u, v)| (u.as_str(), &v["record"]))
             .chain([(uri.as_str(), &anchor["record"])]),
-    )
-    .await?;
-    // The thread root's gate, shown beside the thread.
-    let root = gates::root_of(&uri, &anchor["record"]).to_string();
-    let threadgate = gates::threadgates(state, [root.as_str()])
-        .await?
-        .remove(&root)
-        .map(|g| g.view());
+    );
+    let root = gates::root_of(&uri, &anchor["record"]);
+    let threadgates =
+        gates::threadgates(state, replies.iter().map(|(_, r)| r.as_str()).chain([root])).await?;
+    let gated = gates::gated_replies(state, &replies, &threadgates).await?;
+    let threadgate = threadgates.get(root).map(gates::Threadgate::view);
     let answer = |thread: Value| match &threadgate {
         Some(gate) => json!({ "thread": thread, "threadgate": gate }),
         None => json!({ "thread": thread }),

@@ -592,18 +592,9 @@ impl Store {
                     .prepare_cached("SELECT collection, rkey FROM records WHERE did = ?")?;
                 let mut rows = stmt.query(params![did])?;
                 while let Some(row) = rows.next()? {
-                    let text = |i| {
-                        row.get_ref(i)?.as_str().map_err(|e| {
-                            duckdb::Error::FromSqlConversionFailure(
-                                i,
-                                duckdb::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })
-                    };
-                    let (collection, rkey) = (text(0)?, text(1)?);
-                    if lacks(collection, rkey) {
-                        deletes.insert((collection.to_string(), rkey.to_string()));
+                    let (collection, rkey): (String, String) = (row.get(0)?, row.get(1)?);
+                    if lacks(&collection, &rkey) {
+                        deletes.insert((collection, rkey));
                     }
                 }
                 // Records the batch wrote before the snapshot, not in the
