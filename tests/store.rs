@@ -404,3 +404,39 @@ fn lookups_use_the_indexes() {
         );
     }
 }
+
+#[test]
+fn a_new_store_uses_the_newer_storage_format_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage_version = || {
+        let conn = lexview::index::store::open_read_only(dir.path()).unwrap();
+        conn.query_row(
+            "SELECT tags['storage_version'] FROM duckdb_databases() WHERE database_name = current_database()",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap()
+    };
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        store
+            .apply(&[event(
+                1,
+                vec![like(
+                    "did:plc:a",
+                    "3k1",
+                    "at://did:plc:b/app.bsky.feed.post/p",
+                )],
+            )])
+            .unwrap();
+        store.checkpoint().unwrap();
+    }
+    // Not DuckDB's default (v1.0.0), whose checkpoints rewrite whole indexes.
+    assert_eq!(
+        storage_version(),
+        format!("{}+", lexview::index::store::STORAGE_VERSION)
+    );
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(records(&store), 1);
+    assert_eq!(count(&store, "at://did:plc:b/app.bsky.feed.post/p"), 1);
+}
