@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub repo: usize,
     /// Writer batch size in events.
-    #[arg(long, default_value_t = 130_000)]
+    #[arg(long, default_value_t = 150_000)]
     pub batch: usize,
     /// DuckDB's memory limit for the store, e.g. 128MB (default: DuckDB's).
     #[arg(long)]

@@ -160,7 +160,7 @@ struct ServeArgs {
     #[arg(long, env = "LEXVIEW_HANDLE_RESOLVER")]
     handle_resolver: Option<String>,
     /// Writer batch: commit after this many events...
-    #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 130_000)]
+    #[arg(long, env = "LEXVIEW_BATCH_EVENTS", default_value_t = 150_000)]
     batch_events: usize,
     /// ...or after this many milliseconds.
     #[arg(long, env = "LEXVIEW_BATCH_MS", default_value_t = 200)]
