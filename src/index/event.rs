@@ -122,7 +122,45 @@ impl UriKeys {
 
     /// Whether `uri` is kept (after [`UriKeys::seal`]).
     pub fn contains(&self, uri: &str) -> bool {
-        self.0.binary_search(&uri_key(uri)).is_ok()
+        let key = uri_key(uri);
+        let keys = &self.0;
+        let n = keys.len();
+        if n < 64 {
+            return keys.binary_search(&key).is_ok();
+        }
+        // The keys are uniform hashes, so a key's place in the sorted list is
+        // close to key / 2^128 * n (within a few hundred places for millions):
+        // gallop outward from there, reading a few neighbouring cache lines,
+        // instead of bisecting the whole list (~21 scattered reads for 2M keys,
+        // once per stored record when a repository's snapshot is applied).
+        let guess = (((key >> 64) * n as u128) >> 64).min(n as u128 - 1) as usize;
+        let range = if keys[guess] < key {
+            let (mut lo, mut step) = (guess, 1);
+            loop {
+                let probe = guess + step;
+                if probe >= n {
+                    break lo..n;
+                }
+                if keys[probe] >= key {
+                    break lo..probe + 1;
+                }
+                lo = probe;
+                step *= 2;
+            }
+        } else {
+            let (mut hi, mut step) = (guess + 1, 1);
+            loop {
+                let Some(probe) = guess.checked_sub(step) else {
+                    break 0..hi;
+                };
+                if keys[probe] <= key {
+                    break probe..hi;
+                }
+                hi = probe + 1;
+                step *= 2;
+            }
+        };
+        keys[range].binary_search(&key).is_ok()
     }
 }
 
@@ -212,4 +250,25 @@ pub struct IndexEvent {
     /// The event's own `time`, for lag reporting.
     pub time: Option<String>,
     pub changes: Vec<Change>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UriKeys;
+
+    #[test]
+    fn uri_keys_find_every_member_and_no_other() {
+        for n in [0usize, 1, 2, 63, 64, 65, 1000, 200_000] {
+            let uri = |i: usize| format!("at://did:plc:test/app.bsky.feed.like/{i:013}");
+            let mut keys = UriKeys::default();
+            for i in 0..n {
+                keys.insert(&uri(2 * i));
+            }
+            let keys = keys.seal();
+            for i in 0..n {
+                assert!(keys.contains(&uri(2 * i)), "member {i} of {n}");
+                assert!(!keys.contains(&uri(2 * i + 1)), "non-member {i} of {n}");
+            }
+        }
+    }
 }

@@ -616,8 +616,18 @@ impl Store {
                 // Only what the snapshot lacks is kept in memory: the rows
                 // are checked as they stream by (a repository of millions
                 // of records held as a set of keys cost ~150 bytes each).
-                let lacks = |collection: &str, rkey: &str| {
-                    !keep.contains(&format!("at://{did}/{collection}/{rkey}"))
+                // One URI buffer for every row (this runs once per stored
+                // record of the DID).
+                let mut uri = String::new();
+                let mut lacks = |collection: &str, rkey: &str| {
+                    uri.clear();
+                    uri.push_str("at://");
+                    uri.push_str(did);
+                    uri.push('/');
+                    uri.push_str(collection);
+                    uri.push('/');
+                    uri.push_str(rkey);
+                    !keep.contains(&uri)
                 };
                 let mut deletes: indexmap::IndexSet<(String, String)> = Default::default();
                 let mut stmt = self
@@ -625,9 +635,10 @@ impl Store {
                     .prepare_cached("SELECT collection, rkey FROM records WHERE did = ?")?;
                 let mut rows = stmt.query(params![did])?;
                 while let Some(row) = rows.next()? {
-                    let (collection, rkey): (String, String) = (row.get(0)?, row.get(1)?);
-                    if lacks(&collection, &rkey) {
-                        deletes.insert((collection, rkey));
+                    let text = |i| row.get_ref(i)?.as_str().map_err(duckdb::Error::from);
+                    let (collection, rkey) = (text(0)?, text(1)?);
+                    if lacks(collection, rkey) {
+                        deletes.insert((collection.to_owned(), rkey.to_owned()));
                     }
                 }
                 // Records the batch wrote before the snapshot, not in the
