@@ -220,10 +220,11 @@ impl ReadPool {
 /// of it again, so checkpoints grow with the store; from v1.1.0 on only the
 /// index buffers changed since the last checkpoint are written. Measured
 /// interleaved on the development machine, v1.0.0 -> v1.5.0: backfill of 2M
-/// records 66-73k -> 87-90k records/s, the generated million 75-80k -> 86k
-/// events/s. v1.2.0 rather than v1.5.0: from v1.3.0 strings are compressed
-/// with DICT_FSST, which made ingest ~5% faster again (backfill 95.0/95.3k
-/// -> 100.1/100.5k records/s) but the page queries that fetch scattered
+/// records 66-73k -> 87-90k records/s, the generated million 63.8/62.7k ->
+/// 73.9/67.0k events/s (a slow stretch). v1.2.0 rather than v1.5.0: from
+/// v1.3.0 strings are compressed with DICT_FSST, which made ingest 5-10%
+/// faster again (backfill 95.0/95.3k -> 100.1/100.5k records/s, the generated
+/// million 75.5/79.7k -> 86.1/86.0k) but the page queries that fetch scattered
 /// record rows ~30% slower (on the 5M load store, getAuthorFeed saturated at
 /// 36-38/s against 50-51/s, the GraphQL page at 59-62/s against 81-86/s;
 /// v1.2.0 read as fast as v1.0.0). Files in this format open in DuckDB 1.2
