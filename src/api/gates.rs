@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use super::{AppState, XrpcError};
 use crate::index::event::did_of;
+use crate::index::store::MaybeHeld;
 
 const BLOCK: &str = "app.bsky.graph.block";
 const POST: &str = "app.bsky.feed.post";
@@ -37,26 +38,22 @@ const POST: &str = "app.bsky.feed.post";
 /// run: most posts have no gate and most accounts no block, and each lookup
 /// is a store query.
 pub struct GateFilter {
-    gated: std::sync::RwLock<HashSet<u64, foldhash::fast::FixedState>>,
-    blocking: std::sync::RwLock<HashSet<u64, foldhash::fast::FixedState>>,
+    /// `[post URI]`
+    gated: std::sync::RwLock<MaybeHeld>,
+    /// `pair(a, b)`
+    blocking: std::sync::RwLock<MaybeHeld>,
 }
 
 const THREADGATE: &str = "app.bsky.feed.threadgate";
 const POSTGATE: &str = "app.bsky.feed.postgate";
 
-/// The filter's hasher (fixed, so that a hash means the same all along).
-const SEED: foldhash::fast::FixedState =
-    foldhash::fast::FixedState::with_seed(0x6c65_7876_6965_7700);
-
-fn hash(s: &str) -> u64 {
-    use std::hash::BuildHasher;
-    SEED.hash_one(s)
-}
-
 /// The key of two accounts, whichever blocks the other.
-fn pair(a: &str, b: &str) -> u64 {
-    use std::hash::BuildHasher;
-    SEED.hash_one(if a <= b { (a, b) } else { (b, a) })
+fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }
 
 /// The URI of the record of `collection` (a gate, or the post itself) that
@@ -70,14 +67,14 @@ fn sibling(post: &str, collection: &str) -> String {
 impl GateFilter {
     /// Everything the store holds (two column scans).
     pub fn load(conn: &duckdb::Connection) -> duckdb::Result<GateFilter> {
-        let mut gated = HashSet::default();
+        let mut gated = MaybeHeld::default();
         let mut stmt = conn.prepare(&format!(
             "SELECT uri FROM records WHERE collection IN ('{THREADGATE}', '{POSTGATE}')"
         ))?;
         for uri in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            gated.insert(hash(&sibling(&uri?, POST)));
+            gated.insert([sibling(&uri?, POST).as_str()]);
         }
-        let mut blocking = HashSet::default();
+        let mut blocking = MaybeHeld::default();
         let mut stmt = conn.prepare(&format!(
             "SELECT source_did, target FROM links WHERE source_collection = '{BLOCK}' AND path = '.subject'"
         ))?;
@@ -99,7 +96,7 @@ impl GateFilter {
             for change in &ev.changes {
                 let Change::Put(w) = change else { continue };
                 match w.collection.as_str() {
-                    THREADGATE | POSTGATE => gated.push(hash(&sibling(&w.uri, POST))),
+                    THREADGATE | POSTGATE => gated.push(sibling(&w.uri, POST)),
                     BLOCK => {
                         for l in w.links.iter().filter(|l| l.path == ".subject") {
                             blocking.push(pair(&w.did, &l.target));
@@ -110,13 +107,12 @@ impl GateFilter {
             }
         }
         if !gated.is_empty() {
-            self.gated.write().expect("gate filter lock").extend(gated);
+            let mut set = self.gated.write().expect("gate filter lock");
+            gated.iter().for_each(|uri| set.insert([uri.as_str()]));
         }
         if !blocking.is_empty() {
-            self.blocking
-                .write()
-                .expect("gate filter lock")
-                .extend(blocking);
+            let mut set = self.blocking.write().expect("gate filter lock");
+            blocking.into_iter().for_each(|p| set.insert(p));
         }
     }
 
@@ -130,10 +126,7 @@ impl GateFilter {
 
     /// Whether the post `uri` may have a thread or post gate.
     pub fn may_be_gated(&self, uri: &str) -> bool {
-        self.gated
-            .read()
-            .expect("gate filter lock")
-            .contains(&hash(uri))
+        self.gated.read().expect("gate filter lock").may_hold([uri])
     }
 
     /// Whether `a` and `b` may block one another.
@@ -141,7 +134,7 @@ impl GateFilter {
         self.blocking
             .read()
             .expect("gate filter lock")
-            .contains(&pair(a, b))
+            .may_hold(pair(a, b))
     }
 }
 

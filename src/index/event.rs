@@ -122,45 +122,7 @@ impl UriKeys {
 
     /// Whether `uri` is kept (after [`UriKeys::seal`]).
     pub fn contains(&self, uri: &str) -> bool {
-        let key = uri_key(uri);
-        let keys = &self.0;
-        let n = keys.len();
-        if n < 64 {
-            return keys.binary_search(&key).is_ok();
-        }
-        // The keys are uniform hashes, so a key's place in the sorted list is
-        // close to key / 2^128 * n (within a few hundred places for millions):
-        // gallop outward from there, reading a few neighbouring cache lines,
-        // instead of bisecting the whole list (~21 scattered reads for 2M keys,
-        // once per stored record when a repository's snapshot is applied).
-        let guess = (((key >> 64) * n as u128) >> 64).min(n as u128 - 1) as usize;
-        let range = if keys[guess] < key {
-            let (mut lo, mut step) = (guess, 1);
-            loop {
-                let probe = guess + step;
-                if probe >= n {
-                    break lo..n;
-                }
-                if keys[probe] >= key {
-                    break lo..probe + 1;
-                }
-                lo = probe;
-                step *= 2;
-            }
-        } else {
-            let (mut hi, mut step) = (guess + 1, 1);
-            loop {
-                let Some(probe) = guess.checked_sub(step) else {
-                    break 0..hi;
-                };
-                if keys[probe] <= key {
-                    break probe..hi;
-                }
-                hi = probe + 1;
-                step *= 2;
-            }
-        };
-        keys[range].binary_search(&key).is_ok()
+        self.0.binary_search(&uri_key(uri)).is_ok()
     }
 }
 

@@ -94,70 +94,63 @@ enum Move {
 pub struct Store {
     conn: Connection,
     readers: Arc<ReadPool>,
-    seen: SeenUris,
-    count_keys: CountKeys,
+    /// Every record URI (`[uri]`) the store may hold: all of `records` at
+    /// open, plus every URI written since. A URI it lacks is certainly not
+    /// stored, so a create of it needs no remove pass.
+    seen: MaybeHeld,
+    /// Every `link_counts` key (`[target, collection, path]`) the table may
+    /// hold: all of it at open, plus every key written since (by a batch or
+    /// an account's restore). A positive delta of a key it lacks creates the
+    /// row with a plain append; only the others need the upsert, whose
+    /// conflict handling took ~30% of a batch's apply (260-340 ms of a
+    /// 150k-event batch in bench (b)). A key missing for a stored one would
+    /// fail the batch's commit on the primary key, so every writer of
+    /// `link_counts` adds its keys.
+    count_keys: MaybeHeld,
 }
 
-/// Hashes of every record URI the store may hold: all of `records` at open,
-/// plus every URI written since. A URI whose hash is absent is certainly not
-/// stored, so a create of it needs no remove pass. Entries are never taken
-/// out (a delete leaves its hash), so the set only errs towards "maybe", which
-/// costs a remove that finds nothing, never a missed one. Memory: ~16 bytes
-/// per URI seen.
-struct SeenUris {
-    hashes: std::collections::HashSet<u64, foldhash::fast::RandomState>,
+/// A set that answers "certainly not" or "maybe": 64-bit hashes of the keys
+/// put in, never taken out, so it only errs towards "maybe" (a key since
+/// removed from the store, or a collision), which costs a lookup that finds
+/// nothing, never a missed one. ~16 bytes per key. The store keeps two
+/// (`Store::seen`, `Store::count_keys`); the API's `GateFilter` two more.
+#[derive(Default)]
+pub(crate) struct MaybeHeld {
+    hashes: std::collections::HashSet<u64, foldhash::fast::FixedState>,
     hasher: foldhash::fast::RandomState,
 }
 
-impl SeenUris {
-    fn hash(&self, uri: &str) -> u64 {
+impl MaybeHeld {
+    fn hash(&self, key: impl std::hash::Hash) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one(uri)
+        self.hasher.hash_one(key)
     }
-    fn may_hold(&self, uri: &str) -> bool {
-        self.hashes.contains(&self.hash(uri))
+    pub(crate) fn may_hold(&self, key: impl std::hash::Hash) -> bool {
+        self.hashes.contains(&self.hash(key))
     }
-    fn insert(&mut self, uri: &str) {
-        let h = self.hash(uri);
+    pub(crate) fn insert(&mut self, key: impl std::hash::Hash) {
+        let h = self.hash(key);
         self.hashes.insert(h);
     }
-}
-
-/// Hashes of every `link_counts` key (target, collection, path) the table
-/// may hold: all of it at open, plus every key written since (by a batch or
-/// an account's restore). A positive delta of a key whose hash is absent
-/// creates the row with a plain append; only the others need the upsert,
-/// whose conflict handling took ~30% of a batch's apply (260-340 ms of a
-/// 150k-event batch in bench (b)). Like [`SeenUris`] it only errs towards
-/// "maybe": rows that reach zero are deleted and their hashes stay. A hash
-/// missing for a stored key would fail the batch's commit on the primary
-/// key, so every writer of `link_counts` adds its keys. Memory: ~16 bytes
-/// per key seen.
-struct CountKeys {
-    hashes: std::collections::HashSet<u64, foldhash::fast::RandomState>,
-    hasher: foldhash::fast::RandomState,
-}
-
-impl CountKeys {
-    fn hash(&self, target: &str, collection: &str, path: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one((target, collection, path))
+    pub(crate) fn len(&self) -> usize {
+        self.hashes.len()
     }
-    fn may_hold(&self, target: &str, collection: &str, path: &str) -> bool {
-        self.hashes.contains(&self.hash(target, collection, path))
-    }
-    fn insert(&mut self, target: &str, collection: &str, path: &str) {
-        let h = self.hash(target, collection, path);
-        self.hashes.insert(h);
-    }
-    /// Adds the keys that `sql` (selecting target, collection, path, with
-    /// `params`) returns.
-    fn load(&mut self, conn: &Connection, sql: &str, params: &[&dyn duckdb::ToSql]) -> Result<()> {
+    /// Inserts, for every row `sql` returns, its first `N` (text) columns
+    /// as one key, `[&str; N]`.
+    fn load<const N: usize>(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        params: &[&dyn duckdb::ToSql],
+    ) -> duckdb::Result<()> {
         let mut stmt = conn.prepare(sql)?;
         let mut rows = stmt.query(params)?;
         while let Some(r) = rows.next()? {
-            let text = |i| r.get_ref(i)?.as_str().map_err(duckdb::Error::from);
-            self.insert(text(0)?, text(1)?, text(2)?);
+            let mut key = [""; N];
+            for (i, k) in key.iter_mut().enumerate() {
+                *k = r.get_ref(i)?.as_str().map_err(duckdb::Error::from)?;
+            }
+            self.insert(key);
         }
         Ok(())
     }
@@ -282,22 +275,10 @@ impl Store {
             idle: Mutex::new(Vec::new()),
             reads: Default::default(),
         });
-        let mut seen = SeenUris {
-            hashes: Default::default(),
-            hasher: Default::default(),
-        };
-        {
-            let mut stmt = conn.prepare("SELECT uri FROM records")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                seen.insert(r.get_ref(0)?.as_str().map_err(duckdb::Error::from)?);
-            }
-        }
-        let mut count_keys = CountKeys {
-            hashes: Default::default(),
-            hasher: Default::default(),
-        };
-        count_keys.load(
+        let mut seen = MaybeHeld::default();
+        seen.load::<1>(&conn, "SELECT uri FROM records", &[])?;
+        let mut count_keys = MaybeHeld::default();
+        count_keys.load::<3>(
             &conn,
             "SELECT target, collection, path FROM link_counts",
             &[],
@@ -444,7 +425,7 @@ impl Store {
             {
                 let mut app = self.conn.appender("batch_uris")?;
                 for (uri, _) in &finals {
-                    if self.seen.may_hold(uri) {
+                    if self.seen.may_hold([uri]) {
                         app.append_row(params![uri])?;
                         removable += 1;
                     }
@@ -481,7 +462,7 @@ impl Store {
                 match change {
                     Change::Put(w) => {
                         // Before the commit: if it fails, "maybe held" is still true enough.
-                        self.seen.insert(uri);
+                        self.seen.insert([uri]);
                         append_record(&mut records, w, &now)?;
                         for link in &w.links {
                             append_link(&mut links, w, link)?;
@@ -513,14 +494,16 @@ impl Store {
                     let mut fresh = self.conn.appender("link_counts")?;
                     let mut app = self.conn.appender("count_deltas")?;
                     for ((target, collection, path), n) in &deltas {
-                        if *n > 0 && !self.count_keys.may_hold(target, collection, path) {
+                        let key = [*target, *collection, *path];
+                        if *n > 0 && !self.count_keys.may_hold(key) {
                             fresh.append_row(params![target, collection, path, n])?;
+                            // Before the commit: if it fails, "maybe held" is still true enough.
+                            self.count_keys.insert(key);
                         } else {
+                            // Held already (a negative delta's key has links counted).
                             app.append_row(params![target, collection, path, n])?;
                             upserts += 1;
                         }
-                        // Before the commit: if it fails, "maybe held" is still true enough.
-                        self.count_keys.insert(target, collection, path);
                     }
                     // Explicitly: an appender's flush on drop drops its error.
                     fresh.flush()?;
@@ -797,8 +780,8 @@ impl Store {
             params![did],
         )?;
         if sign > 0 {
-            // Keys this may have created (see `CountKeys`).
-            self.count_keys.load(
+            // Keys this may have created (see `Store::count_keys`).
+            self.count_keys.load::<3>(
                 &self.conn,
                 &format!(
                     "SELECT DISTINCT target, source_collection, path FROM {links_table}
