@@ -11,6 +11,23 @@ use super::AppState;
 /// Status, per-source cursor and lag, record count, repositories waiting
 /// for a resync (`resyncsPending`: each is applied once its snapshot is).
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let now = chrono::Utc::now();
+    let sources: Vec<Value> = state
+        .positions
+        .snapshot()
+        .into_iter()
+        .map(|(source, pos)| {
+            let lag = pos
+                .event_time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
+            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time, "lagSeconds": lag })
+        })
+        .collect();
+    // Counted after the positions were read, so that the counts are never
+    // older than the cursors shown (a batch commits before its cursor is
+    // published): a client that waits for a cursor then sees its records.
     let counts = state
         .readers
         .with(|c| {
@@ -28,20 +45,6 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             )
         })
         .await;
-    let now = chrono::Utc::now();
-    let sources: Vec<Value> = state
-        .positions
-        .snapshot()
-        .into_iter()
-        .map(|(source, pos)| {
-            let lag = pos
-                .event_time
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
-            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time, "lagSeconds": lag })
-        })
-        .collect();
     match counts {
         Ok((records, quarantined, resyncs)) => Json(json!({
             "status": "ok",
