@@ -30,6 +30,9 @@ struct Targets {
     posts: Vec<String>,
     liked: Vec<String>,
     threads: Vec<String>,
+    /// Other threads, one per request of a case (none asked before), for
+    /// the thread method with cold caches.
+    cold_threads: Vec<String>,
     authors: Vec<String>,
 }
 
@@ -40,7 +43,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         build(args, &store_dir)?;
         std::fs::write(&built, b"")?;
     }
-    let (records, targets) = sample(&store_dir)?;
+    let (records, targets) = sample(&store_dir, args)?;
     println!("store: {} ({records} records)", store_dir.display());
 
     let empty = args.dir.join("empty-frames.bin");
@@ -101,7 +104,7 @@ fn build(args: &BenchArgs, store_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sample(store_dir: &Path) -> anyhow::Result<(i64, Targets)> {
+fn sample(store_dir: &Path, args: &BenchArgs) -> anyhow::Result<(i64, Targets)> {
     let conn = crate::index::store::open_for_query(store_dir)?;
     let list = |sql: &str| -> anyhow::Result<Vec<String>> {
         let mut stmt = conn.prepare(sql)?;
@@ -128,10 +131,29 @@ fn sample(store_dir: &Path) -> anyhow::Result<(i64, Targets)> {
         )?,
         liked: counted("app.bsky.feed.like", ".subject.uri")?,
         threads: counted("app.bsky.feed.post", ".reply.parent.uri")?,
+        cold_threads: Vec::new(),
         authors: list(
             "SELECT DISTINCT did FROM records WHERE collection = 'app.bsky.feed.post'
              ORDER BY did LIMIT 2000",
         )?,
+    };
+    // As many as the case sends (warm-up included), none of them a hot one.
+    let wanted = (args.load_rate * (args.load_seconds + 2.0)).ceil() as usize;
+    let hot: std::collections::HashSet<&String> = targets.threads.iter().collect();
+    let cold = list(&format!(
+        "SELECT target FROM (SELECT target FROM link_counts
+           WHERE collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri' AND n > 0
+             AND target LIKE 'at://%' AND target IN (SELECT uri FROM records))
+         USING SAMPLE reservoir({} ROWS) REPEATABLE (11) ORDER BY hash(target)",
+        wanted + targets.threads.len()
+    ))?
+    .into_iter()
+    .filter(|t| !hot.contains(t))
+    .take(wanted)
+    .collect();
+    let targets = Targets {
+        cold_threads: cold,
+        ..targets
     };
     Ok((records, targets))
 }
@@ -227,9 +249,16 @@ async fn drive_all(
             }),
         ),
         (
-            "app.bsky.feed.getPostThread",
+            "app.bsky.feed.getPostThread, 2,000 threads asked in turn (hot caches)",
             args.load_rate,
             get(&t.threads, &|u| {
+                xrpc(&base, "app.bsky.feed.getPostThread", &[("uri", u)])
+            }),
+        ),
+        (
+            "app.bsky.feed.getPostThread, each thread once (cold caches)",
+            args.load_rate,
+            get(&t.cold_threads, &|u| {
                 xrpc(&base, "app.bsky.feed.getPostThread", &[("uri", u)])
             }),
         ),

@@ -165,6 +165,10 @@ struct ServeArgs {
     /// ...or after this many milliseconds.
     #[arg(long, env = "LEXVIEW_BATCH_MS", default_value_t = 200)]
     batch_ms: u64,
+    /// Hot post views kept in memory (and as many reply lists and thread
+    /// contexts), all dropped at every committed batch; 0 disables them.
+    #[arg(long, env = "LEXVIEW_POST_CACHE", default_value_t = 20_000)]
+    post_cache: usize,
 }
 
 impl Default for ServeArgs {
@@ -223,6 +227,7 @@ fn main() -> anyhow::Result<()> {
                 backfill_host: a.backfill_host,
                 memory_limit: a.memory_limit,
                 handle_resolver: a.handle_resolver,
+                post_cache: a.post_cache,
                 writer: WriterConfig {
                     max_events: a.batch_events,
                     max_delay: std::time::Duration::from_millis(a.batch_ms),

@@ -72,6 +72,8 @@ pub struct ServeConfig {
     /// Resolve handles through this service's `resolveHandle` instead of
     /// DNS and HTTPS.
     pub handle_resolver: Option<String>,
+    /// Entries of each hot view cache (`api::cache::HotViews`); 0: none.
+    pub post_cache: usize,
     pub writer: WriterConfig,
 }
 
@@ -300,6 +302,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let search = start_search(&cfg, &catalog, &readers)?;
     let profiles = Arc::new(api::views::ProfileCache::default());
     let invalidate = profiles.clone();
+    let hot = Arc::new(api::cache::HotViews::new(cfg.post_cache));
+    let hot_seen = hot.clone();
     // Loaded before the writer starts, so no committed gate or block is missed.
     let started = std::time::Instant::now();
     let gate_filter = Arc::new(
@@ -327,6 +331,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let search = search.clone();
             move |batch| {
                 invalidate.invalidate(batch);
+                hot_seen.on_commit(batch);
                 gates_seen.on_commit(batch);
                 search.on_commit(batch);
                 if let Some(h) = &handles {
@@ -360,6 +365,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         queries: Arc::new(arc_swap::ArcSwap::from_pointee(queries)),
         feeds: Arc::new(arc_swap::ArcSwap::from_pointee(feeds)),
         profiles,
+        hot,
         events,
         search: Some(search.clone()),
         media: Arc::new(cfg.media.clone()),

@@ -1109,3 +1109,93 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         "{out}"
     );
 }
+
+/// The hot view caches (post views, reply lists, thread contexts) never
+/// answer from before a batch a client has seen committed: a thread read
+/// once (and so cached) shows a new reply, a new like and the root author's
+/// like as soon as the cursor has passed them, and a deleted reply leaves.
+#[test]
+fn cached_thread_views_follow_every_committed_change() {
+    let mut pds = Pds::start();
+    let data = tempfile::tempdir().unwrap();
+    let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    let server = Server::start_full(
+        &[&format!("{}?cursor=0", pds.firehose)],
+        data.path(),
+        &lexicons,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
+        &["--plc", &pds.plc, "--handle-resolver", &pds.url],
+    );
+    let alice = pds.create_account("alice.test");
+    let bob = pds.create_account("bob.test");
+    let now = "2026-11-24T12:00:00.000Z";
+    let root = pds.cmd(
+        json!({"op": "create", "did": alice, "collection": "app.bsky.feed.post",
+        "record": {"text": "a thread", "createdAt": now}}),
+    );
+    let reply = |text: &str| {
+        json!({"op": "create", "did": bob, "collection": "app.bsky.feed.post",
+            "record": {"text": text, "createdAt": now,
+                "reply": {"root": strong_ref(&root), "parent": strong_ref(&root)}}})
+    };
+    let first = pds.cmd(reply("first"));
+    server.wait_for_cursor(first["seq"].as_i64().unwrap());
+    let uri = root["uri"].as_str().unwrap();
+    let thread = |server: &Server| {
+        let (status, body) = server.get(&format!("/xrpc/app.bsky.feed.getPostThread?uri={uri}"));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let texts = |t: &Value| -> Vec<String> {
+        t["thread"]["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["post"]["record"]["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Read twice: the second answer comes from the caches.
+    for _ in 0..2 {
+        let t = thread(&server);
+        assert_eq!(texts(&t), ["first"], "{t}");
+        assert_eq!(t["thread"]["post"]["replyCount"], 1, "{t}");
+        assert_eq!(t["thread"]["post"]["likeCount"], 0, "{t}");
+        assert_eq!(t["thread"]["replies"][0]["threadContext"], json!({}), "{t}");
+    }
+
+    // A second reply, a like of the root and the root author's like of the
+    // first reply: each visible once the cursor has passed it.
+    let second = pds.cmd(reply("second"));
+    pds.cmd(
+        json!({"op": "create", "did": bob, "collection": "app.bsky.feed.like",
+        "record": {"subject": strong_ref(&root), "createdAt": now}}),
+    );
+    let liked = pds.cmd(
+        json!({"op": "create", "did": alice, "collection": "app.bsky.feed.like",
+        "record": {"subject": strong_ref(&first), "createdAt": now}}),
+    );
+    server.wait_for_cursor(liked["seq"].as_i64().unwrap());
+    let t = thread(&server);
+    assert_eq!(texts(&t), ["first", "second"], "{t}");
+    assert_eq!(t["thread"]["post"]["replyCount"], 2, "{t}");
+    assert_eq!(t["thread"]["post"]["likeCount"], 1, "{t}");
+    assert_eq!(
+        t["thread"]["replies"][0]["threadContext"]["rootAuthorLike"], liked["uri"],
+        "{t}"
+    );
+    let (_, posts) = server.get(&format!(
+        "/xrpc/app.bsky.feed.getPosts?uris={}",
+        first["uri"].as_str().unwrap()
+    ));
+    assert_eq!(posts["posts"][0]["likeCount"], 1, "{posts}");
+
+    // The second reply deleted: gone from the thread and its count.
+    let gone = pds.cmd(
+        json!({"op": "delete", "did": bob, "collection": "app.bsky.feed.post",
+        "rkey": second["rkey"]}),
+    );
+    server.wait_for_cursor(gone["seq"].as_i64().unwrap());
+    let t = thread(&server);
+    assert_eq!(texts(&t), ["first"], "{t}");
+    assert_eq!(t["thread"]["post"]["replyCount"], 1, "{t}");
+}

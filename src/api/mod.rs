@@ -1,6 +1,7 @@
 //! The HTTP surface: XRPC, GraphQL, health and metrics, one axum router.
 
 pub mod backlinks;
+pub mod cache;
 pub mod embeds;
 pub mod feeds;
 pub mod gates;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub queries: Arc<arc_swap::ArcSwap<queries::QueryMethods>>,
     pub feeds: Arc<arc_swap::ArcSwap<feeds::Feeds>>,
     pub profiles: Arc<views::ProfileCache>,
+    /// Hot post views, reply lists and thread contexts (`cache.rs`).
+    pub hot: Arc<cache::HotViews>,
     /// Committed record changes, for GraphQL subscriptions.
     pub events: graphql::Events,
     /// Full-text search (None when the server runs without it).

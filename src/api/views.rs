@@ -12,14 +12,12 @@
 //! verification; hiding inactive accounts (issue 4).
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
-use std::sync::Mutex;
 
 use duckdb::params;
-use lru::LruCache;
 use serde_json::{json, Value};
 
 use super::backlinks::{cut_page, decode_cursor, encode_cursor};
+use super::cache::{Lookup, ViewCache};
 use super::params::{parse, Params};
 use super::{AppState, XrpcError};
 use crate::index::event::{Change, IndexEvent};
@@ -31,23 +29,18 @@ const PROFILE: &str = "app.bsky.actor.profile";
 const IMAGE_CDN: &str = "https://cdn.bsky.app/img";
 
 /// Hydrated `profileView`s by DID.
-pub struct ProfileCache(Mutex<LruCache<String, Value>>);
+pub struct ProfileCache(pub(crate) ViewCache<String, Value>);
 
 impl Default for ProfileCache {
     fn default() -> Self {
-        ProfileCache(Mutex::new(LruCache::new(
-            NonZeroUsize::new(50_000).expect("non-zero"),
-        )))
+        ProfileCache(ViewCache::new(50_000))
     }
 }
 
 impl ProfileCache {
     /// Forgets every DID whose profile record, handle or status `batch` changed.
     pub fn invalidate(&self, batch: &[IndexEvent]) {
-        let mut cache = self.0.lock().expect("profile cache lock");
-        if cache.is_empty() {
-            return;
-        }
+        let mut dids: Vec<&String> = Vec::new();
         for ev in batch {
             for change in &ev.changes {
                 let did = match change {
@@ -61,9 +54,10 @@ impl ProfileCache {
                     | Change::Account { did, .. } => did,
                     _ => continue,
                 };
-                cache.pop(did.as_str());
+                dids.push(did);
             }
         }
+        self.0.remove(dids);
     }
 }
 
@@ -72,20 +66,11 @@ pub(crate) async fn profile_views(
     state: &AppState,
     dids: &[String],
 ) -> Result<HashMap<String, Value>, XrpcError> {
-    let mut out = HashMap::new();
-    let mut missing = Vec::new();
-    {
-        let mut cache = state.profiles.0.lock().expect("profile cache lock");
-        for did in dids {
-            match cache.get(did) {
-                Some(v) => {
-                    out.insert(did.clone(), v.clone());
-                }
-                None if !missing.contains(did) => missing.push(did.clone()),
-                None => {}
-            }
-        }
-    }
+    let Lookup {
+        found: mut out,
+        missing,
+        epoch,
+    } = state.profiles.0.get_many(dids);
     if missing.is_empty() {
         return Ok(out);
     }
@@ -125,15 +110,17 @@ pub(crate) async fn profile_views(
         })
         .await?;
     let (mut handles, mut profiles) = rows;
-    let mut cache = state.profiles.0.lock().expect("profile cache lock");
+    let mut fresh = Vec::with_capacity(missing.len());
     for did in missing {
         let handle = handles.remove(&did).flatten();
         let (record, indexed_at) = profiles.remove(&did).unzip();
         let record: Option<Value> = record.and_then(|r| serde_json::from_str(&r).ok());
         let view = profile_view(&did, handle.as_deref(), record.as_ref(), indexed_at);
-        cache.put(did.clone(), view.clone());
+        fresh.push((did.clone(), view.clone()));
         out.insert(did, view);
     }
+    // Kept only if no batch was committed since the lookup (cache.rs).
+    state.profiles.0.put_all(epoch, fresh);
     Ok(out)
 }
 

@@ -133,6 +133,10 @@ async fn commit(
             Ok(stats) => {
                 Metrics::inc(&metrics.batches_committed_total);
                 tracing::debug!(?stats, "batch committed");
+                // Caches are invalidated before the cursor moves on, so a
+                // client that saw the new cursor never reads a view cached
+                // from before the batch.
+                on_commit(&batch);
                 let mut last: BTreeMap<&str, (i64, Option<&String>)> = BTreeMap::new();
                 for ev in &batch {
                     if let Some(c) = ev.cursor {
@@ -142,7 +146,6 @@ async fn commit(
                 for (source, (cursor, time)) in last {
                     positions.set(source, Some(cursor), time.cloned());
                 }
-                on_commit(&batch);
                 return store;
             }
             Err(e) => {
