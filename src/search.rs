@@ -557,7 +557,11 @@ impl SearchIndex {
             });
             searcher.search(&query, &(collector, Count))?
         } else {
-            searcher.search(&query, &(top.order_by_score(), Count))?
+            // Top hits alone, so that tantivy prunes with block-max scores
+            // (Block-WAND, for an intersection too; a (TopDocs, Count)
+            // pair scores every match), then a count that does not score.
+            let docs = searcher.search(&query, &top.order_by_score())?;
+            (docs, query.count(&searcher)?)
         };
         let mut hits = Vec::with_capacity(docs.len());
         for (score, address) in docs {
