@@ -169,6 +169,12 @@ fn answers_equal_the_bluesky_appview() {
         "record": {"text": "quoting alice", "createdAt": now(),
             "embed": {"$type": "app.bsky.embed.record", "record": root_ref}}}),
     );
+    // carol pins her quote: with includePins her author feed leads with it,
+    // whatever the filter, and does not show it again below.
+    pds.cmd(
+        json!({"op": "create", "did": carol, "collection": "app.bsky.actor.profile", "rkey": "self",
+        "record": {"displayName": "Carol", "pinnedPost": strong(&quote)}}),
+    );
     let quote_media = pds.cmd(
         json!({"op": "create", "did": bob, "collection": "app.bsky.feed.post",
         "record": {"text": "quoting a quote, with a clip", "createdAt": now(),
@@ -319,6 +325,10 @@ fn answers_equal_the_bluesky_appview() {
         format!("/xrpc/app.bsky.feed.getQuotes?uri={q}"),
         format!("/xrpc/app.bsky.feed.getPostThread?uri={qm}"),
         format!("/xrpc/app.bsky.feed.getAuthorFeed?actor={carol}"),
+        format!("/xrpc/app.bsky.feed.getAuthorFeed?actor={carol}&includePins=true"),
+        format!(
+            "/xrpc/app.bsky.feed.getAuthorFeed?actor={carol}&includePins=true&filter=posts_with_media"
+        ),
         format!("/xrpc/app.bsky.feed.getLikes?uri={p}"),
         format!("/xrpc/app.bsky.feed.getRepostedBy?uri={p}"),
         format!("/xrpc/app.bsky.feed.getPosts?uris={p}&uris={r}"),
@@ -355,6 +365,21 @@ fn answers_equal_the_bluesky_appview() {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+    // The pin cases agree because both lead with the pinned post (not
+    // because both left it out).
+    for filter in ["", "&filter=posts_with_media"] {
+        let (_, feed) = server.get(&format!(
+            "/xrpc/app.bsky.feed.getAuthorFeed?actor={carol}&includePins=true{filter}"
+        ));
+        let items = feed["feed"].as_array().unwrap();
+        assert_eq!(items[0]["post"]["uri"], quote["uri"], "{feed}");
+        assert_eq!(
+            items[0]["reason"]["$type"], "app.bsky.feed.defs#reasonPin",
+            "{feed}"
+        );
+        let shown = items.iter().filter(|i| i["post"]["uri"] == quote["uri"]);
+        assert_eq!(shown.count(), 1, "{feed}");
     }
     assert!(server.stop().success());
 }

@@ -10,8 +10,11 @@
 //! Embeds are shown as the AppView shows them (`embeds.rs`), and so are
 //! blocks, post gates and thread gates (`gates.rs`).
 //!
+//! `getAuthorFeed?includePins=true` leads the first page with the author's
+//! pinned post, as the AppView does.
+//!
 //! Not yet: viewer state, labels (always `[]`), reply ranking (replies come
-//! oldest first), pins.
+//! oldest first).
 
 use std::collections::HashMap;
 
@@ -331,6 +334,39 @@ pub async fn get_quotes(
         out["cursor"] = json!(c);
     }
     Ok(out)
+}
+
+/// The post `did`'s profile pins (`pinnedPost`, a valid strongRef to one of
+/// `did`'s own records), if any.
+async fn pinned_post(state: &AppState, did: &str) -> Result<Option<String>, XrpcError> {
+    let profile = format!("at://{did}/app.bsky.actor.profile/self");
+    let pin = state
+        .readers
+        .with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT record ->> '/pinnedPost/uri', record ->> '/pinnedPost/cid'
+                 FROM (SELECT * FROM records WHERE uri = ? OFFSET 0)",
+            )?;
+            let mut rows = stmt.query(params![profile])?;
+            Ok(match rows.next()? {
+                Some(r) => Some((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                )),
+                None => None,
+            })
+        })
+        .await?;
+    Ok(match pin {
+        Some((Some(uri), Some(cid)))
+            if crate::syntax::is_valid_at_uri(&uri)
+                && crate::syntax::is_valid_cid_string(&cid)
+                && crate::index::event::did_of(&uri) == did =>
+        {
+            Some(uri)
+        }
+        _ => None,
+    })
 }
 
 /// The reply parent URI of a post record, if it is a reply.
@@ -679,6 +715,14 @@ pub async fn get_author_feed(
     let limit = p.int("limit").unwrap_or(50);
     let filter = p.str("filter").unwrap_or("posts_with_replies").to_string();
     let after = decode_cursor(p.str("cursor"))?;
+    // The pinned post leads the first page when asked for (as the AppView
+    // does: whatever the filter, and only the author's own post).
+    let pins = p.bool("includePins").unwrap_or(false) && after.is_none();
+    let pinned = if pins {
+        pinned_post(state, &did).await?
+    } else {
+        None
+    };
     let key = did.clone();
     // The author's posts and reposts, newest first by record key.
     let mut rows = state
@@ -753,7 +797,7 @@ pub async fn get_author_feed(
         encode_cursor(rkey, &did)
     });
     // Hydrate the posts, the reposted posts and every reply's root and parent.
-    let mut wanted: Vec<String> = Vec::new();
+    let mut wanted: Vec<String> = pinned.iter().cloned().collect();
     for (uri, collection, _, subject, _, _) in &rows {
         match (collection.as_str(), subject) {
             ("app.bsky.feed.repost", Some(s)) => wanted.push(s.clone()),
@@ -779,7 +823,14 @@ pub async fn get_author_feed(
         gates::gated_posts(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
     let reposter = profile_views(state, std::slice::from_ref(&did)).await?;
     let mut feed = Vec::new();
-    for (uri, collection, _, subject, indexed_at, cid) in &rows {
+    let pin = pinned
+        .as_ref()
+        .map(|uri| (uri.clone(), POST.to_string(), None));
+    let items = pin.iter().map(|(uri, c, s)| (uri, c, s, None)).chain(
+        rows.iter()
+            .map(|(uri, c, _, s, at, cid)| (uri, c, s, Some((at, cid)))),
+    );
+    for (n, (uri, collection, subject, repost)) in items.enumerate() {
         let post_uri = if collection == "app.bsky.feed.repost" {
             match subject {
                 Some(s) => s,
@@ -788,6 +839,11 @@ pub async fn get_author_feed(
         } else {
             uri
         };
+        let is_pin = pinned.is_some() && n == 0;
+        // The pinned post is not shown again below it (nor reposts of it).
+        if !is_pin && pinned.as_ref() == Some(post_uri) {
+            continue;
+        }
         let Some(post) = views.get(post_uri).cloned() else {
             continue;
         };
@@ -824,7 +880,11 @@ pub async fn get_author_feed(
                 item["reply"]["grandparentAuthor"] = gp["author"].clone();
             }
         }
-        if collection == "app.bsky.feed.repost" {
+        if is_pin {
+            item["reason"] = json!({ "$type": "app.bsky.feed.defs#reasonPin" });
+        } else if let (Some((indexed_at, cid)), "app.bsky.feed.repost") =
+            (repost, collection.as_str())
+        {
             item["reason"] = json!({
                 "$type": "app.bsky.feed.defs#reasonRepost",
                 "by": basic(&reposter[&did]),
