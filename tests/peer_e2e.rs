@@ -335,6 +335,7 @@ fn answers_equal_the_bluesky_appview() {
         format!("/xrpc/app.bsky.feed.getPostThread?uri={p}"),
         format!("/xrpc/app.bsky.feed.getAuthorFeed?actor={bob}"),
         format!("/xrpc/app.bsky.actor.getProfile?actor={alice}"),
+        format!("/xrpc/app.bsky.actor.getProfile?actor={carol}"),
         format!("/xrpc/app.bsky.graph.getFollowers?actor={alice}"),
         format!("/xrpc/app.bsky.graph.getFollows?actor={alice}"),
     ];
@@ -381,5 +382,7 @@ fn answers_equal_the_bluesky_appview() {
         let shown = items.iter().filter(|i| i["post"]["uri"] == quote["uri"]);
         assert_eq!(shown.count(), 1, "{feed}");
     }
+    let (_, profile) = server.get(&format!("/xrpc/app.bsky.actor.getProfile?actor={carol}"));
+    assert_eq!(profile["pinnedPost"]["uri"], quote["uri"], "{profile}");
     assert!(server.stop().success());
 }

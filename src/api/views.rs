@@ -207,7 +207,7 @@ pub async fn get_profile(
     let views = profile_views(state, std::slice::from_ref(&did)).await?;
     let mut view = views.get(&did).cloned().unwrap_or(Value::Null);
     let key = did.clone();
-    let (followers, follows, posts, banner) = state
+    let (followers, follows, posts, banner, pinned) = state
         .readers
         .with(move |c| {
             c.query_row(
@@ -217,6 +217,8 @@ pub async fn get_profile(
                    (SELECT count(*) FROM records_by($1) WHERE collection = 'app.bsky.graph.follow'),
                    (SELECT count(*) FROM records_by($1) WHERE collection = 'app.bsky.feed.post'),
                    (SELECT record ->> '/banner/ref/$link' FROM records
+                     WHERE uri = 'at://' || $1 || '/app.bsky.actor.profile/self'),
+                   (SELECT (record -> 'pinnedPost')::VARCHAR FROM records
                      WHERE uri = 'at://' || $1 || '/app.bsky.actor.profile/self')",
                 params![key],
                 |r| {
@@ -225,6 +227,7 @@ pub async fn get_profile(
                         r.get::<_, i64>(1)?,
                         r.get::<_, i64>(2)?,
                         r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 },
             )
@@ -236,7 +239,22 @@ pub async fn get_profile(
     if let Some(cid) = banner {
         view["banner"] = json!(format!("{IMAGE_CDN}/banner/plain/{did}/{cid}@jpeg"));
     }
+    // The pinned post's strong reference, when it is a valid one (the
+    // AppView shows it whoever's post it names).
+    if let Some(pin) = pinned
+        .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+        .filter(is_strong_ref)
+    {
+        view["pinnedPost"] = pin;
+    }
     Ok(view)
+}
+
+/// A `com.atproto.repo.strongRef`: an AT-URI and a CID.
+fn is_strong_ref(v: &Value) -> bool {
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    field("uri").is_some_and(crate::syntax::is_valid_at_uri)
+        && field("cid").is_some_and(crate::syntax::is_valid_cid_string)
 }
 
 // Each list query takes the key, the cursor (rkey three times, then DID) and
