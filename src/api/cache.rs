@@ -109,21 +109,23 @@ impl<K: Hash + Eq + Clone, V: Clone> ViewCache<K, V> {
         }
     }
 
-    /// Drops every entry (freed after the lock is released, so readers do
-    /// not wait for thousands of views to be dropped).
+    /// Drops every entry.
     pub fn clear(&self) {
-        let old = {
-            let mut inner = self.lock();
-            inner.epoch += 1;
-            match inner.lru.as_mut() {
-                Some(lru) if !lru.is_empty() => {
-                    let cap = lru.cap();
-                    Some(std::mem::replace(lru, LruCache::new(cap)))
-                }
-                _ => None,
+        drop(self.take());
+    }
+
+    /// Empties the cache and returns what it held (if anything), for the
+    /// caller to free where readers and the writer do not wait for it.
+    fn take(&self) -> Option<LruCache<K, V>> {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        match inner.lru.as_mut() {
+            Some(lru) if !lru.is_empty() => {
+                let cap = lru.cap();
+                Some(std::mem::replace(lru, LruCache::new(cap)))
             }
-        };
-        drop(old);
+            _ => None,
+        }
     }
 
     /// Drops the entries of `keys`; a no-op (not even an epoch bump) when
@@ -190,12 +192,23 @@ impl HotViews {
         }
     }
 
-    /// Called with each committed batch.
+    /// Called with each committed batch (on the writer's task): the caches
+    /// are emptied at once and their entries freed on another thread, so
+    /// the writer does not spend milliseconds dropping thousands of views.
     pub fn on_commit(&self, batch: &[crate::index::event::IndexEvent]) {
         if batch.iter().any(|ev| !ev.changes.is_empty()) {
-            self.posts.clear();
-            self.replies.clear();
-            self.root_likes.clear();
+            let old = (
+                self.posts.take(),
+                self.replies.take(),
+                self.root_likes.take(),
+            );
+            if old.0.is_some() || old.1.is_some() || old.2.is_some() {
+                // Should no thread start, the closure (and the views) is
+                // dropped right here instead.
+                let _ = std::thread::Builder::new()
+                    .name("lexview-cache-free".into())
+                    .spawn(move || drop(old));
+            }
         }
     }
 }
