@@ -14,20 +14,24 @@ fn strong_ref(r: &Value) -> Value {
     json!({"uri": r["uri"], "cid": r["cid"]})
 }
 
+/// lexview on the PDS's firehose: every commit is verified (the default),
+/// with DID documents from the PDS's in-memory PLC.
+fn start_lexview(pds: &Pds, data: &std::path::Path) -> Server {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Server::start_full(
+        &[&format!("{}?cursor=0", pds.firehose)],
+        data,
+        &root.join("lexicons"),
+        &root.join("queries"),
+        &["--plc", &pds.plc, "--handle-resolver", &pds.url],
+    )
+}
+
 #[test]
 fn records_written_to_a_real_pds_are_indexed_and_served() {
     let mut pds = Pds::start();
     let data = tempfile::tempdir().unwrap();
-    let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    // A firehose source: every commit is verified (the default), with DID
-    // documents from the PDS's in-memory PLC.
-    let server = Server::start_full(
-        &[&format!("{}?cursor=0", pds.firehose)],
-        data.path(),
-        &lexicons,
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
-        &["--plc", &pds.plc, "--handle-resolver", &pds.url],
-    );
+    let server = start_lexview(&pds, data.path());
 
     let alice = pds.create_account("alice.test");
     let bob = pds.create_account("bob.test");
@@ -1118,14 +1122,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
 fn cached_thread_views_follow_every_committed_change() {
     let mut pds = Pds::start();
     let data = tempfile::tempdir().unwrap();
-    let lexicons = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
-    let server = Server::start_full(
-        &[&format!("{}?cursor=0", pds.firehose)],
-        data.path(),
-        &lexicons,
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("queries"),
-        &["--plc", &pds.plc, "--handle-resolver", &pds.url],
-    );
+    let server = start_lexview(&pds, data.path());
     let alice = pds.create_account("alice.test");
     let bob = pds.create_account("bob.test");
     let now = "2026-11-24T12:00:00.000Z";
