@@ -418,9 +418,22 @@ pub async fn get_post_thread(
     } else {
         Vec::new()
     };
-    // The anchor's parent is read with the first level of replies: one
-    // round of store queries instead of two.
-    let mut parent_first = parent_of(&anchor).filter(|_| parent_height > 0);
+    // The anchor's parent and its thread's root (which the anchor's record
+    // names) are read with the first level of replies, or together when
+    // there are none: for a reply to a reply of the root, one round of
+    // store queries instead of three.
+    let mut ancestors: Vec<String> = Vec::new();
+    if parent_height > 0 {
+        if let Some(parent) = parent_of(&anchor) {
+            let root = anchor
+                .pointer("/record/reply/root/uri")
+                .and_then(Value::as_str)
+                .filter(|r| *r != parent && *r != uri && parent_height > 1)
+                .map(str::to_string);
+            ancestors.push(parent);
+            ancestors.extend(root);
+        }
+    }
     let mut prefetched: HashMap<String, Value> = HashMap::new();
     for _ in 0..depth {
         if level.is_empty() {
@@ -432,17 +445,26 @@ pub async fn get_post_thread(
             .flat_map(|parent| replies[parent].iter().cloned())
             .collect();
         children.extend(replies);
-        let extra = parent_first.take().filter(|p| !next.contains(p));
+        let extra: Vec<String> = std::mem::take(&mut ancestors)
+            .into_iter()
+            .filter(|a| !next.contains(a))
+            .collect();
         let fetch: Vec<String> = next.iter().chain(&extra).cloned().collect();
         let mut next_views = post_views(state, &fetch).await?;
-        if let Some(v) = extra.and_then(|p| Some((next_views.remove(&p)?, p))) {
-            prefetched.insert(v.1, v.0);
+        for a in extra {
+            if let Some(v) = next_views.remove(&a) {
+                prefetched.insert(a, v);
+            }
         }
         level = next
             .into_iter()
             .filter(|u| next_views.get(u).is_some_and(has_replies))
             .collect();
         views.extend(next_views);
+    }
+    if ancestors.len() > 1 {
+        // No replies were read: the parent and the root in one round.
+        prefetched.extend(post_views(state, &ancestors).await?);
     }
     // Replies whose author and their parent's author block each other are
     // left out (with what hangs below them).
