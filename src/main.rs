@@ -166,7 +166,8 @@ struct ServeArgs {
     #[arg(long, env = "LEXVIEW_BATCH_MS", default_value_t = 200)]
     batch_ms: u64,
     /// Hot post views kept in memory (and as many reply lists and thread
-    /// contexts), all dropped at every committed batch; 0 disables them.
+    /// contexts), all dropped at every committed batch that touches
+    /// app.bsky.* records or accounts; 0 disables them.
     #[arg(long, env = "LEXVIEW_POST_CACHE", default_value_t = 20_000)]
     post_cache: usize,
 }

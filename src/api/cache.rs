@@ -166,9 +166,12 @@ impl<K: Hash + Eq + Clone, V: Clone> ViewCache<K, V> {
 }
 
 /// The hot views of Bluesky's post methods, all dropped after every committed
-/// batch that changed anything: a post view depends on its record, its
-/// counts, its author's profile, what it quotes and the gates and blocks
-/// around it, which a batch can change in too many ways to track per key.
+/// batch that changed an `app.bsky.*` record or an account: a post view
+/// depends on its record, its counts, its author's profile and handle, what
+/// it quotes and the gates, follows, lists and blocks around it, which a
+/// batch can change in too many ways to track per key. Records of other
+/// collections never reach a post view (a quoted record that is not a post
+/// is a `viewNotFound`), so a batch of only those keeps the caches.
 /// Under a live firehose (a batch every 200 ms or so) this keeps what is
 /// read many times a second: the threads and posts everyone is looking at.
 pub struct HotViews {
@@ -196,7 +199,16 @@ impl HotViews {
     /// are emptied at once and their entries freed on another thread, so
     /// the writer does not spend milliseconds dropping thousands of views.
     pub fn on_commit(&self, batch: &[crate::index::event::IndexEvent]) {
-        if batch.iter().any(|ev| !ev.changes.is_empty()) {
+        use crate::index::event::Change;
+        let bsky = |collection: &str| collection.starts_with("app.bsky.");
+        let touches = |change: &Change| match change {
+            Change::Put(w) => bsky(&w.collection),
+            Change::Delete { collection, .. } => bsky(collection),
+            Change::Invalid(q) => bsky(&q.collection),
+            // Identity, handle, account status, resync and snapshot changes.
+            _ => true,
+        };
+        if batch.iter().flat_map(|ev| &ev.changes).any(touches) {
             let old = (
                 self.posts.take(),
                 self.replies.take(),
@@ -249,6 +261,42 @@ mod tests {
         cache.remove(std::iter::empty::<&String>());
         assert_eq!(cache.epoch(), e);
         assert_eq!(cache.stats(), (1, 5));
+    }
+
+    #[test]
+    fn only_batches_that_touch_bluesky_records_or_accounts_clear_the_hot_views() {
+        use crate::index::event::{Change, IndexEvent};
+        let delete = |collection: &str| IndexEvent {
+            changes: vec![Change::Delete {
+                did: "did:plc:a".into(),
+                collection: collection.into(),
+                rkey: "3k".into(),
+                rev: "3k".into(),
+            }],
+            ..Default::default()
+        };
+        let hot = HotViews::new(10);
+        let fill = |hot: &HotViews| {
+            let e = hot.posts.epoch();
+            hot.posts.put_all(e, [("at://x".to_string(), None)]);
+            assert_eq!(hot.posts.len(), 1);
+        };
+        fill(&hot);
+        hot.on_commit(&[IndexEvent::default()]);
+        hot.on_commit(&[delete("community.lexicon.calendar.rsvp")]);
+        assert_eq!(hot.posts.len(), 1, "kept for other collections");
+        hot.on_commit(&[delete("app.bsky.feed.like")]);
+        assert_eq!(hot.posts.len(), 0);
+        fill(&hot);
+        let account = IndexEvent {
+            changes: vec![Change::Identity {
+                did: "did:plc:a".into(),
+                handle: None,
+            }],
+            ..Default::default()
+        };
+        hot.on_commit(&[delete("xyz.statusphere.status"), account]);
+        assert_eq!(hot.posts.len(), 0);
     }
 
     #[test]
