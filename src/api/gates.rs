@@ -19,12 +19,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use duckdb::params;
 use serde_json::{json, Value};
 
 use super::{AppState, XrpcError};
 use crate::index::event::did_of;
-use crate::index::store::MaybeHeld;
+use crate::index::store::{rows_with, MaybeHeld};
 
 const BLOCK: &str = "app.bsky.graph.block";
 const POST: &str = "app.bsky.feed.post";
@@ -153,19 +152,20 @@ pub(crate) async fn links_to(
     collection: &'static str,
     path: &'static str,
 ) -> Result<Vec<LinkRow>, XrpcError> {
-    // AT-URIs and DIDs contain no spaces.
-    let list = targets.into_iter().collect::<Vec<_>>().join(" ");
-    if list.is_empty() {
+    let targets: Vec<String> = targets.into_iter().map(str::to_string).collect();
+    if targets.is_empty() {
         return Ok(Vec::new());
     }
+    let (links, mut keys) = rows_with("links", "target", "links_to_any", &targets);
+    keys.extend([collection.to_string(), path.to_string()]);
     Ok(state
         .readers
         .with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT target, source_uri, source_did FROM links_to_any(?)
-                 WHERE source_collection = ? AND path = ?",
-            )?;
-            let rows = stmt.query_map(params![list, collection, path], |r| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT target, source_uri, source_did FROM {links}
+                 WHERE source_collection = ? AND path = ?"
+            ))?;
+            let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
                 Ok(LinkRow {
                     target: r.get(0)?,
                     source_uri: r.get(1)?,
@@ -184,18 +184,19 @@ pub(crate) async fn records_at(
     uris: impl IntoIterator<Item = &str>,
     collection: &'static str,
 ) -> Result<Vec<(String, String, Value)>, XrpcError> {
-    // AT-URIs contain no spaces.
-    let list = uris.into_iter().collect::<Vec<_>>().join(" ");
-    if list.is_empty() {
+    let uris: Vec<String> = uris.into_iter().map(str::to_string).collect();
+    if uris.is_empty() {
         return Ok(Vec::new());
     }
+    let (records, mut keys) = rows_with("records", "uri", "records_at", &uris);
+    keys.push(collection.to_string());
     let rows: Vec<(String, String, String)> = state
         .readers
         .with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT uri, cid, record::VARCHAR FROM records_at(?) WHERE collection = ?",
-            )?;
-            let rows = stmt.query_map(params![list, collection], |r| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT uri, cid, record::VARCHAR FROM {records} WHERE collection = ?"
+            ))?;
+            let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
             rows.collect::<duckdb::Result<Vec<_>>>()

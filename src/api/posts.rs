@@ -25,8 +25,9 @@ use super::backlinks::{cut_page, decode_cursor, encode_cursor};
 use super::cache::Lookup;
 use super::gates;
 use super::params::{parse, Params};
-use super::views::profile_views;
+use super::views::{is_strong_ref, profile_views};
 use super::{AppState, XrpcError};
+use crate::index::store::rows_with;
 
 const POST: &str = "app.bsky.feed.post";
 const DATETIME: &str = "'%Y-%m-%dT%H:%M:%S.%gZ'";
@@ -71,35 +72,6 @@ pub(crate) async fn post_views(
         out.extend(fresh);
     }
     Ok(out)
-}
-
-/// Up to this many keys are looked up with a list of parameters, which
-/// DuckDB plans faster than the list macros (`records_at` and the like
-/// split one string): for one URI 0.47 ms against 0.71 (records) and 0.19
-/// against 0.58 (counts), for ten 0.78 against 0.83 and 0.61 against 0.71;
-/// at fifty the macros were faster.
-const IN_LIST_MAX: usize = 16;
-
-/// A FROM item with the rows of `table` whose `column` is one of `keys`,
-/// and its parameters: `IN (?, ...)` for a few keys, else the list macro
-/// `list_macro` over the keys joined by spaces (AT-URIs and DIDs contain
-/// none). `OFFSET 0` keeps the caller's other filters out of the scan, as
-/// DuckDB uses an index only for a scan with one filter.
-fn rows_with(
-    table: &str,
-    column: &str,
-    list_macro: &str,
-    keys: &[String],
-) -> (String, Vec<String>) {
-    if keys.len() <= IN_LIST_MAX {
-        let marks = vec!["?"; keys.len()].join(", ");
-        (
-            format!("(SELECT * FROM {table} WHERE {column} IN ({marks}) OFFSET 0)"),
-            keys.to_vec(),
-        )
-    } else {
-        (format!("{list_macro}(?)"), vec![keys.join(" ")])
-    }
 }
 
 /// `postView`s shown at `depth`: 0 for the posts of an answer, 1 for posts
@@ -357,33 +329,25 @@ pub async fn get_quotes(
 /// `did`'s own records), if any.
 async fn pinned_post(state: &AppState, did: &str) -> Result<Option<String>, XrpcError> {
     let profile = format!("at://{did}/app.bsky.actor.profile/self");
-    let pin = state
+    let pin: Option<String> = state
         .readers
         .with(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT record ->> '/pinnedPost/uri', record ->> '/pinnedPost/cid'
+                "SELECT (record -> 'pinnedPost')::VARCHAR
                  FROM (SELECT * FROM records WHERE uri = ? OFFSET 0)",
             )?;
             let mut rows = stmt.query(params![profile])?;
             Ok(match rows.next()? {
-                Some(r) => Some((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                )),
+                Some(r) => r.get(0)?,
                 None => None,
             })
         })
         .await?;
-    Ok(match pin {
-        Some((Some(uri), Some(cid)))
-            if crate::syntax::is_valid_at_uri(&uri)
-                && crate::syntax::is_valid_cid_string(&cid)
-                && crate::index::event::did_of(&uri) == did =>
-        {
-            Some(uri)
-        }
-        _ => None,
-    })
+    Ok(pin
+        .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+        .filter(is_strong_ref)
+        .and_then(|p| p["uri"].as_str().map(str::to_string))
+        .filter(|uri| crate::index::event::did_of(uri) == did))
 }
 
 /// The reply parent URI of a post record, if it is a reply.
@@ -595,33 +559,26 @@ async fn replies_of(
     if missing.is_empty() {
         return Ok(found);
     }
-    let (links, keys) = rows_with("links", "target", "links_to_any", &missing);
-    let rows = state
-        .readers
-        .with(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT target, source_uri FROM {links}
-                 WHERE source_collection = 'app.bsky.feed.post' AND path = '.reply.parent.uri'"
-            ))?;
-            let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?;
-            rows.collect::<duckdb::Result<Vec<_>>>()
-        })
-        .await?;
+    let links = gates::links_to(
+        state,
+        missing.iter().map(String::as_str),
+        POST,
+        ".reply.parent.uri",
+    )
+    .await?;
     let mut fresh: HashMap<String, Vec<String>> =
         missing.iter().map(|p| (p.clone(), Vec::new())).collect();
-    for (parent, child) in rows {
-        if let Some(list) = fresh.get_mut(&parent) {
-            list.push(child);
+    for l in links {
+        if let Some(list) = fresh.get_mut(&l.target) {
+            list.push(l.source_uri);
         }
     }
     // Oldest first: by record key (a TID), then URI.
+    fn rkey(uri: &str) -> &str {
+        uri.rsplit('/').next().unwrap_or_default()
+    }
     for list in fresh.values_mut() {
-        list.sort_by(|a, b| {
-            let key = |u: &str| u.rsplit('/').next().unwrap_or_default().to_string();
-            key(a).cmp(&key(b)).then_with(|| a.cmp(b))
-        });
+        list.sort_by(|a, b| rkey(a).cmp(rkey(b)).then_with(|| a.cmp(b)));
     }
     state
         .hot
@@ -861,27 +818,29 @@ pub async fn get_author_feed(
         gates::gated_posts(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
     let reposter = profile_views(state, std::slice::from_ref(&did)).await?;
     let mut feed = Vec::new();
-    let pin = pinned
-        .as_ref()
-        .map(|uri| (uri.clone(), POST.to_string(), None));
-    let items = pin.iter().map(|(uri, c, s)| (uri, c, s, None)).chain(
-        rows.iter()
-            .map(|(uri, c, _, s, at, cid)| (uri, c, s, Some((at, cid)))),
-    );
-    for (n, (uri, collection, subject, repost)) in items.enumerate() {
-        let post_uri = if collection == "app.bsky.feed.repost" {
-            match subject {
-                Some(s) => s,
-                None => continue,
+    // Each item: the post shown, and why (pinned, reposted, or none).
+    let pin = pinned.as_ref().map(|uri| {
+        let reason = json!({ "$type": "app.bsky.feed.defs#reasonPin" });
+        (uri, Some(reason))
+    });
+    let listed = rows
+        .iter()
+        .filter_map(|(uri, collection, _, subject, indexed_at, cid)| {
+            if collection != "app.bsky.feed.repost" {
+                return Some((uri, None));
             }
-        } else {
-            uri
-        };
-        let is_pin = pinned.is_some() && n == 0;
+            let reason = json!({
+                "$type": "app.bsky.feed.defs#reasonRepost",
+                "by": basic(&reposter[&did]),
+                "uri": uri,
+                "cid": cid,
+                "indexedAt": indexed_at,
+            });
+            Some((subject.as_ref()?, Some(reason)))
+        })
         // The pinned post is not shown again below it (nor reposts of it).
-        if !is_pin && pinned.as_ref() == Some(post_uri) {
-            continue;
-        }
+        .filter(|(post_uri, _)| pinned.as_ref() != Some(*post_uri));
+    for (post_uri, reason) in pin.into_iter().chain(listed) {
         let Some(post) = views.get(post_uri).cloned() else {
             continue;
         };
@@ -918,18 +877,8 @@ pub async fn get_author_feed(
                 item["reply"]["grandparentAuthor"] = gp["author"].clone();
             }
         }
-        if is_pin {
-            item["reason"] = json!({ "$type": "app.bsky.feed.defs#reasonPin" });
-        } else if let (Some((indexed_at, cid)), "app.bsky.feed.repost") =
-            (repost, collection.as_str())
-        {
-            item["reason"] = json!({
-                "$type": "app.bsky.feed.defs#reasonRepost",
-                "by": basic(&reposter[&did]),
-                "uri": uri,
-                "cid": cid,
-                "indexedAt": indexed_at,
-            });
+        if let Some(reason) = reason {
+            item["reason"] = reason;
         }
         feed.push(item);
     }

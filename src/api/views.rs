@@ -251,7 +251,7 @@ pub async fn get_profile(
 }
 
 /// A `com.atproto.repo.strongRef`: an AT-URI and a CID.
-fn is_strong_ref(v: &Value) -> bool {
+pub(crate) fn is_strong_ref(v: &Value) -> bool {
     let field = |k: &str| v.get(k).and_then(Value::as_str);
     field("uri").is_some_and(crate::syntax::is_valid_at_uri)
         && field("cid").is_some_and(crate::syntax::is_valid_cid_string)
