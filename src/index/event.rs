@@ -10,13 +10,6 @@ pub struct Link {
     pub target: String,
 }
 
-impl Link {
-    /// The DID that owns the link target.
-    pub fn target_did(&self) -> &str {
-        did_of(&self.target)
-    }
-}
-
 /// The DID an AT-URI (or a DID, or `did#fragment`) belongs to.
 pub fn did_of(target: &str) -> &str {
     let t = target.strip_prefix("at://").unwrap_or(target);

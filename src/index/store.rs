@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "006_lookup_indexes.sql",
         include_str!("../../schema/006_lookup_indexes.sql"),
     ),
+    (
+        7,
+        "007_column_compression.sql",
+        include_str!("../../schema/007_column_compression.sql"),
+    ),
 ];
 
 /// Store errors.
@@ -864,14 +869,7 @@ fn append_record(app: &mut duckdb::Appender, w: &RecordWrite, now: &DbValue) -> 
 }
 
 fn append_link(app: &mut duckdb::Appender, w: &RecordWrite, link: &Link) -> duckdb::Result<()> {
-    app.append_row(params![
-        w.uri,
-        w.did,
-        w.collection,
-        link.path,
-        link.target,
-        link.target_did()
-    ])
+    app.append_row(params![w.uri, w.did, w.collection, link.path, link.target])
 }
 
 fn append_quarantine(
