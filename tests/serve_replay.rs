@@ -171,11 +171,32 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         "{data}"
     );
 
+    // The same post asked twice: the second answer comes from the hot view
+    // cache, as /metrics counts (the liked post is not in the recording:
+    // its absence is what is cached).
+    let liked = "at://did:plc:r2zybk6op3ymzpz6jhqpkoy5/app.bsky.feed.post/3mpsjbtci2c2o";
+    for _ in 0..2 {
+        let (status, body) = server.get(&format!("/xrpc/app.bsky.feed.getPosts?uris={liked}"));
+        assert_eq!(
+            (status, &body["posts"]),
+            (200, &serde_json::json!([])),
+            "{body}"
+        );
+    }
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
         .unwrap()
         .text()
         .unwrap();
     assert!(metrics.contains("lexview_frames_total 150"), "{metrics}");
+    for line in [
+        "# TYPE lexview_view_cache_hits_total counter",
+        "lexview_view_cache_hits_total{cache=\"posts\"} 1",
+        "lexview_view_cache_misses_total{cache=\"posts\"} 1",
+        "lexview_view_cache_entries{cache=\"posts\"} 1",
+        "# TYPE lexview_view_cache_entries gauge",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
 
     // The store is held by the running server: `sql` says so clearly.
     let (ok, _, stderr) = sql(dir.path(), "SELECT 1");

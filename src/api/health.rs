@@ -71,5 +71,57 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          # TYPE lexview_store_reads_total counter\nlexview_store_reads_total {}\n",
         state.readers.reads()
     ));
+    let caches = [
+        ("posts", state.hot.posts.stats(), state.hot.posts.len()),
+        (
+            "replies",
+            state.hot.replies.stats(),
+            state.hot.replies.len(),
+        ),
+        (
+            "root_likes",
+            state.hot.root_likes.stats(),
+            state.hot.root_likes.len(),
+        ),
+        ("profiles", state.profiles.0.stats(), state.profiles.0.len()),
+    ];
+    // (name, help, type, value from a cache's (hits, misses) and length)
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn((u64, u64), usize) -> u64,
+    );
+    let families: [Family; 3] = [
+        (
+            "view_cache_hits_total",
+            "Keys answered by a view cache (posts, replies, root_likes, profiles).",
+            "counter",
+            |(hits, _), _| hits,
+        ),
+        (
+            "view_cache_misses_total",
+            "Keys a view cache did not hold, read from the store.",
+            "counter",
+            |(_, misses), _| misses,
+        ),
+        (
+            "view_cache_entries",
+            "Entries a view cache holds now.",
+            "gauge",
+            |_, len| len as u64,
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        text.push_str(&format!(
+            "# HELP lexview_{name} {help}\n# TYPE lexview_{name} {kind}\n"
+        ));
+        for (cache, stats, len) in caches {
+            text.push_str(&format!(
+                "lexview_{name}{{cache=\"{cache}\"}} {}\n",
+                value(stats, len)
+            ));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
