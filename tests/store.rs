@@ -381,7 +381,29 @@ fn lookups_use_the_indexes() {
         })
         .collect();
     let posts: Vec<String> = (0..120).map(post).collect();
+    // Handles of 300 actors, looked up by the views per page of records.
+    let liker = |i: usize| format!("did:plc:liker{i:019}");
+    let identities: Vec<Change> = (0..300)
+        .map(|i| Change::Identity {
+            did: liker(i),
+            handle: Some(format!("liker{i}.test")),
+        })
+        .collect();
+    store.apply(&[event(2, identities)]).unwrap();
+    let dids: Vec<String> = (0..60).map(liker).collect();
+    let handles = store
+        .readers()
+        .with_blocking(|c| {
+            lexview::index::store::handles_of(
+                c,
+                dids.iter().map(String::as_str).chain(["did:plc:unknown"]),
+            )
+        })
+        .unwrap();
+    assert_eq!(handles.len(), 60);
+    assert_eq!(handles[&liker(7)], "liker7.test");
     let cases = [
+        (lexview::index::store::HANDLES_OF, dids.join(" ")),
         ("SELECT uri FROM records WHERE uri = ?", likes[0].clone()),
         ("SELECT uri, record FROM records_at(?)", likes[..60].join(" ")),
         ("SELECT uri FROM records_by(?) WHERE collection = 'app.bsky.feed.like'", "did:plc:liker0000000000000000007".to_string()),

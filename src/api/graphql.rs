@@ -1729,16 +1729,17 @@ fn batch_pages(
                 row_number() OVER (PARTITION BY j.parent ORDER BY {key} {order}, r.uri {order}) AS rn
          FROM {from} WHERE {filter} QUALIFY rn <= ? ORDER BY j.parent, rn"
     ))?;
-    let rows = stmt
+    let mut rows = stmt
         .query_map(duckdb::params_from_iter(values.iter()), |r| {
             let key = if key_is_int {
-                Value::from(r.get::<_, i64>(7)?)
+                Value::from(r.get::<_, i64>(6)?)
             } else {
-                Value::from(r.get::<_, String>(7)?)
+                Value::from(r.get::<_, String>(6)?)
             };
-            Ok((read_row(r)?, key, r.get::<_, String>(8)?))
+            Ok((read_row(r)?, key, r.get::<_, String>(7)?))
         })?
         .collect::<duckdb::Result<Vec<_>>>()?;
+    attach_handles(c, rows.iter_mut().map(|(row, _, _)| row))?;
     // Counts and forward targets for every row of every parent at once.
     let mut by_parent: std::collections::HashMap<String, Vec<(RecordRow, Value)>> =
         std::collections::HashMap::new();
@@ -1956,9 +1957,24 @@ fn connection_field(
     .argument(InputValue::new("order", TypeRef::named("SortOrder")))
 }
 
+/// A record row's columns; the author's handle is added by
+/// [`attach_handles`] (a subquery per row would scan `actors`).
 const RECORD_COLUMNS: &str =
     "r.uri, r.cid, r.did, r.rkey, strftime(r.indexed_at, '%Y-%m-%dT%H:%M:%S.%fZ'),
-     r.record::VARCHAR, (SELECT handle FROM actors a WHERE a.did = r.did)";
+     r.record::VARCHAR";
+
+/// Sets each row's author handle, in one lookup.
+fn attach_handles<'r>(
+    c: &duckdb::Connection,
+    rows: impl IntoIterator<Item = &'r mut RecordRow>,
+) -> duckdb::Result<()> {
+    let rows: Vec<&mut RecordRow> = rows.into_iter().collect();
+    let handles = crate::index::store::handles_of(c, rows.iter().map(|r| r.did.as_str()))?;
+    for row in rows {
+        row.handle = handles.get(&row.did).cloned();
+    }
+    Ok(())
+}
 
 /// The records of `uris` that the store holds, in no particular order.
 pub(crate) fn records_by_uri<'a>(
@@ -1968,8 +1984,11 @@ pub(crate) fn records_by_uri<'a>(
     // AT-URIs contain no spaces.
     let list = uris.collect::<Vec<_>>().join(" ");
     let mut stmt = c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
-    let rows = stmt.query_map(params![list], read_row)?;
-    rows.collect()
+    let mut rows = stmt
+        .query_map(params![list], read_row)?
+        .collect::<duckdb::Result<Vec<_>>>()?;
+    attach_handles(c, rows.iter_mut())?;
+    Ok(rows)
 }
 
 fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
@@ -1981,7 +2000,7 @@ fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
         rkey: r.get(3)?,
         indexed_at: r.get(4)?,
         record: serde_json::from_str(&record).unwrap_or(Value::Null),
-        handle: r.get(6)?,
+        handle: None,
         counts: Arc::default(),
         targets: Arc::default(),
     })
@@ -2182,6 +2201,7 @@ async fn fetch_one(pool: &Arc<ReadPool>, uri: String) -> async_graphql::Result<O
         let mut rows = stmt
             .query_map(params![uri], read_row)?
             .collect::<duckdb::Result<Vec<_>>>()?;
+        attach_handles(c, rows.iter_mut())?;
         attach_counts(c, &mut rows)?;
         attach_targets(c, &mut rows)?;
         Ok(rows.pop())

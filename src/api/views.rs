@@ -86,14 +86,7 @@ pub(crate) async fn profile_views(
         .with(move |c| {
             // Two index lookups (joining the DID list with records would
             // scan them).
-            let mut stmt = c.prepare_cached(
-                "SELECT did, handle FROM actors WHERE did IN (SELECT unnest(string_split(?, ' ')))",
-            )?;
-            let handles = stmt
-                .query_map(params![list], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-                })?
-                .collect::<duckdb::Result<HashMap<_, _>>>()?;
+            let handles = crate::index::store::handles_of(c, list.split(' '))?;
             let mut stmt = c.prepare_cached(
                 "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
                  FROM records_at(?)",
@@ -112,7 +105,7 @@ pub(crate) async fn profile_views(
     let (mut handles, mut profiles) = rows;
     let mut fresh = Vec::with_capacity(missing.len());
     for did in missing {
-        let handle = handles.remove(&did).flatten();
+        let handle = handles.remove(&did);
         let (record, indexed_at) = profiles.remove(&did).unzip();
         let record: Option<Value> = record.and_then(|r| serde_json::from_str(&r).ok());
         let view = profile_view(&did, handle.as_deref(), record.as_ref(), indexed_at);

@@ -197,6 +197,31 @@ pub fn rows_with(
     }
 }
 
+/// The handles of `dids` that `actors` knows, by DID (one PK lookup; DIDs
+/// contain no spaces). Views read handles with this instead of a subquery
+/// per row: DuckDB decorrelates `(SELECT handle FROM actors WHERE did =
+/// r.did)` into a hash join that scans all of `actors` (128 ms for 25
+/// records with 2M actors, against 1.5 ms for the records and 0.46 ms for
+/// this lookup).
+pub const HANDLES_OF: &str = "SELECT did, handle FROM actors
+     WHERE did IN (SELECT unnest(string_split(?, ' '))) AND handle IS NOT NULL";
+
+/// See [`HANDLES_OF`].
+pub fn handles_of<'a>(
+    c: &Connection,
+    dids: impl IntoIterator<Item = &'a str>,
+) -> duckdb::Result<HashMap<String, String>> {
+    let mut list: Vec<&str> = dids.into_iter().collect();
+    list.sort_unstable();
+    list.dedup();
+    if list.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut stmt = c.prepare_cached(HANDLES_OF)?;
+    let rows = stmt.query_map(params![list.join(" ")], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 /// A small pool of read connections, each used by one blocking task at a time.
 pub struct ReadPool {
     base: Mutex<Connection>,
