@@ -404,6 +404,15 @@ fn lookups_use_the_indexes() {
     assert_eq!(handles[&liker(7)], "liker7.test");
     let cases = [
         (lexview::index::store::HANDLES_OF, dids.join(" ")),
+        // Handle to DID, as `xrpc::did_for_handle` and GraphQL's `author` ask.
+        (
+            "SELECT did FROM actors WHERE lower(handle) = ? LIMIT 1",
+            "liker7.test".to_string(),
+        ),
+        (
+            "SELECT coalesce((SELECT did FROM actors WHERE lower(handle) = lower(?) LIMIT 1), 'x')",
+            "Liker7.Test".to_string(),
+        ),
         ("SELECT uri FROM records WHERE uri = ?", likes[0].clone()),
         ("SELECT uri, record FROM records_at(?)", likes[..60].join(" ")),
         ("SELECT uri FROM records_by(?) WHERE collection = 'app.bsky.feed.like'", "did:plc:liker0000000000000000007".to_string()),

@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "007_column_compression.sql",
         include_str!("../../schema/007_column_compression.sql"),
     ),
+    (
+        8,
+        "008_handle_index.sql",
+        include_str!("../../schema/008_handle_index.sql"),
+    ),
 ];
 
 /// Store errors.
