@@ -71,6 +71,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
          # TYPE lexview_store_reads_total counter\nlexview_store_reads_total {}\n",
         state.readers.reads()
     ));
+    // Per view cache: (name, (hits, misses), entries held now).
     let caches = [
         ("posts", state.hot.posts.stats(), state.hot.posts.len()),
         (
@@ -85,43 +86,32 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         ),
         ("profiles", state.profiles.0.stats(), state.profiles.0.len()),
     ];
-    // (name, help, type, value from a cache's (hits, misses) and length)
-    type Family = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn((u64, u64), usize) -> u64,
-    );
-    let families: [Family; 3] = [
-        (
-            "view_cache_hits_total",
-            "Keys answered by a view cache (posts, replies, root_likes, profiles).",
-            "counter",
-            |(hits, _), _| hits,
-        ),
-        (
-            "view_cache_misses_total",
-            "Keys a view cache did not hold, read from the store.",
-            "counter",
-            |(_, misses), _| misses,
-        ),
-        (
-            "view_cache_entries",
-            "Entries a view cache holds now.",
-            "gauge",
-            |_, len| len as u64,
-        ),
-    ];
-    for (name, help, kind, value) in families {
+    let mut family = |name: &str, help: &str, kind: &str, value: fn(((u64, u64), usize)) -> u64| {
         text.push_str(&format!(
             "# HELP lexview_{name} {help}\n# TYPE lexview_{name} {kind}\n"
         ));
         for (cache, stats, len) in caches {
-            text.push_str(&format!(
-                "lexview_{name}{{cache=\"{cache}\"}} {}\n",
-                value(stats, len)
-            ));
+            let v = value((stats, len));
+            text.push_str(&format!("lexview_{name}{{cache=\"{cache}\"}} {v}\n"));
         }
-    }
+    };
+    family(
+        "view_cache_hits_total",
+        "Keys answered by a view cache (posts, replies, root_likes, profiles).",
+        "counter",
+        |((hits, _), _)| hits,
+    );
+    family(
+        "view_cache_misses_total",
+        "Keys a view cache did not hold, read from the store.",
+        "counter",
+        |((_, misses), _)| misses,
+    );
+    family(
+        "view_cache_entries",
+        "Entries a view cache holds now.",
+        "gauge",
+        |(_, len)| len as u64,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

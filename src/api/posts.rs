@@ -329,22 +329,10 @@ pub async fn get_quotes(
 /// `did`'s own records), if any.
 async fn pinned_post(state: &AppState, did: &str) -> Result<Option<String>, XrpcError> {
     let profile = format!("at://{did}/app.bsky.actor.profile/self");
-    let pin: Option<String> = state
-        .readers
-        .with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT (record -> 'pinnedPost')::VARCHAR
-                 FROM (SELECT * FROM records WHERE uri = ? OFFSET 0)",
-            )?;
-            let mut rows = stmt.query(params![profile])?;
-            Ok(match rows.next()? {
-                Some(r) => r.get(0)?,
-                None => None,
-            })
-        })
-        .await?;
-    Ok(pin
-        .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+    let rows = gates::records_at(state, [profile.as_str()], "app.bsky.actor.profile").await?;
+    Ok(rows
+        .into_iter()
+        .find_map(|(_, _, record)| record.get("pinnedPost").cloned())
         .filter(is_strong_ref)
         .and_then(|p| p["uri"].as_str().map(str::to_string))
         .filter(|uri| crate::index::event::did_of(uri) == did))

@@ -74,8 +74,8 @@ pub(crate) async fn profile_views(
     if missing.is_empty() {
         return Ok(out);
     }
+    let dids = missing.clone();
     // DIDs contain no spaces (they are checked before they get here).
-    let list = missing.join(" ");
     let profiles = missing
         .iter()
         .map(|d| format!("at://{d}/app.bsky.actor.profile/self"))
@@ -86,7 +86,7 @@ pub(crate) async fn profile_views(
         .with(move |c| {
             // Two index lookups (joining the DID list with records would
             // scan them).
-            let handles = crate::index::store::handles_of(c, list.split(' '))?;
+            let handles = crate::index::store::handles_of(c, dids.iter().map(String::as_str))?;
             let mut stmt = c.prepare_cached(
                 "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
                  FROM records_at(?)",
