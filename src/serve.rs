@@ -370,6 +370,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         search: Some(search.clone()),
         media: Arc::new(cfg.media.clone()),
         gates: gate_filter,
+        lookups: Arc::new(api::lookups::Lookups::new(&readers)),
         readers,
         catalog: shared_catalog,
         metrics: metrics.clone(),

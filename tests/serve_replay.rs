@@ -194,9 +194,30 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         "lexview_view_cache_misses_total{cache=\"posts\"} 1",
         "lexview_view_cache_entries{cache=\"posts\"} 1",
         "# TYPE lexview_view_cache_entries gauge",
+        "# TYPE lexview_lookup_statements_total counter",
+        "# TYPE lexview_lookup_requests_total counter",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
     }
+    // The cache's miss went to the shared posts lookup: one request at least,
+    // answered by no more statements than requests.
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name}{{lookup=\"posts\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let (statements, requests) = (
+        value("lexview_lookup_statements_total"),
+        value("lexview_lookup_requests_total"),
+    );
+    assert!(
+        requests >= 1 && statements >= 1 && statements <= requests,
+        "{metrics}"
+    );
 
     // The store is held by the running server: `sql` says so clearly.
     let (ok, _, stderr) = sql(dir.path(), "SELECT 1");

@@ -113,5 +113,32 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         |(_, len)| len as u64,
     );
+    // Shared point lookups: requests per statement is the batching factor.
+    let lookups = state.lookups.each();
+    for (name, help, requests) in [
+        (
+            "lookup_statements_total",
+            "Statements run by a shared point lookup (posts, counts, replies, profiles).",
+            false,
+        ),
+        (
+            "lookup_requests_total",
+            "Requests those statements answered (several when requests arrive together).",
+            true,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP lexview_{name} {help}\n# TYPE lexview_{name} counter\n"
+        ));
+        for (kind, counts) in &lookups {
+            let v = if requests {
+                &counts.requests
+            } else {
+                &counts.statements
+            };
+            let v = v.load(std::sync::atomic::Ordering::Relaxed);
+            text.push_str(&format!("lexview_{name}{{lookup=\"{kind}\"}} {v}\n"));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

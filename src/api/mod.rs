@@ -8,6 +8,7 @@ pub mod gates;
 pub mod graphql;
 pub mod graphql_types;
 pub mod health;
+pub mod lookups;
 pub mod params;
 pub mod posts;
 pub mod queries;
@@ -52,6 +53,8 @@ pub struct AppState {
     /// Which posts may have gates and which accounts may block: lookups
     /// run only on a hit.
     pub gates: Arc<gates::GateFilter>,
+    /// Point lookups shared by concurrent requests.
+    pub lookups: Arc<lookups::Lookups>,
 }
 
 impl AppState {

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::backlinks::{cut_page, decode_cursor, encode_cursor};
 use super::cache::{Lookup, ViewCache};
+use super::lookups::ProfileRow;
 use super::params::{parse, Params};
 use super::{AppState, XrpcError};
 use crate::index::event::{Change, IndexEvent};
@@ -74,39 +75,18 @@ pub(crate) async fn profile_views(
     if missing.is_empty() {
         return Ok(out);
     }
-    let dids = missing.clone();
-    // DIDs contain no spaces (they are checked before they get here).
-    let profiles = missing
-        .iter()
-        .map(|d| format!("at://{d}/app.bsky.actor.profile/self"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let rows = state
-        .readers
-        .with(move |c| {
-            // Two index lookups (joining the DID list with records would
-            // scan them).
-            let handles = crate::index::store::handles_of(c, dids.iter().map(String::as_str))?;
-            let mut stmt = c.prepare_cached(
-                "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
-                 FROM records_at(?)",
-            )?;
-            let profiles = stmt
-                .query_map(params![profiles], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
-                    ))
-                })?
-                .collect::<duckdb::Result<HashMap<_, _>>>()?;
-            Ok((handles, profiles))
-        })
-        .await?;
-    let (mut handles, mut profiles) = rows;
+    // Shared with concurrent requests (`lookups.rs`).
+    let mut rows: HashMap<String, ProfileRow> = state
+        .lookups
+        .profiles
+        .get(missing.clone())
+        .await?
+        .into_iter()
+        .collect();
     let mut fresh = Vec::with_capacity(missing.len());
     for did in missing {
-        let handle = handles.remove(&did);
-        let (record, indexed_at) = profiles.remove(&did).unzip();
+        let ProfileRow { handle, record } = rows.remove(&did).unwrap_or_default();
+        let (record, indexed_at) = record.unzip();
         let record: Option<Value> = record.and_then(|r| serde_json::from_str(&r).ok());
         let view = profile_view(&did, handle.as_deref(), record.as_ref(), indexed_at);
         fresh.push((did.clone(), view.clone()));

@@ -173,6 +173,12 @@ impl MaybeHeld {
 /// posts took 500 ms on 5M records instead of a few.
 const SESSION_SETTINGS: &str = "SET dynamic_or_filter_threshold = 1000;";
 
+/// Prepared statements a read connection keeps (duckdb-rs keeps 16): the
+/// point lookups alone have one statement per count of keys up to
+/// [`IN_LIST_MAX`] for each kind of row, and a statement dropped from the
+/// cache is parsed and bound again at its next use.
+const READER_STATEMENTS: usize = 256;
+
 /// Up to this many keys are looked up with a list of parameters, which
 /// DuckDB plans faster than the list macros (`records_at` and the like
 /// split one string): for one URI 0.47 ms against 0.71 (records) and 0.19
@@ -262,6 +268,7 @@ impl ReadPool {
             None => {
                 let c = self.base.lock().expect("pool lock").try_clone()?;
                 c.execute_batch(SESSION_SETTINGS)?;
+                c.set_prepared_statement_cache_capacity(READER_STATEMENTS);
                 c
             }
         };

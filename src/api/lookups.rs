@@ -1,0 +1,187 @@
+//! The point lookups that post views, threads and profiles make, shared by
+//! concurrent requests (`index/batch.rs`): under load one statement answers
+//! the lookups of every request waiting for the same kind of row.
+
+use std::sync::Arc;
+
+use crate::index::batch::Batcher;
+use crate::index::store::{handles_of, rows_with, ReadPool};
+
+const POST: &str = "app.bsky.feed.post";
+
+/// A post's stored row: CID, author DID, record JSON and indexing time
+/// (formatted as the views show it).
+#[derive(Clone)]
+pub struct PostRow {
+    pub cid: String,
+    pub did: String,
+    pub record: String,
+    pub indexed_at: String,
+}
+
+/// One row of `link_counts` for a target: (collection, path, count).
+pub type CountRow = (String, String, i64);
+
+/// What a profile view is made of: the handle `actors` knows and the
+/// profile record with its indexing time, either of which may be missing.
+#[derive(Clone, Default)]
+pub struct ProfileRow {
+    pub handle: Option<String>,
+    pub record: Option<(String, String)>,
+}
+
+pub struct Lookups {
+    /// Posts by URI (rows of other collections are left out).
+    pub posts: Batcher<PostRow>,
+    /// `link_counts` of likes, reposts, replies and quotes by target URI.
+    pub counts: Batcher<CountRow>,
+    /// The direct replies of posts: reply URIs by parent URI.
+    pub replies: Batcher<String>,
+    /// Handles and profile records by DID.
+    pub profiles: Batcher<ProfileRow>,
+    /// The likes of a post by one account (a thread root's author):
+    /// like URIs by [`liker_key`].
+    pub likes_by: Batcher<String>,
+}
+
+/// The key of [`Lookups::likes_by`]: the liker's DID and the post's URI
+/// (neither contains a space).
+pub fn liker_key(did: &str, post: &str) -> String {
+    format!("{did} {post}")
+}
+
+impl Lookups {
+    /// Starts their workers (on the current tokio runtime).
+    pub fn new(readers: &Arc<ReadPool>) -> Lookups {
+        Lookups {
+            posts: Batcher::new("posts", readers.clone(), posts),
+            counts: Batcher::new("counts", readers.clone(), counts),
+            replies: Batcher::new("replies", readers.clone(), replies),
+            profiles: Batcher::new("profiles", readers.clone(), profiles),
+            likes_by: Batcher::new("likes_by", readers.clone(), likes_by),
+        }
+    }
+
+    /// Every batcher, for `/metrics`.
+    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 5] {
+        [
+            (self.posts.name(), self.posts.counts()),
+            (self.counts.name(), self.counts.counts()),
+            (self.replies.name(), self.replies.counts()),
+            (self.profiles.name(), self.profiles.counts()),
+            (self.likes_by.name(), self.likes_by.counts()),
+        ]
+    }
+}
+
+fn posts(c: &duckdb::Connection, uris: &[String]) -> duckdb::Result<Vec<(String, PostRow)>> {
+    let (records, keys) = rows_with("records", "uri", "records_at", uris);
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
+         FROM {records} WHERE collection = '{POST}'"
+    ))?;
+    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
+        Ok((
+            r.get(0)?,
+            PostRow {
+                cid: r.get(1)?,
+                did: r.get(2)?,
+                record: r.get(3)?,
+                indexed_at: r.get(4)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn counts(c: &duckdb::Connection, targets: &[String]) -> duckdb::Result<Vec<(String, CountRow)>> {
+    let (counts, keys) = rows_with("link_counts", "target", "counts_of_any", targets);
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT target, collection, path, n FROM {counts}
+         WHERE collection IN ('{POST}', 'app.bsky.feed.repost', 'app.bsky.feed.like')"
+    ))?;
+    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
+        Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+    })?;
+    rows.collect()
+}
+
+fn replies(c: &duckdb::Connection, parents: &[String]) -> duckdb::Result<Vec<(String, String)>> {
+    let (links, keys) = rows_with("links", "target", "links_to_any", parents);
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT target, source_uri FROM {links}
+         WHERE source_collection = '{POST}' AND path = '.reply.parent.uri'"
+    ))?;
+    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    rows.collect()
+}
+
+/// Two index lookups (joining the DID list with `records` would scan it).
+fn profiles(c: &duckdb::Connection, dids: &[String]) -> duckdb::Result<Vec<(String, ProfileRow)>> {
+    let mut out: std::collections::HashMap<String, ProfileRow> =
+        handles_of(c, dids.iter().map(String::as_str))?
+            .into_iter()
+            .map(|(did, handle)| {
+                let row = ProfileRow {
+                    handle: Some(handle),
+                    record: None,
+                };
+                (did, row)
+            })
+            .collect();
+    // DIDs contain no spaces (they are checked before they get here).
+    let uris = dids
+        .iter()
+        .map(|d| format!("at://{d}/app.bsky.actor.profile/self"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut stmt = c.prepare_cached(
+        "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
+         FROM records_at(?)",
+    )?;
+    let mut rows = stmt.query(duckdb::params![uris])?;
+    while let Some(r) = rows.next()? {
+        out.entry(r.get(0)?).or_default().record = Some((r.get(1)?, r.get(2)?));
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The links of the posts' likes, filtered to the likers asked for by a
+/// list (a scalar test, so the plan stays one index scan).
+fn likes_by(c: &duckdb::Connection, keys: &[String]) -> duckdb::Result<Vec<(String, String)>> {
+    let mut posts: Vec<String> = Vec::new();
+    let mut likers: Vec<&str> = Vec::new();
+    let mut wanted: std::collections::HashSet<(&str, &str)> = Default::default();
+    for key in keys {
+        if let Some((did, post)) = key.split_once(' ') {
+            posts.push(post.to_string());
+            likers.push(did);
+            wanted.insert((did, post));
+        }
+    }
+    posts.sort_unstable();
+    posts.dedup();
+    likers.sort_unstable();
+    likers.dedup();
+    let (links, mut params) = rows_with("links", "target", "links_to_any", &posts);
+    params.push(likers.join(" "));
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT source_did, target, source_uri FROM {links}
+         WHERE source_collection = 'app.bsky.feed.like' AND path = '.subject.uri'
+           AND list_contains(string_split(?, ' '), source_did)"
+    ))?;
+    let mut out = Vec::new();
+    let mut rows = stmt.query(duckdb::params_from_iter(params.iter()))?;
+    while let Some(r) = rows.next()? {
+        let did = r.get_ref(0)?.as_str().map_err(duckdb::Error::from)?;
+        let post = r.get_ref(1)?.as_str().map_err(duckdb::Error::from)?;
+        // A batch of several threads asks each post for its own root's
+        // author only.
+        if wanted.contains(&(did, post)) {
+            out.push((liker_key(did, post), r.get(2)?));
+        }
+    }
+    Ok(out)
+}
