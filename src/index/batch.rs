@@ -263,7 +263,7 @@ mod tests {
             batcher.get(vec!["a".to_string()]),
         )
         .await;
-        let message = bad.err().expect("the bad key fails").to_string();
+        let message = bad.expect_err("the bad key fails").to_string();
         assert!(message.contains("no_such_table"), "{message}");
         // "a" failed with it when they shared the statement; asked alone
         // it is answered.
