@@ -156,25 +156,34 @@ pub(crate) async fn links_to(
     if targets.is_empty() {
         return Ok(Vec::new());
     }
-    let (links, mut keys) = rows_with("links", "target", "links_to_any", &targets);
-    keys.extend([collection.to_string(), path.to_string()]);
     Ok(state
         .readers
-        .with(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT target, source_uri, source_did FROM {links}
-                 WHERE source_collection = ? AND path = ?"
-            ))?;
-            let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
-                Ok(LinkRow {
-                    target: r.get(0)?,
-                    source_uri: r.get(1)?,
-                    source_did: r.get(2)?,
-                })
-            })?;
-            rows.collect::<duckdb::Result<Vec<_>>>()
-        })
+        .with(move |c| link_rows(c, &targets, collection, path))
         .await?)
+}
+
+/// [`links_to`] on a read connection (the shared replies lookup runs it
+/// too).
+pub(crate) fn link_rows(
+    c: &duckdb::Connection,
+    targets: &[String],
+    collection: &str,
+    path: &str,
+) -> duckdb::Result<Vec<LinkRow>> {
+    let (links, mut keys) = rows_with("links", "target", "links_to_any", targets);
+    keys.extend([collection.to_string(), path.to_string()]);
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT target, source_uri, source_did FROM {links}
+         WHERE source_collection = ? AND path = ?"
+    ))?;
+    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
+        Ok(LinkRow {
+            target: r.get(0)?,
+            source_uri: r.get(1)?,
+            source_did: r.get(2)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// The records of `collection` at these URIs: (URI, CID, record), through

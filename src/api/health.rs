@@ -114,29 +114,25 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         |(_, len)| len as u64,
     );
     // Shared point lookups: requests per statement is the batching factor.
-    let lookups = state.lookups.each();
-    for (name, help, requests) in [
+    type Pick = fn(&crate::index::batch::BatchCounts) -> &std::sync::atomic::AtomicU64;
+    let lookup_families: [(&str, &str, Pick); 2] = [
         (
             "lookup_statements_total",
-            "Statements run by a shared point lookup (posts, counts, replies, profiles).",
-            false,
+            "Statements run by a shared point lookup (posts, counts, replies, profiles, likes_by).",
+            |c| &c.statements,
         ),
         (
             "lookup_requests_total",
             "Requests those statements answered (several when requests arrive together).",
-            true,
+            |c| &c.requests,
         ),
-    ] {
+    ];
+    for (name, help, pick) in lookup_families {
         text.push_str(&format!(
             "# HELP lexview_{name} {help}\n# TYPE lexview_{name} counter\n"
         ));
-        for (kind, counts) in &lookups {
-            let v = if requests {
-                &counts.requests
-            } else {
-                &counts.statements
-            };
-            let v = v.load(std::sync::atomic::Ordering::Relaxed);
+        for (kind, counts) in state.lookups.each() {
+            let v = pick(counts).load(std::sync::atomic::Ordering::Relaxed);
             text.push_str(&format!("lexview_{name}{{lookup=\"{kind}\"}} {v}\n"));
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::index::batch::Batcher;
 use crate::index::store::{handles_of, rows_with, ReadPool};
 
-const POST: &str = "app.bsky.feed.post";
+use super::posts::{DATETIME, POST};
 
 /// A post's stored row: CID, author DID, record JSON and indexing time
 /// (formatted as the views show it).
@@ -50,6 +50,11 @@ pub fn liker_key(did: &str, post: &str) -> String {
     format!("{did} {post}")
 }
 
+/// The liker's DID and the post's URI of a [`liker_key`].
+pub fn liker_key_parts(key: &str) -> Option<(&str, &str)> {
+    key.split_once(' ')
+}
+
 impl Lookups {
     /// Starts their workers (on the current tokio runtime).
     pub fn new(readers: &Arc<ReadPool>) -> Lookups {
@@ -77,7 +82,7 @@ impl Lookups {
 fn posts(c: &duckdb::Connection, uris: &[String]) -> duckdb::Result<Vec<(String, PostRow)>> {
     let (records, keys) = rows_with("records", "uri", "records_at", uris);
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
+        "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME})
          FROM {records} WHERE collection = '{POST}'"
     ))?;
     let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
@@ -107,15 +112,11 @@ fn counts(c: &duckdb::Connection, targets: &[String]) -> duckdb::Result<Vec<(Str
 }
 
 fn replies(c: &duckdb::Connection, parents: &[String]) -> duckdb::Result<Vec<(String, String)>> {
-    let (links, keys) = rows_with("links", "target", "links_to_any", parents);
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT target, source_uri FROM {links}
-         WHERE source_collection = '{POST}' AND path = '.reply.parent.uri'"
-    ))?;
-    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
-    rows.collect()
+    let links = super::gates::link_rows(c, parents, POST, ".reply.parent.uri")?;
+    Ok(links
+        .into_iter()
+        .map(|l| (l.target, l.source_uri))
+        .collect())
 }
 
 /// Two index lookups (joining the DID list with `records` would scan it).
@@ -137,10 +138,9 @@ fn profiles(c: &duckdb::Connection, dids: &[String]) -> duckdb::Result<Vec<(Stri
         .map(|d| format!("at://{d}/app.bsky.actor.profile/self"))
         .collect::<Vec<_>>()
         .join(" ");
-    let mut stmt = c.prepare_cached(
-        "SELECT did, record::VARCHAR, strftime(indexed_at, '%Y-%m-%dT%H:%M:%S.%gZ')
-         FROM records_at(?)",
-    )?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT did, record::VARCHAR, strftime(indexed_at, {DATETIME}) FROM records_at(?)"
+    ))?;
     let mut rows = stmt.query(duckdb::params![uris])?;
     while let Some(r) = rows.next()? {
         out.entry(r.get(0)?).or_default().record = Some((r.get(1)?, r.get(2)?));
@@ -155,7 +155,7 @@ fn likes_by(c: &duckdb::Connection, keys: &[String]) -> duckdb::Result<Vec<(Stri
     let mut likers: Vec<&str> = Vec::new();
     let mut wanted: std::collections::HashSet<(&str, &str)> = Default::default();
     for key in keys {
-        if let Some((did, post)) = key.split_once(' ') {
+        if let Some((did, post)) = liker_key_parts(key) {
             posts.push(post.to_string());
             likers.push(did);
             wanted.insert((did, post));

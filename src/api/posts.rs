@@ -28,8 +28,9 @@ use super::params::{parse, Params};
 use super::views::{is_strong_ref, profile_views};
 use super::{AppState, XrpcError};
 
-const POST: &str = "app.bsky.feed.post";
-const DATETIME: &str = "'%Y-%m-%dT%H:%M:%S.%gZ'";
+pub(super) const POST: &str = "app.bsky.feed.post";
+/// How views show times (a DuckDB `strftime` format, quoted for SQL).
+pub(super) const DATETIME: &str = "'%Y-%m-%dT%H:%M:%S.%gZ'";
 
 /// A `profileViewBasic` from a `profileView` (the fields basic does not have
 /// are left out).
@@ -622,7 +623,9 @@ async fn add_thread_context(
     // The first like by URI, should the author have liked twice.
     let mut fresh: HashMap<String, String> = HashMap::new();
     for (key, like) in state.lookups.likes_by.get(wanted).await? {
-        let post = key.split_once(' ').map_or(key.as_str(), |(_, p)| p);
+        let Some((_, post)) = super::lookups::liker_key_parts(&key) else {
+            continue;
+        };
         match fresh.get_mut(post) {
             Some(l) if *l <= like => {}
             Some(l) => *l = like,
