@@ -2,11 +2,15 @@
 //! tokenizer, the on-disk index under `<data>/search/`, the indexer thread that
 //! follows the writer's commits, and queries.
 //!
-//! The index is derived from DuckDB and never authoritative: hits are hydrated
-//! from `records`, so a document whose record is gone is dropped at query time,
-//! and `lexview reindex --search` rebuilds the whole index from the store.
+//! The index is derived from DuckDB and never authoritative, and
+//! `lexview reindex --search` rebuilds the whole index from the store. Each
+//! document stores the record as it was indexed (CID, author, JSON, indexing
+//! time), so a hit is answered without reading the store; the records that
+//! changed after the searched snapshot was committed (see [`Recent`]) are read
+//! from `records` instead, so a record deleted or updated in the store is never
+//! answered from an older document.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +22,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STORED, STRING,
 };
 use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, TextAnalyzer, Token, TokenStream};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 use crate::index::event::{Change, IndexEvent};
 use crate::lexicon::{Catalog, Field as LexField};
@@ -32,7 +36,7 @@ const TOKENIZER: &str = "lexview";
 
 /// Bumped when the document layout changes; an index of another version is
 /// rebuilt from the store at start.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 /// Search errors.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +296,49 @@ struct Fields {
     /// Microseconds since the epoch: the record's `createdAt` when it is a
     /// valid time not in the future, else when it was indexed.
     time: Field,
+    cid: Field,
+    record: Field,
+    indexed_us: Field,
+}
+
+/// What searches run against: a committed state of the index and the last
+/// batch it holds (see [`Recent`]).
+struct Snapshot {
+    searcher: Searcher,
+    seq: u64,
+}
+
+/// The records and accounts changed by recent batches, so that a hit whose
+/// document may be older than the store is read from the store.
+///
+/// The writer notes each committed batch here ([`SearchIndex::note`]) before
+/// it moves its cursor on, under the next sequence number; the indexer marks
+/// a batch applied once its changes are staged, and each index commit
+/// publishes a [`Snapshot`] holding every batch applied before it. A hit is
+/// answered from its document only when neither its URI nor its author was
+/// noted after the snapshot it was found in. Entries are dropped once every
+/// snapshot still in use holds them: `retired` keeps the snapshots replaced
+/// while a search may still hold them (an `Arc` with other owners).
+#[derive(Default)]
+struct Recent {
+    seq: u64,
+    uris: HashMap<String, u64>,
+    dids: HashMap<String, u64>,
+    retired: Vec<Arc<Snapshot>>,
+    /// Set when staging a batch failed: the index may then miss changes the
+    /// store holds, so every hit is read from the store until a restart
+    /// (which catches the index up from the last commit's covered time).
+    degraded: bool,
+}
+
+impl Recent {
+    /// Whether a document found in a snapshot holding batches up to `seq`
+    /// still stores the record as the store has it.
+    fn current(&self, uri: &str, did: &str, seq: u64) -> bool {
+        !self.degraded
+            && self.uris.get(uri).is_none_or(|s| *s <= seq)
+            && self.dids.get(did).is_none_or(|s| *s <= seq)
+    }
 }
 
 /// One change to the search index.
@@ -303,6 +350,11 @@ pub enum SearchChange {
         collection: String,
         text: String,
         time_us: i64,
+        cid: String,
+        /// The record's JSON as the store holds it.
+        record: String,
+        /// When the store indexed it (its `indexed_at`).
+        indexed_us: i64,
     },
     Delete {
         uri: String,
@@ -327,6 +379,21 @@ pub struct SearchQuery {
 pub struct Hit {
     pub uri: String,
     pub score: f32,
+    /// The record as its document stores it; `None` when the record or its
+    /// account changed after the searched snapshot was committed (or the
+    /// index missed a change), so the caller must read it from the store.
+    pub stored: Option<StoredRecord>,
+}
+
+/// A record as a search document stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub cid: String,
+    pub did: String,
+    /// The record's JSON as the store holds it.
+    pub record: String,
+    /// The store's `indexed_at`, in microseconds since the epoch.
+    pub indexed_us: i64,
 }
 
 /// The search index on disk.
@@ -335,6 +402,10 @@ pub struct SearchIndex {
     writer: Mutex<IndexWriter>,
     fields: Fields,
     dir: PathBuf,
+    current: Mutex<Arc<Snapshot>>,
+    recent: Mutex<Recent>,
+    /// The last batch staged in the writer (see [`Recent`]).
+    applied: std::sync::atomic::AtomicU64,
 }
 
 /// What a commit records about the store: every record indexed in DuckDB
@@ -348,7 +419,7 @@ struct Payload {
 fn schema() -> Schema {
     let mut b = Schema::builder();
     b.add_text_field("uri", STRING | STORED);
-    b.add_text_field("did", STRING);
+    b.add_text_field("did", STRING | STORED);
     b.add_text_field("collection", STRING);
     b.add_text_field(
         "text",
@@ -359,6 +430,9 @@ fn schema() -> Schema {
         ),
     );
     b.add_i64_field("time", FAST);
+    b.add_text_field("cid", STORED);
+    b.add_text_field("record", STORED);
+    b.add_i64_field("indexed_us", STORED);
     b.build()
 }
 
@@ -407,18 +481,28 @@ impl SearchIndex {
             collection: f("collection"),
             text: f("text"),
             time: f("time"),
+            cid: f("cid"),
+            record: f("record"),
+            indexed_us: f("indexed_us"),
         };
         index.set_default_multithread_executor()?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
+        let current = Mutex::new(Arc::new(Snapshot {
+            searcher: reader.searcher(),
+            seq: 0,
+        }));
         Ok((
             SearchIndex {
                 reader,
                 writer: Mutex::new(writer),
                 fields,
                 dir: dir.to_path_buf(),
+                current,
+                recent: Mutex::default(),
+                applied: Default::default(),
             },
             covered,
         ))
@@ -440,6 +524,9 @@ impl SearchIndex {
                     collection,
                     text,
                     time_us,
+                    cid,
+                    record,
+                    indexed_us,
                 } => {
                     writer.delete_term(Term::from_field_text(self.fields.uri, uri));
                     let mut doc = TantivyDocument::default();
@@ -448,6 +535,9 @@ impl SearchIndex {
                     doc.add_text(self.fields.collection, collection);
                     doc.add_text(self.fields.text, text);
                     doc.add_i64(self.fields.time, *time_us);
+                    doc.add_text(self.fields.cid, cid);
+                    doc.add_text(self.fields.record, record);
+                    doc.add_i64(self.fields.indexed_us, *indexed_us);
                     writer.add_document(doc)?;
                 }
                 SearchChange::Delete { uri } => {
@@ -479,6 +569,8 @@ impl SearchIndex {
     /// Commits staged changes, recording that the store is covered up to
     /// `covered_us`, and makes them visible to searches.
     pub fn commit(&self, covered_us: i64) -> Result<()> {
+        // Every batch marked applied before the commit is in it.
+        let seq = self.applied.load(std::sync::atomic::Ordering::SeqCst);
         {
             let mut writer = self.writer.lock().expect("search writer lock");
             let mut prepared = writer.prepare_commit()?;
@@ -491,13 +583,107 @@ impl SearchIndex {
             );
             prepared.commit()?;
         }
+        self.publish(seq)
+    }
+
+    /// Makes the last commit visible to searches as holding batches up to
+    /// `seq`, and forgets the changes every snapshot in use holds.
+    fn publish(&self, seq: u64) -> Result<()> {
         self.reader.reload()?;
+        let snapshot = Arc::new(Snapshot {
+            searcher: self.reader.searcher(),
+            seq,
+        });
+        let old = std::mem::replace(&mut *self.lock_current(), snapshot);
+        let mut recent = self.lock_recent();
+        recent.retired.push(old);
+        // A search clones the current snapshot under its lock, so once it is
+        // replaced only searches that already hold it can own it.
+        recent.retired.retain(|s| Arc::strong_count(s) > 1);
+        let floor = recent.retired.iter().map(|s| s.seq).fold(seq, u64::min);
+        recent.uris.retain(|_, s| *s > floor);
+        recent.dids.retain(|_, s| *s > floor);
+        Ok(())
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Arc<Snapshot>> {
+        // Replacing an Arc cannot be left half done by a panic.
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // Map inserts and removals leave the maps whole if a panic unwinds.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes the records and accounts a batch committed to the store
+    /// changes, under the next sequence number, which it returns. Called by
+    /// the writer before it moves its cursor past the batch (see [`Recent`]).
+    pub fn note(&self, fields: &SearchFields, batch: &[IndexEvent]) -> u64 {
+        let mut recent = self.lock_recent();
+        recent.seq += 1;
+        let seq = recent.seq;
+        for ev in batch {
+            for change in &ev.changes {
+                match change {
+                    Change::Account { did, .. } => {
+                        recent.dids.insert(did.clone(), seq);
+                    }
+                    Change::Put(w) if !fields.covers(&w.collection) => {}
+                    Change::Delete { collection, .. } if !fields.covers(collection) => {}
+                    Change::Invalid(q) if !fields.covers(&q.collection) => {}
+                    Change::Put(_) | Change::Delete { .. } | Change::Invalid(_) => {
+                        if let Some(uri) = change.record_uri() {
+                            recent.uris.insert(uri.into_owned(), seq);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        seq
+    }
+
+    /// Records that the changes of batch `seq` are staged in the writer (they
+    /// are in the next commit), or that staging them failed.
+    fn applied(&self, seq: u64, ok: bool) {
+        if !ok {
+            self.lock_recent().degraded = true;
+        }
+        self.applied
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Merges every segment into one (after a full build, so that a query
+    /// visits one segment, with one top-hits threshold, instead of many).
+    pub fn merge_all(&self) -> Result<()> {
+        let ids = {
+            let mut writer = self.writer.lock().expect("search writer lock");
+            let ids = writer.index().searchable_segment_ids()?;
+            if ids.len() > 1 {
+                tracing::info!(
+                    segments = ids.len(),
+                    "search index: merging segments into one"
+                );
+                writer.merge(&ids).wait()?;
+            }
+            writer.garbage_collect_files().wait()?;
+            ids
+        };
+        if ids.len() > 1 {
+            self.publish(self.applied.load(std::sync::atomic::Ordering::SeqCst))?;
+        }
         Ok(())
     }
 
     /// Number of documents visible to searches.
     pub fn len(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        self.lock_current().searcher.num_docs()
+    }
+
+    /// Number of segments visible to searches.
+    pub fn segments(&self) -> usize {
+        self.lock_current().searcher.segment_readers().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -540,7 +726,8 @@ impl SearchIndex {
             }
         }
         let query = BooleanQuery::new(clauses);
-        let searcher = self.reader.searcher();
+        let snapshot = self.lock_current().clone();
+        let searcher = &snapshot.searcher;
         let limit = q.limit.max(1);
         let top = TopDocs::with_limit(limit).and_offset(q.offset);
         let (docs, total): (Vec<(f32, tantivy::DocAddress)>, usize) = if q.recency {
@@ -561,22 +748,49 @@ impl SearchIndex {
             // (Block-WAND, for an intersection too; a (TopDocs, Count)
             // pair scores every match), then a count that does not score.
             let docs = searcher.search(&query, &top.order_by_score())?;
-            (docs, query.count(&searcher)?)
+            (docs, query.count(searcher)?)
         };
-        let mut hits = Vec::with_capacity(docs.len());
+        let mut found = Vec::with_capacity(docs.len());
         for (score, address) in docs {
             let doc: TantivyDocument = searcher.doc(address)?;
-            if let Some(uri) = doc
-                .get_first(self.fields.uri)
-                .and_then(|v| tantivy::schema::Value::as_str(&v))
-            {
-                hits.push(Hit {
-                    uri: uri.to_string(),
-                    score,
-                });
+            let text = |f: Field| {
+                doc.get_first(f)
+                    .and_then(|v| tantivy::schema::Value::as_str(&v))
+                    .map(str::to_string)
+            };
+            let Some(uri) = text(self.fields.uri) else {
+                continue;
+            };
+            let indexed_us = doc
+                .get_first(self.fields.indexed_us)
+                .and_then(|v| tantivy::schema::Value::as_i64(&v));
+            let stored = match (
+                text(self.fields.cid),
+                text(self.fields.did),
+                text(self.fields.record),
+                indexed_us,
+            ) {
+                (Some(cid), Some(did), Some(record), Some(indexed_us)) => Some(StoredRecord {
+                    cid,
+                    did,
+                    record,
+                    indexed_us,
+                }),
+                _ => None,
+            };
+            found.push(Hit { uri, score, stored });
+        }
+        let recent = self.lock_recent();
+        for hit in &mut found {
+            let current = hit
+                .stored
+                .as_ref()
+                .is_some_and(|s| recent.current(&hit.uri, &s.did, snapshot.seq));
+            if !current {
+                hit.stored = None;
             }
         }
-        Ok((hits, total))
+        Ok((found, total))
     }
 }
 
@@ -601,8 +815,13 @@ pub fn record_time(created_at: Option<&str>, indexed_us: i64) -> i64 {
 
 // ---- following the writer ----
 
-/// The search changes of a committed batch, for the collections `fields` covers.
-pub fn changes_of(fields: &SearchFields, batch: &[IndexEvent], now_us: i64) -> Vec<SearchChange> {
+/// The search changes of a committed batch, for the collections `fields`
+/// covers; `indexed_us` is when the store indexed the batch.
+pub fn changes_of(
+    fields: &SearchFields,
+    batch: &[IndexEvent],
+    indexed_us: i64,
+) -> Vec<SearchChange> {
     let mut out = Vec::new();
     for ev in batch {
         for change in &ev.changes {
@@ -618,7 +837,10 @@ pub fn changes_of(fields: &SearchFields, batch: &[IndexEvent], now_us: i64) -> V
                             did: w.did.clone(),
                             collection: w.collection.clone(),
                             text,
-                            time_us: record_time(w.created_at.as_deref(), now_us),
+                            time_us: record_time(w.created_at.as_deref(), indexed_us),
+                            cid: w.cid.clone(),
+                            record: w.json.clone(),
+                            indexed_us,
                         }),
                         None => out.push(SearchChange::Delete { uri: w.uri.clone() }),
                     }
@@ -658,6 +880,10 @@ fn account_changes(batch: &[IndexEvent]) -> Vec<(String, bool)> {
 /// and every record of a later batch after it.
 pub struct Committed {
     pub sent_us: i64,
+    /// The store's `indexed_at` of the batch's records.
+    pub indexed_us: i64,
+    /// Its number in [`SearchIndex::note`]'s sequence.
+    pub seq: u64,
     pub batch: Vec<IndexEvent>,
 }
 
@@ -687,7 +913,7 @@ pub fn spawn_indexer(
                 let done = match rx.recv_timeout(wait) {
                     Ok(c) => {
                         let fields = fields.load();
-                        let changes = changes_of(&fields, &c.batch, c.sent_us);
+                        let changes = changes_of(&fields, &c.batch, c.indexed_us);
                         let accounts = account_changes(&c.batch);
                         let applied = index.apply(&changes).and_then(|()| {
                             // An account that went out of view leaves the
@@ -713,9 +939,12 @@ pub fn spawn_indexer(
                             }
                             Ok(())
                         });
+                        index.applied(c.seq, applied.is_ok());
                         match applied {
                             Ok(()) => covered = c.sent_us,
-                            Err(e) => tracing::error!("search index: {e}"),
+                            Err(e) => tracing::error!(
+                                "search index: {e}; hits are read from the store until a restart"
+                            ),
                         }
                         dirty |= !changes.is_empty() || !accounts.is_empty();
                         false
@@ -749,6 +978,9 @@ pub fn fill_from_store(
     let started = chrono::Utc::now().timestamp_micros();
     let n = stage_from_store(index, fields, conn, since_us, None)?;
     index.commit(started)?;
+    if since_us.is_none() {
+        index.merge_all()?;
+    }
     Ok(n)
 }
 
@@ -778,7 +1010,7 @@ fn stage_from_store(
         .map_err(db)?;
     let mut stmt = conn
         .prepare(
-            "SELECT uri, did, collection, record::VARCHAR, created_at, epoch_us(indexed_at)
+            "SELECT uri, did, collection, record::VARCHAR, created_at, epoch_us(indexed_at), cid
              FROM records
              WHERE list_contains(string_split(?, ' '), collection)
                AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)
@@ -802,7 +1034,8 @@ fn stage_from_store(
         let (uri, did, collection, json, created_at) =
             (get(0)?, get(1)?, get(2)?, get(3)?, get(4)?);
         let indexed_us: i64 = r.get(5).map_err(db)?;
-        let (Some(uri), Some(did), Some(collection), Some(json)) = (uri, did, collection, json)
+        let (Some(uri), Some(did), Some(collection), Some(json), Some(cid)) =
+            (uri, did, collection, json, get(6)?)
         else {
             continue;
         };
@@ -816,6 +1049,9 @@ fn stage_from_store(
                 collection,
                 text,
                 time_us: record_time(created_at.as_deref(), indexed_us),
+                cid,
+                record: json,
+                indexed_us,
             });
         }
         n += 1;
@@ -888,10 +1124,13 @@ impl Search {
         }))
     }
 
-    /// Hands the searched part of a committed batch to the indexer thread.
-    /// Called by the writer after each commit, before its next batch.
-    pub fn on_commit(&self, batch: &[IndexEvent]) {
+    /// Hands the searched part of a committed batch to the indexer thread,
+    /// after noting what it changes (see [`Recent`]). Called by the writer
+    /// after each commit, before its cursor moves on and before its next
+    /// batch; `indexed_us` is the batch's `indexed_at` in the store.
+    pub fn on_commit(&self, batch: &[IndexEvent], indexed_us: i64) {
         let fields = self.fields.load();
+        let seq = self.index.note(&fields, batch);
         let covered = |c: &Change| match c {
             Change::Put(w) => fields.covers(&w.collection),
             Change::Delete { collection, .. } => fields.covers(collection),
@@ -915,6 +1154,8 @@ impl Search {
             // Sent even when empty: it moves the covered time forward.
             let _ = tx.send(Committed {
                 sent_us,
+                indexed_us,
+                seq,
                 batch: picked,
             });
         }
@@ -967,6 +1208,134 @@ mod tests {
         assert_eq!(terms("Rustの勉強"), ["rust", "の勉", "勉強"]);
         assert_eq!(terms("猫"), ["猫"]);
         assert_eq!(terms("今日は、晴れ"), ["今日", "日は", "晴れ"]);
+    }
+
+    const DID: &str = "did:plc:alice";
+    const POSTS: &str = "app.bsky.feed.post";
+
+    fn uri(rkey: &str) -> String {
+        format!("at://{DID}/{POSTS}/{rkey}")
+    }
+
+    fn put(rkey: &str, text: &str) -> SearchChange {
+        SearchChange::Put {
+            uri: uri(rkey),
+            did: DID.into(),
+            collection: POSTS.into(),
+            text: text.into(),
+            time_us: 1,
+            cid: format!("cid-{rkey}-{text}"),
+            record: serde_json::json!({ "text": text }).to_string(),
+            indexed_us: 1_700_000_000_000_000,
+        }
+    }
+
+    fn deleted(rkey: &str) -> Vec<IndexEvent> {
+        vec![IndexEvent {
+            changes: vec![Change::Delete {
+                did: DID.into(),
+                collection: POSTS.into(),
+                rkey: rkey.into(),
+                rev: "3l".into(),
+            }],
+            ..Default::default()
+        }]
+    }
+
+    fn posts_searched() -> SearchFields {
+        SearchFields {
+            by_collection: BTreeMap::from([(POSTS.to_string(), vec!["text".to_string()])]),
+        }
+    }
+
+    /// The hit of `rkey` for `text`: Some(whether its document answers).
+    fn answered(index: &SearchIndex, text: &str, rkey: &str) -> Option<bool> {
+        let q = SearchQuery {
+            text: text.into(),
+            limit: 10,
+            ..Default::default()
+        };
+        let (hits, _) = index.search(&q).unwrap();
+        hits.iter()
+            .find(|h| h.uri == uri(rkey))
+            .map(|h| h.stored.is_some())
+    }
+
+    #[test]
+    fn a_changed_record_is_read_from_the_store_until_every_snapshot_in_use_holds_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, _) = SearchIndex::open(dir.path()).unwrap();
+        let fields = posts_searched();
+        // Batch 1 puts two posts; once committed, their documents answer.
+        let seq = index.note(&fields, &[]);
+        index
+            .apply(&[put("a", "river walk"), put("b", "river boat")])
+            .unwrap();
+        index.applied(seq, true);
+        index.commit(1).unwrap();
+        assert_eq!(answered(&index, "river", "a"), Some(true));
+        let (hits, _) = index
+            .search(&SearchQuery {
+                text: "boat".into(),
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        let stored = hits[0].stored.clone().unwrap();
+        assert_eq!(stored.cid, "cid-b-river boat");
+        assert_eq!(stored.did, DID);
+        assert_eq!(stored.record, r#"{"text":"river boat"}"#);
+        assert_eq!(stored.indexed_us, 1_700_000_000_000_000);
+
+        // A search holds the current snapshot while the store deletes "a"
+        // (batch 2): from then on "a" is not answered from its document.
+        let held = index.lock_current().clone();
+        let seq = index.note(&fields, &deleted("a"));
+        assert_eq!(answered(&index, "river", "a"), Some(false));
+        assert_eq!(answered(&index, "river", "b"), Some(true));
+        index
+            .apply(&[SearchChange::Delete { uri: uri("a") }])
+            .unwrap();
+        index.applied(seq, true);
+        index.commit(2).unwrap();
+        assert_eq!(
+            answered(&index, "river", "a"),
+            None,
+            "gone from the new snapshot"
+        );
+        // The held snapshot still has the document: the change is kept for it.
+        assert!(!index.lock_recent().current(&uri("a"), DID, held.seq));
+        drop(held);
+        // The next commit forgets it: no snapshot in use lacks the change.
+        index.commit(3).unwrap();
+        assert!(index.lock_recent().uris.is_empty());
+
+        // An account change covers every record of its DID.
+        index.note(
+            &fields,
+            &[IndexEvent {
+                changes: vec![Change::Account {
+                    did: DID.into(),
+                    active: false,
+                    status: Some("deactivated".into()),
+                }],
+                ..Default::default()
+            }],
+        );
+        assert_eq!(answered(&index, "river", "b"), Some(false));
+    }
+
+    #[test]
+    fn after_a_failed_batch_every_hit_is_read_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, _) = SearchIndex::open(dir.path()).unwrap();
+        index.apply(&[put("a", "lantern")]).unwrap();
+        index.applied(1, true);
+        index.commit(1).unwrap();
+        assert_eq!(answered(&index, "lantern", "a"), Some(true));
+        index.applied(2, false);
+        index.commit(2).unwrap();
+        assert_eq!(answered(&index, "lantern", "a"), Some(false));
     }
 
     #[test]

@@ -329,11 +329,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         metrics.clone(),
         Arc::new({
             let search = search.clone();
-            move |batch| {
+            move |batch, stats| {
                 invalidate.invalidate(batch);
                 hot_seen.on_commit(batch);
                 gates_seen.on_commit(batch);
-                search.on_commit(batch);
+                search.on_commit(batch, stats.indexed_us);
                 if let Some(h) = &handles {
                     h.on_commit(batch);
                 }

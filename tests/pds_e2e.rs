@@ -709,6 +709,30 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
         body["records"][0]["value"]["name"], "Rust meetup",
         "the shortest text ranks first: {body}"
     );
+    // Hits are answered from their search documents: the same CID, record
+    // and indexing time as the store holds.
+    for r in body["records"].as_array().unwrap() {
+        let uri = r["uri"].as_str().unwrap();
+        let parts: Vec<&str> = uri.trim_start_matches("at://").split('/').collect();
+        let (status, stored) = server.get(&format!(
+            "/xrpc/com.atproto.repo.getRecord?repo={}&collection={}&rkey={}",
+            parts[0], parts[1], parts[2]
+        ));
+        assert_eq!(status, 200, "{stored}");
+        assert_eq!(
+            (&r["cid"], &r["value"]),
+            (&stored["cid"], &stored["value"]),
+            "{uri}"
+        );
+        if parts[1] == "app.bsky.feed.post" {
+            let gql = server.graphql(&format!(
+                r#"{{ appBskyFeedPostByUri(uri: "{uri}") {{ indexedAt }} }}"#
+            ));
+            let indexed_at = &gql["data"]["appBskyFeedPostByUri"]["indexedAt"];
+            assert!(indexed_at.is_string(), "{gql}");
+            assert_eq!(&r["indexedAt"], indexed_at, "{uri}");
+        }
+    }
     answers.push(("dev.lexview.search.searchRecords", body));
     let (status, body) = server
         .get("/xrpc/dev.lexview.search.searchRecords?q=RUST&collection=app.bsky.feed.post&limit=1");

@@ -80,6 +80,16 @@ fn p(rkey: &str) -> String {
     uri(did, "app.bsky.feed.post", rkey)
 }
 
+/// Every hit of `text`, best first.
+fn hits(search: &Search, text: &str) -> Vec<lexview::search::Hit> {
+    let q = SearchQuery {
+        text: text.into(),
+        limit: 100,
+        ..Default::default()
+    };
+    search.index.search(&q).unwrap().0
+}
+
 /// The URIs that `text` finds (optionally in one collection / by one author).
 fn found(
     search: &Search,
@@ -108,8 +118,8 @@ fn set(uris: &[String]) -> BTreeSet<String> {
 
 /// Applies a batch as `serve` does: the store's transaction, then search.
 fn apply(store: &mut Store, search: &Search, batch: Vec<IndexEvent>) {
-    store.apply(&batch).unwrap();
-    search.on_commit(&batch);
+    let stats = store.apply(&batch).unwrap();
+    search.on_commit(&batch, stats.indexed_us);
 }
 
 /// Waits until `text` finds `want`; panics after a generous bound (CI machines
@@ -228,8 +238,24 @@ fn english_german_and_japanese_after_updates_and_deletes_then_after_a_rebuild() 
         &search,
         batch(3, vec![delete(ALICE, "app.bsky.feed.post", "a1")]),
     );
+    // Until the index commits these changes, neither record is answered
+    // from its old document: the hit must be read from the store, where
+    // the deleted record is gone and the updated one is new (whichever
+    // snapshot the search ran on).
+    for h in hits(&search, "lazy") {
+        assert!(h.uri != p("a1") || h.stored.is_none(), "{h:?}");
+    }
+    for h in hits(&search, "寿司") {
+        let old = h.stored.as_ref().is_some_and(|s| s.record.contains("東京"));
+        assert!(h.uri != p("a7") || !old, "{h:?}");
+    }
     eventually(&search, "lazy", set(&[p("a2")]));
     eventually(&search, "東京", set(&[p("a5")]));
+    // Once committed, hits are answered from their documents again.
+    let h = hits(&search, "大阪").pop().expect("a7");
+    let stored = h.stored.expect("the committed document answers");
+    assert!(stored.record.contains("大阪で寿司を食べた"), "{stored:?}");
+    assert_eq!(stored.did, ALICE);
     check_final_state(&search);
     search.close();
     drop(search);

@@ -1266,21 +1266,12 @@ fn search_field(search: Arc<crate::search::Search>) -> (GqlField, Vec<Object>) {
                         offset: offset as usize,
                         recency,
                     };
-                    let (hits, total) = search
-                        .index
-                        .search(&q)
-                        .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    let mut rows =
-                        records_by_uri(c, hits.iter().map(|h| h.uri.as_str()))?;
+                    // Best first; records deleted since the last search commit drop out.
+                    let (found, total) = super::search::run_on(c, &search, &q)?;
+                    let (scores, mut rows): (Vec<f32>, Vec<RecordRow>) = found.into_iter().unzip();
                     attach_counts(c, &mut rows)?;
                     attach_targets(c, &mut rows)?;
-                    let mut by_uri: std::collections::HashMap<String, RecordRow> =
-                        rows.into_iter().map(|r| (r.uri.clone(), r)).collect();
-                    // Best first; records deleted since the last search commit drop out.
-                    let hits = hits
-                        .into_iter()
-                        .filter_map(|h| Some((h.score, by_uri.remove(&h.uri)?)))
-                        .collect();
+                    let hits = scores.into_iter().zip(rows).collect();
                     Ok(SearchPage { total, hits })
                 })
                 .await
@@ -1964,7 +1955,7 @@ const RECORD_COLUMNS: &str =
      r.record::VARCHAR";
 
 /// Sets each row's author handle, in one lookup.
-fn attach_handles<'r>(
+pub(crate) fn attach_handles<'r>(
     c: &duckdb::Connection,
     rows: impl IntoIterator<Item = &'r mut RecordRow>,
 ) -> duckdb::Result<()> {
@@ -1981,13 +1972,25 @@ pub(crate) fn records_by_uri<'a>(
     c: &duckdb::Connection,
     uris: impl Iterator<Item = &'a str>,
 ) -> duckdb::Result<Vec<RecordRow>> {
+    let mut rows = records_at_uris(c, uris)?;
+    attach_handles(c, rows.iter_mut())?;
+    Ok(rows)
+}
+
+/// As [`records_by_uri`], without handles.
+pub(crate) fn records_at_uris<'a>(
+    c: &duckdb::Connection,
+    uris: impl Iterator<Item = &'a str>,
+) -> duckdb::Result<Vec<RecordRow>> {
     // AT-URIs contain no spaces.
     let list = uris.collect::<Vec<_>>().join(" ");
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut stmt = c.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records_at(?) r"))?;
-    let mut rows = stmt
+    let rows = stmt
         .query_map(params![list], read_row)?
         .collect::<duckdb::Result<Vec<_>>>()?;
-    attach_handles(c, rows.iter_mut())?;
     Ok(rows)
 }
 

@@ -6,17 +6,20 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::graphql::{records_by_uri, RecordRow};
+use std::collections::HashMap;
+
+use super::graphql::{attach_handles, records_at_uris, RecordRow};
 use super::params::parse;
 use super::xrpc::resolve_repo;
 use super::{AppState, XrpcError};
 use crate::index::store::ReadPool;
-use crate::search::{Search, SearchQuery};
+use crate::search::{Hit, Search, SearchQuery, StoredRecord};
 
-/// Runs `q` and loads the hits' records, best first, with their scores.
-/// Hits whose record is no longer in the store (deleted since the last
-/// search commit) are dropped. Returns the page and the total number of
-/// matches.
+/// Runs `q` and returns the hits' records, best first, with their scores
+/// (without handles). A hit is answered from its search document unless its
+/// record or account changed since the searched snapshot; those are read
+/// from the store, and dropped when the store no longer has them. Returns
+/// the page and the total number of matches.
 pub async fn run(
     search: &Arc<Search>,
     readers: &Arc<ReadPool>,
@@ -30,20 +33,73 @@ pub async fn run(
             tracing::error!("search failed: {e}");
             XrpcError::internal("search failed")
         })?;
-    if hits.is_empty() {
-        return Ok((Vec::new(), total));
-    }
-    let uris: Vec<String> = hits.iter().map(|h| h.uri.clone()).collect();
-    let rows = readers
-        .with(move |c| records_by_uri(c, uris.iter().map(String::as_str)))
-        .await?;
-    let mut by_uri: std::collections::HashMap<String, RecordRow> =
-        rows.into_iter().map(|r| (r.uri.clone(), r)).collect();
-    let found = hits
-        .into_iter()
-        .filter_map(|h| Some((h.score, by_uri.remove(&h.uri)?)))
+    let stale: Vec<String> = hits
+        .iter()
+        .filter(|h| h.stored.is_none())
+        .map(|h| h.uri.clone())
         .collect();
+    let rows = if stale.is_empty() {
+        Vec::new()
+    } else {
+        readers
+            .with(move |c| records_at_uris(c, stale.iter().map(String::as_str)))
+            .await?
+    };
+    Ok((merge_hits(hits, rows), total))
+}
+
+/// As [`run`] on a connection already held (GraphQL's search), with handles.
+pub(crate) fn run_on(
+    c: &duckdb::Connection,
+    search: &Search,
+    q: &SearchQuery,
+) -> duckdb::Result<(Vec<(f32, RecordRow)>, usize)> {
+    let (hits, total) = search
+        .index
+        .search(q)
+        .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let stale = hits
+        .iter()
+        .filter(|h| h.stored.is_none())
+        .map(|h| h.uri.as_str());
+    let rows = records_at_uris(c, stale)?;
+    let mut found = merge_hits(hits, rows);
+    attach_handles(c, found.iter_mut().map(|(_, r)| r))?;
     Ok((found, total))
+}
+
+/// The hits in order, each with its stored record or its row of `rows`
+/// (read from the store); a hit with neither is gone from the store.
+fn merge_hits(hits: Vec<Hit>, rows: Vec<RecordRow>) -> Vec<(f32, RecordRow)> {
+    let mut by_uri: HashMap<String, RecordRow> =
+        rows.into_iter().map(|r| (r.uri.clone(), r)).collect();
+    hits.into_iter()
+        .filter_map(|h| {
+            let row = match h.stored {
+                Some(s) => stored_row(h.uri, s),
+                None => by_uri.remove(&h.uri)?,
+            };
+            Some((h.score, row))
+        })
+        .collect()
+}
+
+/// A record row from a search document, as `records_at_uris` would read it.
+fn stored_row(uri: String, s: StoredRecord) -> RecordRow {
+    RecordRow {
+        rkey: uri.rsplit('/').next().unwrap_or_default().to_string(),
+        cid: s.cid,
+        did: s.did,
+        indexed_at: chrono::DateTime::from_timestamp_micros(s.indexed_us)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string(),
+        record: serde_json::from_str(&s.record).unwrap_or(Value::Null),
+        uri,
+        handle: None,
+        counts: Arc::default(),
+        targets: Arc::default(),
+    }
 }
 
 /// The search service, or the error for a server started without one.
@@ -82,12 +138,17 @@ pub async fn search_records(
         recency: p.bool("recency").unwrap_or(false),
     };
     let (found, total) = run(&search, &state.readers, q).await?;
+    let mut dids: Vec<String> = found.iter().map(|(_, f)| f.did.clone()).collect();
+    dids.sort_unstable();
+    dids.dedup();
+    let handles: HashMap<String, String> =
+        state.lookups.handles.get(dids).await?.into_iter().collect();
     let records: Vec<Value> = found
         .into_iter()
         .map(|(_, f)| {
             let mut author = json!({ "did": f.did });
-            if let Some(h) = f.handle {
-                author["handle"] = Value::String(h);
+            if let Some(h) = handles.get(&f.did) {
+                author["handle"] = Value::String(h.clone());
             }
             json!({
                 "uri": f.uri,

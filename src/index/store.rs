@@ -78,6 +78,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// What one committed batch did, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ApplyStats {
+    /// The `indexed_at` of the records it wrote, in microseconds.
+    pub indexed_us: i64,
     pub events: usize,
     pub puts: usize,
     pub deletes: usize,
@@ -487,7 +489,8 @@ impl Store {
             .filter(|(i, (uri, _))| last[uri.as_ref()] == *i)
             .map(|(_, (uri, change))| (uri.as_ref(), *change))
             .collect();
-        let now = now_value();
+        stats.indexed_us = chrono::Utc::now().timestamp_micros();
+        let now = DbValue::Timestamp(TimeUnit::Microsecond, stats.indexed_us);
         let mut timing = [0u128; 5];
         timing[0] = clock.elapsed().as_millis();
         if !finals.is_empty() {
@@ -927,10 +930,6 @@ fn append_quarantine(
         record,
         now
     ])
-}
-
-fn now_value() -> DbValue {
-    DbValue::Timestamp(TimeUnit::Microsecond, chrono::Utc::now().timestamp_micros())
 }
 
 /// Commits the open transaction if `result` is Ok, rolls it back otherwise.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::event::IndexEvent;
-use super::store::Store;
+use super::store::{ApplyStats, Store};
 use crate::metrics::Metrics;
 
 /// Batching bounds.
@@ -61,8 +61,9 @@ impl Positions {
     }
 }
 
-/// Called with each batch once it is committed (e.g. to invalidate caches).
-pub type OnCommit = Arc<dyn Fn(&[IndexEvent]) + Send + Sync>;
+/// Called with each batch once it is committed (e.g. to invalidate caches),
+/// with what the commit did.
+pub type OnCommit = Arc<dyn Fn(&[IndexEvent], &ApplyStats) + Send + Sync>;
 
 /// Runs until the channel closes, then commits what is pending and returns the store.
 pub async fn run(
@@ -136,7 +137,7 @@ async fn commit(
                 // Caches are invalidated before the cursor moves on, so a
                 // client that saw the new cursor never reads a view cached
                 // from before the batch.
-                on_commit(&batch);
+                on_commit(&batch, &stats);
                 let mut last: BTreeMap<&str, (i64, Option<&String>)> = BTreeMap::new();
                 for ev in &batch {
                     if let Some(c) = ev.cursor {
