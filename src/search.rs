@@ -31,6 +31,13 @@ use crate::lexicon::{Catalog, Field as LexField};
 /// about this long (plus the reader reload, well under a millisecond).
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
+/// Matches are counted exactly up to this many; a search with more reports
+/// this many (as Elasticsearch's `track_total_hits` does by default, and as
+/// Bluesky's `searchPosts` allows: "may be rounded/truncated"). Counting
+/// every match of two common words walks both posting lists to their end,
+/// which cost more than finding the best hits on the load benchmark.
+pub const COUNTED_UP_TO: usize = 10_000;
+
 /// The name the tokenizer is registered under in the index.
 const TOKENIZER: &str = "lexview";
 
@@ -693,7 +700,7 @@ impl SearchIndex {
     /// Runs a query: every term of the text must occur (BM25 ranks the
     /// matches), optionally within one collection or by one author, and
     /// optionally weighted towards recent records. Returns one page of hits
-    /// and the total number of matches.
+    /// and the number of matches, up to [`COUNTED_UP_TO`].
     pub fn search(&self, q: &SearchQuery) -> Result<(Vec<Hit>, usize)> {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -742,13 +749,14 @@ impl SearchIndex {
                     score * recency_factor(now, times.get_val(doc))
                 }
             });
-            searcher.search(&query, &(collector, Count))?
+            let (docs, total) = searcher.search(&query, &(collector, Count))?;
+            (docs, total.min(COUNTED_UP_TO))
         } else {
             // Top hits alone, so that tantivy prunes with block-max scores
             // (Block-WAND, for an intersection too; a (TopDocs, Count)
             // pair scores every match), then a count that does not score.
             let docs = searcher.search(&query, &top.order_by_score())?;
-            (docs, query.count(searcher)?)
+            (docs, count_up_to(&query, searcher, COUNTED_UP_TO)?)
         };
         let mut found = Vec::with_capacity(docs.len());
         for (score, address) in docs {
@@ -792,6 +800,32 @@ impl SearchIndex {
         }
         Ok((found, total))
     }
+}
+
+/// The number of documents `query` matches in `searcher`, or `cap` if more:
+/// the matches are walked one by one (leapfrogging the terms' posting lists)
+/// and the walk stops at `cap`. tantivy's own count walks them all.
+fn count_up_to(query: &dyn Query, searcher: &Searcher, cap: usize) -> Result<usize> {
+    use tantivy::{DocSet, TERMINATED};
+    let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(
+        searcher,
+    ))?;
+    let mut n = 0;
+    for segment in searcher.segment_readers() {
+        let mut docs = weight.scorer(segment, 1.0)?;
+        let alive = segment.alive_bitset();
+        let mut doc = docs.doc();
+        while doc != TERMINATED {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                n += 1;
+                if n == cap {
+                    return Ok(n);
+                }
+            }
+            doc = docs.advance();
+        }
+    }
+    Ok(n)
 }
 
 /// The recency weight: 1 for a record from now, halving every 7 days of age
@@ -1323,6 +1357,37 @@ mod tests {
             }],
         );
         assert_eq!(answered(&index, "river", "b"), Some(false));
+    }
+
+    #[test]
+    fn matches_are_counted_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, _) = SearchIndex::open(dir.path()).unwrap();
+        let docs: Vec<SearchChange> = (0..30)
+            .map(|i| {
+                put(
+                    &format!("p{i}"),
+                    if i % 3 == 0 { "red fox" } else { "red hen" },
+                )
+            })
+            .collect();
+        index.apply(&docs).unwrap();
+        index
+            .apply(&[SearchChange::Delete { uri: uri("p0") }])
+            .unwrap();
+        index.commit(1).unwrap();
+        let searcher = index.lock_current().searcher.clone();
+        let query = |text: &str| {
+            let term = Term::from_field_text(index.fields.text, text);
+            TermQuery::new(term, IndexRecordOption::Basic)
+        };
+        let both = BooleanQuery::intersection(vec![Box::new(query("red")), Box::new(query("fox"))]);
+        // p0 is deleted: 9 foxes and 29 reds remain.
+        assert_eq!(count_up_to(&both, &searcher, 100).unwrap(), 9);
+        assert_eq!(count_up_to(&query("red"), &searcher, 100).unwrap(), 29);
+        assert_eq!(count_up_to(&query("red"), &searcher, 29).unwrap(), 29);
+        assert_eq!(count_up_to(&query("red"), &searcher, 5).unwrap(), 5);
+        assert_eq!(count_up_to(&query("owl"), &searcher, 5).unwrap(), 0);
     }
 
     #[test]

@@ -1201,11 +1201,14 @@ fn search_field(search: Arc<crate::search::Search>) -> (GqlField, Vec<Object>) {
             },
         ));
     let results = Object::new("SearchResults")
-        .field(field_of::<SearchPage>(
-            "totalCount",
-            TypeRef::named_nn(TypeRef::INT),
-            |p| Some(FieldValue::value(p.total as i64)),
-        ))
+        .field(
+            field_of::<SearchPage>("totalCount", TypeRef::named_nn(TypeRef::INT), |p| {
+                Some(FieldValue::value(p.total as i64))
+            })
+            .description(
+                "How many records match, counted up to 10000 (a search with more reports 10000).",
+            ),
+        )
         .field(GqlField::new(
             "hits",
             TypeRef::named_nn_list_nn("SearchHit"),
