@@ -22,6 +22,14 @@ pub struct PostRow {
 /// One row of `link_counts` for a target: (collection, path, count).
 pub type CountRow = (String, String, i64);
 
+/// A row of [`Lookups::posts`]: the post's stored row or one of its
+/// `link_counts` rows.
+#[derive(Clone)]
+pub enum PostPart {
+    Row(PostRow),
+    Count(CountRow),
+}
+
 /// What a profile view is made of: the handle `actors` knows and the
 /// profile record with its indexing time, either of which may be missing.
 #[derive(Clone, Default)]
@@ -31,10 +39,10 @@ pub struct ProfileRow {
 }
 
 pub struct Lookups {
-    /// Posts by URI (rows of other collections are left out).
-    pub posts: Batcher<PostRow>,
-    /// `link_counts` of likes, reposts, replies and quotes by target URI.
-    pub counts: Batcher<CountRow>,
+    /// Posts by URI (rows of other collections are left out) with their
+    /// `link_counts` of likes, reposts, replies and quotes: both in one
+    /// statement (`UNION ALL` of two index lookups), so one planning.
+    pub posts: Batcher<PostPart>,
     /// The direct replies of posts: reply URIs by parent URI.
     pub replies: Batcher<String>,
     /// Handles and profile records by DID.
@@ -62,7 +70,6 @@ impl Lookups {
     pub fn new(readers: &Arc<ReadPool>) -> Lookups {
         Lookups {
             posts: Batcher::new("posts", readers.clone(), posts),
-            counts: Batcher::new("counts", readers.clone(), counts),
             replies: Batcher::new("replies", readers.clone(), replies),
             profiles: Batcher::new("profiles", readers.clone(), profiles),
             handles: Batcher::new("handles", readers.clone(), handles),
@@ -71,10 +78,9 @@ impl Lookups {
     }
 
     /// Every batcher, for `/metrics`.
-    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 6] {
+    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 5] {
         [
             (self.posts.name(), self.posts.counts()),
-            (self.counts.name(), self.counts.counts()),
             (self.replies.name(), self.replies.counts()),
             (self.profiles.name(), self.profiles.counts()),
             (self.handles.name(), self.handles.counts()),
@@ -83,34 +89,29 @@ impl Lookups {
     }
 }
 
-fn posts(c: &duckdb::Connection, uris: &[String]) -> duckdb::Result<Vec<(String, PostRow)>> {
-    let (records, keys) = rows_with("records", "uri", "records_at", uris);
+fn posts(c: &duckdb::Connection, uris: &[String]) -> duckdb::Result<Vec<(String, PostPart)>> {
+    let (records, mut keys) = rows_with("records", "uri", "records_at", uris);
+    let (counts, count_keys) = rows_with("link_counts", "target", "counts_of_any", uris);
+    keys.extend(count_keys);
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME})
-         FROM {records} WHERE collection = '{POST}'"
-    ))?;
-    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
-        Ok((
-            r.get(0)?,
-            PostRow {
-                cid: r.get(1)?,
-                did: r.get(2)?,
-                record: r.get(3)?,
-                indexed_at: r.get(4)?,
-            },
-        ))
-    })?;
-    rows.collect()
-}
-
-fn counts(c: &duckdb::Connection, targets: &[String]) -> duckdb::Result<Vec<(String, CountRow)>> {
-    let (counts, keys) = rows_with("link_counts", "target", "counts_of_any", targets);
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT target, collection, path, n FROM {counts}
+        "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME}),
+                NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT
+         FROM {records} WHERE collection = '{POST}'
+         UNION ALL
+         SELECT target, NULL, NULL, NULL, NULL, collection, path, n FROM {counts}
          WHERE collection IN ('{POST}', 'app.bsky.feed.repost', 'app.bsky.feed.like')"
     ))?;
     let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
-        Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+        let part = match r.get::<_, Option<String>>(1)? {
+            Some(cid) => PostPart::Row(PostRow {
+                cid,
+                did: r.get(2)?,
+                record: r.get(3)?,
+                indexed_at: r.get(4)?,
+            }),
+            None => PostPart::Count((r.get(5)?, r.get(6)?, r.get(7)?)),
+        };
+        Ok((r.get(0)?, part))
     })?;
     rows.collect()
 }
