@@ -28,6 +28,8 @@ pub type CountRow = (String, String, i64);
 pub enum PostPart {
     Row(PostRow),
     Count(CountRow),
+    /// A direct reply to the post (from [`Lookups::thread_posts`] only).
+    Reply(String),
 }
 
 /// What a profile view is made of: the handle `actors` knows and the
@@ -43,6 +45,10 @@ pub struct Lookups {
     /// `link_counts` of likes, reposts, replies and quotes: both in one
     /// statement (`UNION ALL` of two index lookups), so one planning.
     pub posts: Batcher<PostPart>,
+    /// As `posts`, with each post's direct replies too (a thread's levels:
+    /// the replies of one level are read with its posts, not by a
+    /// statement of their own).
+    pub thread_posts: Batcher<PostPart>,
     /// The direct replies of posts: reply URIs by parent URI.
     pub replies: Batcher<String>,
     /// Handles and profile records by DID.
@@ -70,6 +76,7 @@ impl Lookups {
     pub fn new(readers: &Arc<ReadPool>) -> Lookups {
         Lookups {
             posts: Batcher::new("posts", readers.clone(), posts),
+            thread_posts: Batcher::new("thread_posts", readers.clone(), thread_posts),
             replies: Batcher::new("replies", readers.clone(), replies),
             profiles: Batcher::new("profiles", readers.clone(), profiles),
             handles: Batcher::new("handles", readers.clone(), handles),
@@ -78,9 +85,10 @@ impl Lookups {
     }
 
     /// Every batcher, for `/metrics`.
-    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 5] {
+    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 6] {
         [
             (self.posts.name(), self.posts.counts()),
+            (self.thread_posts.name(), self.thread_posts.counts()),
             (self.replies.name(), self.replies.counts()),
             (self.profiles.name(), self.profiles.counts()),
             (self.handles.name(), self.handles.counts()),
@@ -90,26 +98,59 @@ impl Lookups {
 }
 
 fn posts(c: &duckdb::Connection, uris: &[String]) -> duckdb::Result<Vec<(String, PostPart)>> {
+    post_parts(c, uris, false)
+}
+
+fn thread_posts(
+    c: &duckdb::Connection,
+    uris: &[String],
+) -> duckdb::Result<Vec<(String, PostPart)>> {
+    post_parts(c, uris, true)
+}
+
+/// The rows of [`Lookups::posts`], or of [`Lookups::thread_posts`] when
+/// `with_replies`: one statement, a `UNION ALL` of index lookups, each
+/// branch's rows told apart by which of its columns are set.
+fn post_parts(
+    c: &duckdb::Connection,
+    uris: &[String],
+    with_replies: bool,
+) -> duckdb::Result<Vec<(String, PostPart)>> {
     let (records, mut keys) = rows_with("records", "uri", "records_at", uris);
     let (counts, count_keys) = rows_with("link_counts", "target", "counts_of_any", uris);
     keys.extend(count_keys);
+    let replies = if with_replies {
+        let (links, link_keys) = rows_with("links", "target", "links_to_any", uris);
+        keys.extend(link_keys);
+        format!(
+            "UNION ALL
+             SELECT target, NULL, NULL, NULL, NULL, NULL, NULL, NULL, source_uri FROM {links}
+             WHERE source_collection = '{POST}' AND path = '.reply.parent.uri'"
+        )
+    } else {
+        String::new()
+    };
     let mut stmt = c.prepare_cached(&format!(
         "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME}),
-                NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT
+                NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR
          FROM {records} WHERE collection = '{POST}'
          UNION ALL
-         SELECT target, NULL, NULL, NULL, NULL, collection, path, n FROM {counts}
-         WHERE collection IN ('{POST}', 'app.bsky.feed.repost', 'app.bsky.feed.like')"
+         SELECT target, NULL, NULL, NULL, NULL, collection, path, n, NULL FROM {counts}
+         WHERE collection IN ('{POST}', 'app.bsky.feed.repost', 'app.bsky.feed.like')
+         {replies}"
     ))?;
     let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
-        let part = match r.get::<_, Option<String>>(1)? {
-            Some(cid) => PostPart::Row(PostRow {
+        let part = if let Some(cid) = r.get::<_, Option<String>>(1)? {
+            PostPart::Row(PostRow {
                 cid,
                 did: r.get(2)?,
                 record: r.get(3)?,
                 indexed_at: r.get(4)?,
-            }),
-            None => PostPart::Count((r.get(5)?, r.get(6)?, r.get(7)?)),
+            })
+        } else if let Some(reply) = r.get::<_, Option<String>>(8)? {
+            PostPart::Reply(reply)
+        } else {
+            PostPart::Count((r.get(5)?, r.get(6)?, r.get(7)?))
         };
         Ok((r.get(0)?, part))
     })?;

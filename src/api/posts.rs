@@ -51,6 +51,24 @@ pub(crate) async fn post_views(
     state: &AppState,
     uris: &[String],
 ) -> Result<HashMap<String, Value>, XrpcError> {
+    post_views_with(state, uris, false).await
+}
+
+/// As [`post_views`], for the posts of a thread level whose replies are
+/// read next: the posts read from the store come with their direct
+/// replies, which go to the hot reply cache for [`replies_of`].
+async fn thread_post_views(
+    state: &AppState,
+    uris: &[String],
+) -> Result<HashMap<String, Value>, XrpcError> {
+    post_views_with(state, uris, true).await
+}
+
+async fn post_views_with(
+    state: &AppState,
+    uris: &[String],
+    with_replies: bool,
+) -> Result<HashMap<String, Value>, XrpcError> {
     let Lookup {
         found,
         missing,
@@ -61,7 +79,7 @@ pub(crate) async fn post_views(
         .filter_map(|(uri, view)| Some((uri, view?)))
         .collect();
     if !missing.is_empty() {
-        let fresh = post_views_at(state, &missing, 0).await?;
+        let fresh = post_views_at(state, &missing, 0, with_replies).await?;
         // Kept only if no batch was committed since the lookup (cache.rs).
         state.hot.posts.put_all(
             epoch,
@@ -78,10 +96,13 @@ pub(crate) async fn post_views(
 /// `postView`s shown at `depth`: 0 for the posts of an answer, 1 for posts
 /// they quote, 2 for posts those quote. Embeds are shown down to depth 1, so
 /// the quoted posts are fetched one level deeper (at most two more queries).
+/// With `with_replies`, the posts' direct replies are read in the same
+/// statement and stored in the hot reply cache ([`thread_post_views`]).
 async fn post_views_at(
     state: &AppState,
     uris: &[String],
     depth: u8,
+    with_replies: bool,
 ) -> Result<HashMap<String, Value>, XrpcError> {
     if uris.is_empty() {
         return Ok(HashMap::new());
@@ -90,13 +111,31 @@ async fn post_views_at(
     // requests (`lookups.rs`); the counts are summed here (one statement
     // that joined and aggregated them took 1.5 ms for one post against
     // 0.65 ms for the two).
+    let lookup = if with_replies {
+        &state.lookups.thread_posts
+    } else {
+        &state.lookups.posts
+    };
+    // Read before the store is (cache.rs).
+    let replies_epoch = state.hot.replies.epoch();
     let mut found = Vec::new();
     let mut counted = Vec::new();
-    for (uri, part) in state.lookups.posts.get(uris.to_vec()).await? {
+    let mut replies: HashMap<String, Vec<String>> = HashMap::new();
+    for (uri, part) in lookup.get(uris.to_vec()).await? {
         match part {
             PostPart::Row(row) => found.push((uri, row)),
             PostPart::Count(count) => counted.push((uri, count)),
+            PostPart::Reply(reply) => replies.entry(uri).or_default().push(reply),
         }
+    }
+    if with_replies {
+        for (uri, _) in &found {
+            replies.entry(uri.clone()).or_default();
+        }
+        for list in replies.values_mut() {
+            oldest_first(list);
+        }
+        state.hot.replies.put_all(replies_epoch, replies);
     }
     // [replies, reposts, likes, quotes] by post.
     let mut tallies: HashMap<String, [i64; 4]> = HashMap::new();
@@ -147,7 +186,7 @@ async fn post_views_at(
         .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
         .map(str::to_string)
         .collect();
-    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1)).await?;
+    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1, false)).await?;
     // Blocks and post gates between the quoting posts and what they quote.
     let quoting: Vec<(&Value, &str, &str)> = parsed
         .iter()
@@ -332,10 +371,13 @@ pub async fn get_post_thread(
     let uri = p.str("uri").unwrap_or_default().to_string();
     let depth = p.int("depth").unwrap_or(6);
     let parent_height = p.int("parentHeight").unwrap_or(80);
-    let anchor = post_views(state, std::slice::from_ref(&uri))
-        .await?
-        .remove(&uri)
-        .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
+    let anchor = if depth > 0 {
+        thread_post_views(state, std::slice::from_ref(&uri)).await?
+    } else {
+        post_views(state, std::slice::from_ref(&uri)).await?
+    }
+    .remove(&uri)
+    .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
 
     // Replies, level by level, down to `depth`; only posts whose (exact)
     // reply count says they have replies are looked up, which saves the
@@ -365,7 +407,7 @@ pub async fn get_post_thread(
         }
     }
     let mut prefetched: HashMap<String, Value> = HashMap::new();
-    for _ in 0..depth {
+    for d in 0..depth {
         if level.is_empty() {
             break;
         }
@@ -380,7 +422,13 @@ pub async fn get_post_thread(
             .filter(|a| !next.contains(a))
             .collect();
         let fetch: Vec<String> = next.iter().chain(&extra).cloned().collect();
-        let mut next_views = post_views(state, &fetch).await?;
+        // The replies of this level's posts are read with them when there
+        // is a next level to show.
+        let mut next_views = if d + 1 < depth {
+            thread_post_views(state, &fetch).await?
+        } else {
+            post_views(state, &fetch).await?
+        };
         for a in extra {
             if let Some(v) = next_views.remove(&a) {
                 prefetched.insert(a, v);
@@ -533,12 +581,8 @@ async fn replies_of(
             list.push(reply);
         }
     }
-    // Oldest first: by record key (a TID), then URI.
-    fn rkey(uri: &str) -> &str {
-        uri.rsplit('/').next().unwrap_or_default()
-    }
     for list in fresh.values_mut() {
-        list.sort_by(|a, b| rkey(a).cmp(rkey(b)).then_with(|| a.cmp(b)));
+        oldest_first(list);
     }
     state
         .hot
@@ -546,6 +590,14 @@ async fn replies_of(
         .put_all(epoch, fresh.iter().map(|(k, v)| (k.clone(), v.clone())));
     found.extend(fresh);
     Ok(found)
+}
+
+/// Sorts replies oldest first: by record key (a TID), then URI.
+fn oldest_first(replies: &mut [String]) {
+    fn rkey(uri: &str) -> &str {
+        uri.rsplit('/').next().unwrap_or_default()
+    }
+    replies.sort_by(|a, b| rkey(a).cmp(rkey(b)).then_with(|| a.cmp(b)));
 }
 
 /// Sets every `threadViewPost`'s `threadContext`: `rootAuthorLike`, the
