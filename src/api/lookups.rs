@@ -30,6 +30,12 @@ pub enum PostPart {
     Count(CountRow),
     /// A direct reply to the post (from [`Lookups::thread_posts`] only).
     Reply(String),
+    /// A like of the post by one of the DIDs among the keys (from
+    /// [`Lookups::thread_posts`] only).
+    Like {
+        liker: String,
+        like: String,
+    },
 }
 
 /// What a profile view is made of: the handle `actors` knows and the
@@ -45,9 +51,10 @@ pub struct Lookups {
     /// `link_counts` of likes, reposts, replies and quotes: both in one
     /// statement (`UNION ALL` of two index lookups), so one planning.
     pub posts: Batcher<PostPart>,
-    /// As `posts`, with each post's direct replies too (a thread's levels:
-    /// the replies of one level are read with its posts, not by a
-    /// statement of their own).
+    /// As `posts`, with each post's direct replies and its likes by the
+    /// DIDs among the keys (a thread's levels: the replies of one level
+    /// and its root author's likes are read with its posts, not by
+    /// statements of their own). Keys are post URIs and liker DIDs.
     pub thread_posts: Batcher<PostPart>,
     /// The direct replies of posts: reply URIs by parent URI.
     pub replies: Batcher<String>,
@@ -109,37 +116,56 @@ fn thread_posts(
 }
 
 /// The rows of [`Lookups::posts`], or of [`Lookups::thread_posts`] when
-/// `with_replies`: one statement, a `UNION ALL` of index lookups, each
-/// branch's rows told apart by which of its columns are set.
+/// `thread`: one statement, a `UNION ALL` of index lookups, each branch's
+/// rows told apart by which of its columns are set.
 fn post_parts(
     c: &duckdb::Connection,
-    uris: &[String],
-    with_replies: bool,
+    keys: &[String],
+    thread: bool,
 ) -> duckdb::Result<Vec<(String, PostPart)>> {
-    let (records, mut keys) = rows_with("records", "uri", "records_at", uris);
-    let (counts, count_keys) = rows_with("link_counts", "target", "counts_of_any", uris);
-    keys.extend(count_keys);
-    let replies = if with_replies {
-        let (links, link_keys) = rows_with("links", "target", "links_to_any", uris);
-        keys.extend(link_keys);
+    // Thread keys are post URIs and liker DIDs.
+    let (likers, uris): (Vec<&String>, Vec<&String>) =
+        keys.iter().partition(|k| thread && k.starts_with("did:"));
+    let uris: Vec<String> = uris.into_iter().cloned().collect();
+    if uris.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (records, mut params) = rows_with("records", "uri", "records_at", &uris);
+    let (counts, count_keys) = rows_with("link_counts", "target", "counts_of_any", &uris);
+    params.extend(count_keys);
+    let links = if thread {
+        // One scan of the posts' links: their replies, and their likes by
+        // the likers asked for (a scalar list test keeps it one index scan).
+        let (links, link_keys) = rows_with("links", "target", "links_to_any", &uris);
+        params.extend(link_keys);
+        params.push(
+            likers
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         format!(
             "UNION ALL
-             SELECT target, NULL, NULL, NULL, NULL, NULL, NULL, NULL, source_uri FROM {links}
-             WHERE source_collection = '{POST}' AND path = '.reply.parent.uri'"
+             SELECT target, NULL, NULL, NULL, NULL, NULL, NULL, NULL, source_uri, source_did
+             FROM {links}
+             WHERE (source_collection = '{POST}' AND path = '.reply.parent.uri')
+                OR (source_collection = 'app.bsky.feed.like' AND path = '.subject.uri'
+                    AND list_contains(string_split(?, ' '), source_did))"
         )
     } else {
         String::new()
     };
     let mut stmt = c.prepare_cached(&format!(
         "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME}),
-                NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR
+                NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR, NULL::VARCHAR
          FROM {records} WHERE collection = '{POST}'
          UNION ALL
-         SELECT target, NULL, NULL, NULL, NULL, collection, path, n, NULL FROM {counts}
+         SELECT target, NULL, NULL, NULL, NULL, collection, path, n, NULL, NULL FROM {counts}
          WHERE collection IN ('{POST}', 'app.bsky.feed.repost', 'app.bsky.feed.like')
-         {replies}"
+         {links}"
     ))?;
-    let rows = stmt.query_map(duckdb::params_from_iter(keys.iter()), |r| {
+    let rows = stmt.query_map(duckdb::params_from_iter(params.iter()), |r| {
         let part = if let Some(cid) = r.get::<_, Option<String>>(1)? {
             PostPart::Row(PostRow {
                 cid,
@@ -147,8 +173,15 @@ fn post_parts(
                 record: r.get(3)?,
                 indexed_at: r.get(4)?,
             })
-        } else if let Some(reply) = r.get::<_, Option<String>>(8)? {
-            PostPart::Reply(reply)
+        } else if let Some(source) = r.get::<_, Option<String>>(8)? {
+            if crate::index::event::collection_of(&source) == Some("app.bsky.feed.like") {
+                PostPart::Like {
+                    liker: r.get(9)?,
+                    like: source,
+                }
+            } else {
+                PostPart::Reply(source)
+            }
         } else {
             PostPart::Count((r.get(5)?, r.get(6)?, r.get(7)?))
         };
@@ -236,4 +269,112 @@ fn likes_by(c: &duckdb::Connection, keys: &[String]) -> duckdb::Result<Vec<(Stri
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::event::{Change, IndexEvent, RecordWrite};
+    use crate::index::store::Store;
+    use serde_json::json;
+
+    const CID: &str = "bafyreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
+
+    fn put(did: &str, collection: &str, rkey: &str, record: serde_json::Value) -> IndexEvent {
+        let w = RecordWrite::new(
+            did.into(),
+            collection.into(),
+            rkey.into(),
+            CID.into(),
+            "3k".into(),
+            record,
+        );
+        IndexEvent {
+            changes: vec![Change::Put(w)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn thread_rows_hold_posts_counts_replies_and_only_the_asked_likers_likes() {
+        let (alice, bob) = ("did:plc:alice", "did:plc:bob");
+        let at = "2026-01-01T00:00:00.000Z";
+        let root = format!("at://{alice}/{POST}/3kroot");
+        let reply = format!("at://{bob}/{POST}/3kreply");
+        let strong = |uri: &str| json!({"uri": uri, "cid": CID});
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        store
+            .apply(&[
+                put(
+                    alice,
+                    POST,
+                    "3kroot",
+                    json!({"text": "root", "createdAt": at}),
+                ),
+                put(
+                    bob,
+                    POST,
+                    "3kreply",
+                    json!({"text": "reply", "createdAt": at,
+                           "reply": {"root": strong(&root), "parent": strong(&root)}}),
+                ),
+                put(
+                    alice,
+                    "app.bsky.feed.like",
+                    "3klike",
+                    json!({"subject": strong(&reply), "createdAt": at}),
+                ),
+                put(
+                    bob,
+                    "app.bsky.feed.like",
+                    "3klike",
+                    json!({"subject": strong(&root), "createdAt": at}),
+                ),
+            ])
+            .unwrap();
+        let parts = |keys: &[&str], thread: bool| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let mut out: Vec<String> = store
+                .readers()
+                .with_blocking(|c| post_parts(c, &keys, thread))
+                .unwrap()
+                .into_iter()
+                .map(|(key, part)| match part {
+                    PostPart::Row(r) => format!("{key} row {}", r.did),
+                    PostPart::Count((c, p, n)) => format!("{key} count {c}{p} {n}"),
+                    PostPart::Reply(r) => format!("{key} reply {r}"),
+                    PostPart::Like { liker, like } => format!("{key} like {liker} {like}"),
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let like = |did: &str| format!("at://{did}/app.bsky.feed.like/3klike");
+        // Alice's likes only: Bob's like of the root is not asked for.
+        assert_eq!(
+            parts(&[&root, &reply, alice], true),
+            [
+                format!("{root} count app.bsky.feed.like.subject.uri 1"),
+                format!("{root} count {POST}.reply.parent.uri 1"),
+                format!("{root} count {POST}.reply.root.uri 1"),
+                format!("{root} reply {reply}"),
+                format!("{root} row {alice}"),
+                format!("{reply} count app.bsky.feed.like.subject.uri 1"),
+                format!("{reply} like {alice} {}", like(alice)),
+                format!("{reply} row {bob}"),
+            ]
+        );
+        assert!(parts(&[&root, bob], true).contains(&format!("{root} like {bob} {}", like(bob))));
+        // The plain lookup: rows and counts alone.
+        assert_eq!(
+            parts(&[&root], false),
+            [
+                format!("{root} count app.bsky.feed.like.subject.uri 1"),
+                format!("{root} count {POST}.reply.parent.uri 1"),
+                format!("{root} count {POST}.reply.root.uri 1"),
+                format!("{root} row {alice}"),
+            ]
+        );
+    }
 }

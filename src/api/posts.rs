@@ -51,23 +51,26 @@ pub(crate) async fn post_views(
     state: &AppState,
     uris: &[String],
 ) -> Result<HashMap<String, Value>, XrpcError> {
-    post_views_with(state, uris, false).await
+    post_views_with(state, uris, None).await
 }
 
 /// As [`post_views`], for the posts of a thread level whose replies are
-/// read next: the posts read from the store come with their direct
-/// replies, which go to the hot reply cache for [`replies_of`].
+/// read next, in a thread whose root is by `root_author`: the posts read
+/// from the store come with their direct replies and `root_author`'s likes
+/// of them, which go to the hot caches that [`replies_of`] and
+/// [`add_thread_context`] read.
 async fn thread_post_views(
     state: &AppState,
     uris: &[String],
+    root_author: &str,
 ) -> Result<HashMap<String, Value>, XrpcError> {
-    post_views_with(state, uris, true).await
+    post_views_with(state, uris, Some(root_author)).await
 }
 
 async fn post_views_with(
     state: &AppState,
     uris: &[String],
-    with_replies: bool,
+    thread: Option<&str>,
 ) -> Result<HashMap<String, Value>, XrpcError> {
     let Lookup {
         found,
@@ -79,7 +82,7 @@ async fn post_views_with(
         .filter_map(|(uri, view)| Some((uri, view?)))
         .collect();
     if !missing.is_empty() {
-        let fresh = post_views_at(state, &missing, 0, with_replies).await?;
+        let fresh = post_views_at(state, &missing, 0, thread).await?;
         // Kept only if no batch was committed since the lookup (cache.rs).
         state.hot.posts.put_all(
             epoch,
@@ -96,13 +99,14 @@ async fn post_views_with(
 /// `postView`s shown at `depth`: 0 for the posts of an answer, 1 for posts
 /// they quote, 2 for posts those quote. Embeds are shown down to depth 1, so
 /// the quoted posts are fetched one level deeper (at most two more queries).
-/// With `with_replies`, the posts' direct replies are read in the same
-/// statement and stored in the hot reply cache ([`thread_post_views`]).
+/// With `thread` (a thread root's author), the posts' direct replies and
+/// that author's likes of them are read in the same statement and stored
+/// in the hot caches ([`thread_post_views`]).
 async fn post_views_at(
     state: &AppState,
     uris: &[String],
     depth: u8,
-    with_replies: bool,
+    thread: Option<&str>,
 ) -> Result<HashMap<String, Value>, XrpcError> {
     if uris.is_empty() {
         return Ok(HashMap::new());
@@ -111,24 +115,45 @@ async fn post_views_at(
     // requests (`lookups.rs`); the counts are summed here (one statement
     // that joined and aggregated them took 1.5 ms for one post against
     // 0.65 ms for the two).
-    let lookup = if with_replies {
-        &state.lookups.thread_posts
-    } else {
-        &state.lookups.posts
+    let (lookup, keys) = match thread {
+        // The root author's DID rides along as a key of its own (a DID, not
+        // an AT-URI: `lookups::post_parts` tells them apart).
+        Some(root_author) => (
+            &state.lookups.thread_posts,
+            uris.iter()
+                .cloned()
+                .chain([root_author.to_string()])
+                .collect(),
+        ),
+        None => (&state.lookups.posts, uris.to_vec()),
     };
     // Read before the store is (cache.rs).
     let replies_epoch = state.hot.replies.epoch();
+    let likes_epoch = state.hot.root_likes.epoch();
     let mut found = Vec::new();
     let mut counted = Vec::new();
     let mut replies: HashMap<String, Vec<String>> = HashMap::new();
-    for (uri, part) in lookup.get(uris.to_vec()).await? {
+    let mut root_likes: HashMap<String, String> = HashMap::new();
+    for (uri, part) in lookup.get(keys).await? {
         match part {
             PostPart::Row(row) => found.push((uri, row)),
             PostPart::Count(count) => counted.push((uri, count)),
             PostPart::Reply(reply) => replies.entry(uri).or_default().push(reply),
+            // Likes by other threads' root authors come with a shared
+            // statement; the first like by URI, should there be two.
+            PostPart::Like { liker, like } if Some(liker.as_str()) == thread => {
+                match root_likes.get_mut(&uri) {
+                    Some(l) if *l <= like => {}
+                    Some(l) => *l = like,
+                    None => {
+                        root_likes.insert(uri, like);
+                    }
+                }
+            }
+            PostPart::Like { .. } => {}
         }
     }
-    if with_replies {
+    if let Some(root_author) = thread {
         for (uri, _) in &found {
             replies.entry(uri.clone()).or_default();
         }
@@ -136,6 +161,13 @@ async fn post_views_at(
             oldest_first(list);
         }
         state.hot.replies.put_all(replies_epoch, replies);
+        state.hot.root_likes.put_all(
+            likes_epoch,
+            found.iter().map(|(uri, _)| {
+                let like = root_likes.get(uri).cloned();
+                ((root_author.to_string(), uri.clone()), like)
+            }),
+        );
     }
     // [replies, reposts, likes, quotes] by post.
     let mut tallies: HashMap<String, [i64; 4]> = HashMap::new();
@@ -186,7 +218,7 @@ async fn post_views_at(
         .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
         .map(str::to_string)
         .collect();
-    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1, false)).await?;
+    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1, None)).await?;
     // Blocks and post gates between the quoting posts and what they quote.
     let quoting: Vec<(&Value, &str, &str)> = parsed
         .iter()
@@ -371,18 +403,21 @@ pub async fn get_post_thread(
     let uri = p.str("uri").unwrap_or_default().to_string();
     let depth = p.int("depth").unwrap_or(6);
     let parent_height = p.int("parentHeight").unwrap_or(80);
-    let anchor = if depth > 0 {
-        thread_post_views(state, std::slice::from_ref(&uri)).await?
-    } else {
-        post_views(state, std::slice::from_ref(&uri)).await?
-    }
-    .remove(&uri)
-    .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
+    // The anchor's author is its thread root's when the anchor is a root
+    // (a guess for a reply, whose root is known once its record is read:
+    // then `add_thread_context` reads the root author's like itself).
+    let anchor_author = crate::index::event::did_of(&uri).to_string();
+    let anchor = thread_post_views(state, std::slice::from_ref(&uri), &anchor_author)
+        .await?
+        .remove(&uri)
+        .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
 
     // Replies, level by level, down to `depth`; only posts whose (exact)
     // reply count says they have replies are looked up, which saves the
     // query of the last, empty level.
     let has_replies = |view: &Value| view["replyCount"].as_i64().unwrap_or(0) > 0;
+    let root_author =
+        crate::index::event::did_of(gates::root_of(&uri, &anchor["record"])).to_string();
     let mut children: HashMap<String, Vec<String>> = HashMap::new();
     let mut views: HashMap<String, Value> = HashMap::new();
     let mut level: Vec<String> = if has_replies(&anchor) {
@@ -425,7 +460,7 @@ pub async fn get_post_thread(
         // The replies of this level's posts are read with them when there
         // is a next level to show.
         let mut next_views = if d + 1 < depth {
-            thread_post_views(state, &fetch).await?
+            thread_post_views(state, &fetch, &root_author).await?
         } else {
             post_views(state, &fetch).await?
         };
