@@ -182,10 +182,6 @@ pub struct HotViews {
     pub replies: ViewCache<String, Vec<String>>,
     /// `rootAuthorLike`: the like by (thread root's author DID) of (post URI).
     pub root_likes: ViewCache<(String, String), Option<String>>,
-    /// Handles by DID (`None`: none known), for search hits' authors; an
-    /// entry is dropped when a batch changes its DID's identity, handle
-    /// check or account, and kept through every other change.
-    pub handles: ViewCache<String, Option<String>>,
 }
 
 impl HotViews {
@@ -196,7 +192,6 @@ impl HotViews {
             posts: ViewCache::new(posts),
             replies: ViewCache::new(posts),
             root_likes: ViewCache::new(posts),
-            handles: ViewCache::new(posts),
         }
     }
 
@@ -205,17 +200,6 @@ impl HotViews {
     /// the writer does not spend milliseconds dropping thousands of views.
     pub fn on_commit(&self, batch: &[crate::index::event::IndexEvent]) {
         use crate::index::event::Change;
-        let actors: Vec<String> = batch
-            .iter()
-            .flat_map(|ev| &ev.changes)
-            .filter_map(|change| match change {
-                Change::Identity { did, .. }
-                | Change::HandleChecked { did, .. }
-                | Change::Account { did, .. } => Some(did.clone()),
-                _ => None,
-            })
-            .collect();
-        self.handles.remove(&actors);
         let bsky = |collection: &str| collection.starts_with("app.bsky.");
         let touches = |change: &Change| match change {
             Change::Put(w) => bsky(&w.collection),
@@ -313,53 +297,6 @@ mod tests {
         };
         hot.on_commit(&[delete("xyz.statusphere.status"), account]);
         assert_eq!(hot.posts.len(), 0);
-    }
-
-    #[test]
-    fn a_handle_is_dropped_only_when_its_actor_changes() {
-        use crate::index::event::{Change, IndexEvent};
-        let hot = HotViews::new(10);
-        let e = hot.handles.epoch();
-        let (a, b) = ("did:plc:a".to_string(), "did:plc:b".to_string());
-        hot.handles
-            .put_all(e, [(a.clone(), Some("a.test".into())), (b.clone(), None)]);
-        let change = |change: Change| IndexEvent {
-            changes: vec![change],
-            ..Default::default()
-        };
-        hot.on_commit(&[change(Change::Delete {
-            did: a.clone(),
-            collection: "app.bsky.feed.post".into(),
-            rkey: "3k".into(),
-            rev: "3k".into(),
-        })]);
-        assert_eq!(hot.handles.len(), 2, "records do not change handles");
-        for (i, c) in [
-            Change::Identity {
-                did: a.clone(),
-                handle: Some("new.test".into()),
-            },
-            Change::HandleChecked {
-                did: a.clone(),
-                handle: "new.test".into(),
-                valid: false,
-            },
-            Change::Account {
-                did: a.clone(),
-                active: false,
-                status: Some("deleted".into()),
-            },
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let e = hot.handles.epoch();
-            hot.handles.put_all(e, [(a.clone(), Some("a.test".into()))]);
-            hot.on_commit(&[change(c)]);
-            let l = hot.handles.get_many([&a, &b]);
-            assert_eq!(l.missing, vec![a.clone()], "change {i}");
-            assert_eq!(l.found[&b], None);
-        }
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let lookup_families: [(&str, &str, Pick); 2] = [
         (
             "lookup_statements_total",
-            "Statements run by a shared point lookup (posts with their counts, replies, profiles, handles, likes_by).",
+            "Statements run by a shared point lookup (posts with their counts, thread_posts, replies, profiles, likes_by).",
             |c| &c.statements,
         ),
         (

@@ -60,8 +60,6 @@ pub struct Lookups {
     pub replies: Batcher<String>,
     /// Handles and profile records by DID.
     pub profiles: Batcher<ProfileRow>,
-    /// Handles alone by DID (search hits' authors).
-    pub handles: Batcher<String>,
     /// The likes of a post by one account (a thread root's author):
     /// like URIs by [`liker_key`].
     pub likes_by: Batcher<String>,
@@ -86,19 +84,17 @@ impl Lookups {
             thread_posts: Batcher::new("thread_posts", readers.clone(), thread_posts),
             replies: Batcher::new("replies", readers.clone(), replies),
             profiles: Batcher::new("profiles", readers.clone(), profiles),
-            handles: Batcher::new("handles", readers.clone(), handles),
             likes_by: Batcher::new("likes_by", readers.clone(), likes_by),
         }
     }
 
     /// Every batcher, for `/metrics`.
-    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 6] {
+    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 5] {
         [
             (self.posts.name(), self.posts.counts()),
             (self.thread_posts.name(), self.thread_posts.counts()),
             (self.replies.name(), self.replies.counts()),
             (self.profiles.name(), self.profiles.counts()),
-            (self.handles.name(), self.handles.counts()),
             (self.likes_by.name(), self.likes_by.counts()),
         ]
     }
@@ -195,12 +191,6 @@ fn replies(c: &duckdb::Connection, parents: &[String]) -> duckdb::Result<Vec<(St
     Ok(links
         .into_iter()
         .map(|l| (l.target, l.source_uri))
-        .collect())
-}
-
-fn handles(c: &duckdb::Connection, dids: &[String]) -> duckdb::Result<Vec<(String, String)>> {
-    Ok(handles_of(c, dids.iter().map(String::as_str))?
-        .into_iter()
         .collect())
 }
 

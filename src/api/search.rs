@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use std::collections::HashMap;
 
-use super::cache::Lookup;
 use super::graphql::{attach_handles, records_at_uris, RecordRow};
 use super::params::parse;
 use super::xrpc::resolve_repo;
@@ -103,39 +102,6 @@ fn stored_row(uri: String, s: StoredRecord) -> RecordRow {
     }
 }
 
-/// The handles of `dids` (`None`: none known), from the hot handle cache
-/// or, for those it misses, one shared lookup.
-async fn handles_of<'d>(
-    state: &AppState,
-    dids: impl IntoIterator<Item = &'d String>,
-) -> Result<HashMap<String, Option<String>>, XrpcError> {
-    let Lookup {
-        mut found,
-        missing,
-        epoch,
-    } = state.hot.handles.get_many(dids);
-    if !missing.is_empty() {
-        let mut known: HashMap<String, String> = state
-            .lookups
-            .handles
-            .get(missing.clone())
-            .await?
-            .into_iter()
-            .collect();
-        let fresh: Vec<(String, Option<String>)> = missing
-            .into_iter()
-            .map(|did| {
-                let handle = known.remove(&did);
-                (did, handle)
-            })
-            .collect();
-        // Kept only if no actor changed since the lookup (cache.rs).
-        state.hot.handles.put_all(epoch, fresh.iter().cloned());
-        found.extend(fresh);
-    }
-    Ok(found)
-}
-
 /// The search service, or the error for a server started without one.
 pub fn service(state: &AppState, nsid: &str) -> Result<Arc<Search>, XrpcError> {
     state
@@ -172,13 +138,18 @@ pub async fn search_records(
         recency: p.bool("recency").unwrap_or(false),
     };
     let (found, total) = run(&search, &state.readers, q).await?;
-    let handles = handles_of(state, found.iter().map(|(_, f)| &f.did)).await?;
+    // Handles from the profile views (cached per DID; `profile_views`).
+    let mut dids: Vec<String> = found.iter().map(|(_, f)| f.did.clone()).collect();
+    dids.sort_unstable();
+    dids.dedup();
+    let profiles = super::views::profile_views(state, &dids).await?;
     let records: Vec<Value> = found
         .into_iter()
         .map(|(_, f)| {
             let mut author = json!({ "did": f.did });
-            if let Some(Some(h)) = handles.get(&f.did) {
-                author["handle"] = Value::String(h.clone());
+            let handle = profiles.get(&f.did).and_then(|p| p["handle"].as_str());
+            if let Some(h) = handle.filter(|h| *h != "handle.invalid") {
+                author["handle"] = Value::String(h.to_string());
             }
             json!({
                 "uri": f.uri,
