@@ -347,6 +347,54 @@ fn a_restart_catches_up_with_what_the_store_committed() {
 }
 
 #[test]
+fn a_restart_drops_what_the_store_deleted_or_hid_while_search_missed_it() {
+    // Documents store their records, so a hit is answered without the store;
+    // a delete or an account change that search never saw (a crash between
+    // the store's commit and the index's, or `lexview backfill` writing the
+    // store while `serve` was down) must not be answered after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog();
+    let t = "2026-01-01T00:00:00Z";
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
+        apply(
+            &mut store,
+            &search,
+            batch(
+                1,
+                vec![
+                    post(ALICE, "a1", "gone soon", t),
+                    post(ALICE, "a2", "stays here", t),
+                    post(BOB, "b1", "hidden soon", t),
+                ],
+            ),
+        );
+        eventually(&search, "soon", set(&[p("a1"), p("b1")]));
+        search.close();
+        store
+            .apply(&batch(
+                2,
+                vec![
+                    delete(ALICE, "app.bsky.feed.post", "a1"),
+                    Change::Account {
+                        did: BOB.into(),
+                        active: false,
+                        status: Some("takendown".into()),
+                    },
+                ],
+            ))
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
+    assert_eq!(found(&search, "soon", None, None), set(&[]));
+    assert_eq!(found(&search, "here", None, None), set(&[p("a2")]));
+    assert_eq!(search.index.len(), 1);
+    search.close();
+}
+
+#[test]
 fn an_account_out_of_view_leaves_search_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = catalog();

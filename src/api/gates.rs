@@ -546,27 +546,8 @@ pub(crate) async fn gated_posts<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::event::{Change, IndexEvent, RecordWrite};
+    use crate::index::event::testing::put;
     use crate::index::store::Store;
-
-    const CID: &str = "bafyreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
-
-    fn put(did: &str, collection: &str, rkey: &str, record: Value) -> IndexEvent {
-        let w = RecordWrite::new(
-            did.into(),
-            collection.into(),
-            rkey.into(),
-            CID.into(),
-            "3k".into(),
-            record,
-        );
-        IndexEvent {
-            source: "test".into(),
-            cursor: None,
-            time: None,
-            changes: vec![Change::Put(w)],
-        }
-    }
 
     #[test]
     fn the_filter_knows_every_gate_and_block_stored_or_committed() {

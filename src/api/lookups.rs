@@ -264,26 +264,9 @@ fn likes_by(c: &duckdb::Connection, keys: &[String]) -> duckdb::Result<Vec<(Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::event::{Change, IndexEvent, RecordWrite};
+    use crate::index::event::testing::{put, CID};
     use crate::index::store::Store;
     use serde_json::json;
-
-    const CID: &str = "bafyreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
-
-    fn put(did: &str, collection: &str, rkey: &str, record: serde_json::Value) -> IndexEvent {
-        let w = RecordWrite::new(
-            did.into(),
-            collection.into(),
-            rkey.into(),
-            CID.into(),
-            "3k".into(),
-            record,
-        );
-        IndexEvent {
-            changes: vec![Change::Put(w)],
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn thread_rows_hold_posts_counts_replies_and_only_the_asked_likers_likes() {

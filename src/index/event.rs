@@ -207,6 +207,32 @@ pub struct IndexEvent {
     pub changes: Vec<Change>,
 }
 
+/// Events for the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Change, IndexEvent, RecordWrite};
+
+    /// The CID every test record carries.
+    pub const CID: &str = "bafyreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
+
+    /// An event that puts one record.
+    pub fn put(did: &str, collection: &str, rkey: &str, record: serde_json::Value) -> IndexEvent {
+        let w = RecordWrite::new(
+            did.into(),
+            collection.into(),
+            rkey.into(),
+            CID.into(),
+            "3k".into(),
+            record,
+        );
+        IndexEvent {
+            source: "test".into(),
+            changes: vec![Change::Put(w)],
+            ..Default::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::UriKeys;
