@@ -52,6 +52,8 @@ pub enum SearchError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("search index: {0}")]
     Io(#[from] std::io::Error),
+    #[error("search index: {0}")]
+    Store(#[from] duckdb::Error),
     #[error("search config {path}: {message}")]
     Config { path: PathBuf, message: String },
 }
@@ -665,7 +667,7 @@ impl SearchIndex {
     /// returns how many live documents that removes. Walks the URI terms of
     /// every searchable segment: a term whose documents are all deleted
     /// already is left alone.
-    pub fn drop_unless(&self, keep: impl Fn(&str) -> bool) -> Result<u64> {
+    fn drop_unless(&self, keep: impl Fn(&str) -> bool) -> Result<u64> {
         use tantivy::{DocSet, TERMINATED};
         let searcher = self.reader.searcher();
         let writer = self.writer.lock().expect("search writer lock");
@@ -697,6 +699,12 @@ impl SearchIndex {
             }
         }
         Ok(dropped)
+    }
+
+    /// Whether a batch failed to stage since the index was opened (see
+    /// [`Recent`]).
+    fn degraded(&self) -> bool {
+        self.lock_recent().degraded
     }
 
     /// Merges every segment into one (after a full build, so that a query
@@ -974,7 +982,6 @@ pub fn spawn_indexer(
         .name("lexview-search".into())
         .spawn(move || {
             let mut dirty = false;
-            let mut failed = false;
             let mut covered = covered_at_start;
             let mut last_commit = Instant::now() - COMMIT_EVERY;
             loop {
@@ -1016,14 +1023,11 @@ pub fn spawn_indexer(
                         // After a failed batch the covered time stays where
                         // it was, so a restart re-reads everything since.
                         match applied {
-                            Ok(()) if !failed => covered = c.sent_us,
+                            Ok(()) if !index.degraded() => covered = c.sent_us,
                             Ok(()) => {}
-                            Err(e) => {
-                                failed = true;
-                                tracing::error!(
-                                    "search index: {e}; hits are read from the store until a restart"
-                                )
-                            }
+                            Err(e) => tracing::error!(
+                                "search index: {e}; hits are read from the store until a restart"
+                            ),
                         }
                         dirty |= !changes.is_empty() || !accounts.is_empty();
                         false
@@ -1070,42 +1074,39 @@ pub fn fill_from_store(
 
 /// Removes from the index the documents of records the store no longer
 /// holds in `records` (deleted, or of an account out of view). A restart's
-/// catch-up re-reads what the store indexed since the last index commit, but a delete leaves no row to re-read: one
-/// that the index missed (a crash between the store's commit and the
-/// index's, or a store changed by `lexview backfill` while `serve` was not
-/// running) would otherwise be answered from its stored document. URIs are
-/// compared by a 64-bit hash (about 40 MB for 2M records; 1.8 s for the
-/// load benchmark's 2.26M documents, 0.45 of it reading the store): a
-/// deleted URI whose hash equals a stored one's stays, with odds near
-/// 2M^2 / 2^64.
-/// Staged: visible at the next commit.
+/// catch-up re-reads what the store indexed since the last index commit,
+/// but a delete leaves no row to re-read: one that the index missed (a
+/// crash between the store's commit and the index's, or a store changed by
+/// `lexview backfill` while `serve` was not running) would otherwise be
+/// answered from its stored document. The store's URIs are held as
+/// [`UriKeys`](crate::index::event::UriKeys), 16 bytes each, as a
+/// repository snapshot holds the URIs it keeps. Staged: visible at the
+/// next commit.
 fn drop_records_not_in_store(
     index: &SearchIndex,
     fields: &SearchFields,
     conn: &duckdb::Connection,
 ) -> Result<u64> {
     use duckdb::arrow::array::{Array, StringArray};
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let collections: Vec<&str> = fields.iter().map(|(c, _)| c).collect();
-    let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let db = |e: duckdb::Error| SearchError::Io(std::io::Error::other(e.to_string()));
     let clock = Instant::now();
     let mut stmt = conn
-        .prepare("SELECT uri FROM records WHERE list_contains(string_split(?, ' '), collection)")
-        .map_err(db)?;
+        .prepare("SELECT uri FROM records WHERE list_contains(string_split(?, ' '), collection)")?;
     // Arrow batches: a third of the time of reading 2M strings row by row.
-    let mut held =
-        std::collections::HashSet::with_hasher(BuildHasherDefault::<Prehashed>::default());
-    for batch in stmt.query_arrow([collections.join(" ")]).map_err(db)? {
+    let mut held = crate::index::event::UriKeys::default();
+    for batch in stmt.query_arrow([collections.join(" ")])? {
         let uris = batch
             .column(0)
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| SearchError::Io(std::io::Error::other("uri column not UTF-8")))?;
-        held.extend(uris.iter().flatten().map(|uri| hasher.hash_one(uri)));
+        for uri in uris.iter().flatten() {
+            held.insert(uri);
+        }
     }
+    let held = held.seal();
     let read_ms = clock.elapsed().as_millis() as u64;
-    let dropped = index.drop_unless(|uri| held.contains(&hasher.hash_one(uri)))?;
+    let dropped = index.drop_unless(|uri| held.contains(uri))?;
     tracing::info!(
         documents = dropped,
         store_ms = read_ms,
@@ -1113,28 +1114,6 @@ fn drop_records_not_in_store(
         "search index: checked against the store; documents of records it no longer holds removed"
     );
     Ok(dropped)
-}
-
-/// A `Hasher` for keys that are hashes already: a `u64` hashed again by
-/// SipHash doubled the cost of the check above.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl std::hash::Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (the key type is u64); fold anything else.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// Stages the records of covered collections indexed at or after `since_us`
@@ -1150,43 +1129,36 @@ fn stage_from_store(
     if collections.is_empty() {
         return Ok(0);
     }
-    let db = |e: duckdb::Error| SearchError::Io(std::io::Error::other(e.to_string()));
-    let total: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM records
+    let total: i64 = conn.query_row(
+        "SELECT count(*) FROM records
              WHERE list_contains(string_split(?, ' '), collection)
                AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)
                AND (?::VARCHAR IS NULL OR did = ?)",
-            duckdb::params![collections.join(" "), since_us, since_us, author, author],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT uri, did, collection, record::VARCHAR, created_at, epoch_us(indexed_at), cid
+        duckdb::params![collections.join(" "), since_us, since_us, author, author],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT uri, did, collection, record::VARCHAR, created_at, epoch_us(indexed_at), cid
              FROM records
              WHERE list_contains(string_split(?, ' '), collection)
                AND (?::BIGINT IS NULL OR epoch_us(indexed_at) >= ?)
                AND (?::VARCHAR IS NULL OR did = ?)",
-        )
-        .map_err(db)?;
-    let mut rows = stmt
-        .query(duckdb::params![
-            collections.join(" "),
-            since_us,
-            since_us,
-            author,
-            author
-        ])
-        .map_err(db)?;
+    )?;
+    let mut rows = stmt.query(duckdb::params![
+        collections.join(" "),
+        since_us,
+        since_us,
+        author,
+        author
+    ])?;
     let clock = Instant::now();
     let mut n = 0u64;
     let mut pending = Vec::with_capacity(1024);
-    while let Some(r) = rows.next().map_err(db)? {
-        let get = |i| r.get::<_, Option<String>>(i).map_err(db);
+    while let Some(r) = rows.next()? {
+        let get = |i| r.get::<_, Option<String>>(i);
         let (uri, did, collection, json, created_at) =
             (get(0)?, get(1)?, get(2)?, get(3)?, get(4)?);
-        let indexed_us: i64 = r.get(5).map_err(db)?;
+        let indexed_us: i64 = r.get(5)?;
         let (Some(uri), Some(did), Some(collection), Some(json), Some(cid)) =
             (uri, did, collection, json, get(6)?)
         else {
