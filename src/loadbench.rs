@@ -304,8 +304,10 @@ async fn drive_all(
         "open-loop load on loopback: {} s per case after 2 s of warm-up, at most {} requests in flight",
         args.load_seconds, args.concurrency
     );
-    println!("| case | rate (req/s) | answered | errors | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| case | rate (req/s) | answered | errors | p50 ms | p90 ms | p99 ms | max ms | store reads / req | server CPU ms / req |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let wanted = |name: &str| {
         args.load_only.is_empty() || args.load_only.iter().any(|w| name.contains(w.as_str()))
     };
@@ -313,6 +315,8 @@ async fn drive_all(
         let graphql = format!("{base}/graphql");
         // Warm-up (not counted): connections, caches, the server's pages.
         drive(&client, &graphql, &requests, rate, 2.0, args.concurrency).await;
+        let before = reads(&client, &base).await;
+        let cpu_before = cpu_seconds(child.id());
         let s = drive(
             &client,
             &graphql,
@@ -322,8 +326,22 @@ async fn drive_all(
             args.concurrency,
         )
         .await;
+        let per_request = match (before, reads(&client, &base).await) {
+            (Some(a), Some(b)) => format!(
+                "{:.2}",
+                (b - a) as f64 / (s.answered + s.errors).max(1) as f64
+            ),
+            _ => "?".to_string(),
+        };
+        let cpu_per_request = match (cpu_before, cpu_seconds(child.id())) {
+            (Some(a), Some(b)) => format!(
+                "{:.2}",
+                (b - a) * 1000.0 / (s.answered + s.errors).max(1) as f64
+            ),
+            _ => "?".to_string(),
+        };
         println!(
-            "| {name} | {rate:.0} | {:.0}/s | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {rate:.0} | {:.0}/s | {} | {:.2} | {:.2} | {:.2} | {:.2} | {per_request} | {cpu_per_request} |",
             s.answered_rate, s.errors, s.p50, s.p90, s.p99, s.max
         );
         if let Some(e) = s.first_error {
@@ -341,7 +359,40 @@ async fn drive_all(
     Ok(())
 }
 
+/// The server's `lexview_store_reads_total` (uses of a read connection:
+/// statements and batched lookups), or None if `/metrics` did not answer.
+async fn reads(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("lexview_store_reads_total "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU time (user and system) the process `pid` has used, in seconds, from
+/// `/proc` (None where there is no `/proc`).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces), from the
+    // third on: utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks / per_second as f64)
+}
+
 struct Stats {
+    answered: usize,
     answered_rate: f64,
     errors: usize,
     first_error: Option<String>,
@@ -422,6 +473,7 @@ async fn drive(
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     Stats {
+        answered: latencies.len(),
         answered_rate: latencies.len() as f64 / last.duration_since(t0).as_secs_f64(),
         errors,
         first_error,

@@ -27,6 +27,8 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use crate::index::event::{Change, IndexEvent};
 use crate::lexicon::{Catalog, Field as LexField};
 
+mod count;
+
 /// How often pending changes are committed: an event is searchable within
 /// about this long (plus the reader reload, well under a millisecond).
 pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
@@ -415,6 +417,8 @@ pub struct SearchIndex {
     recent: Mutex<Recent>,
     /// The last batch staged in the writer (see [`Recent`]).
     applied: std::sync::atomic::AtomicU64,
+    /// Counts matches (with its cache of common terms' bitsets).
+    counter: count::Counter,
 }
 
 /// What a commit records about the store: every record indexed in DuckDB
@@ -512,6 +516,7 @@ impl SearchIndex {
                 current,
                 recent: Mutex::default(),
                 applied: Default::default(),
+                counter: count::Counter::new(),
             },
             covered,
         ))
@@ -603,6 +608,7 @@ impl SearchIndex {
             searcher: self.reader.searcher(),
             seq,
         });
+        self.counter.keep_segments_of(&snapshot.searcher);
         let old = std::mem::replace(&mut *self.lock_current(), snapshot);
         let mut recent = self.lock_recent();
         recent.retired.push(old);
@@ -748,20 +754,15 @@ impl SearchIndex {
     /// optionally weighted towards recent records. Returns one page of hits
     /// and the number of matches, up to [`COUNTED_UP_TO`].
     pub fn search(&self, q: &SearchQuery) -> Result<(Vec<Hit>, usize)> {
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // Every clause a term that must occur: the words, then the filters.
+        let mut must: Vec<(Term, IndexRecordOption)> = Vec::new();
         for t in terms(&q.text) {
-            if seen.insert(t.clone()) {
-                clauses.push((
-                    Occur::Must,
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(self.fields.text, &t),
-                        IndexRecordOption::WithFreqs,
-                    )),
-                ));
+            let term = Term::from_field_text(self.fields.text, &t);
+            if !must.iter().any(|(m, _)| *m == term) {
+                must.push((term, IndexRecordOption::WithFreqs));
             }
         }
-        if clauses.is_empty() {
+        if must.is_empty() {
             return Ok((Vec::new(), 0));
         }
         for (field, value) in [
@@ -769,16 +770,17 @@ impl SearchIndex {
             (self.fields.did, &q.author),
         ] {
             if let Some(v) = value {
-                clauses.push((
-                    Occur::Must,
-                    Box::new(TermQuery::new(
-                        Term::from_field_text(field, v),
-                        IndexRecordOption::Basic,
-                    )),
-                ));
+                must.push((Term::from_field_text(field, v), IndexRecordOption::Basic));
             }
         }
-        let query = BooleanQuery::new(clauses);
+        let query = BooleanQuery::new(
+            must.iter()
+                .map(|(term, option)| {
+                    let clause: Box<dyn Query> = Box::new(TermQuery::new(term.clone(), *option));
+                    (Occur::Must, clause)
+                })
+                .collect(),
+        );
         let snapshot = self.lock_current().clone();
         let searcher = &snapshot.searcher;
         let limit = q.limit.max(1);
@@ -800,9 +802,14 @@ impl SearchIndex {
         } else {
             // Top hits alone, so that tantivy prunes with block-max scores
             // (Block-WAND, for an intersection too; a (TopDocs, Count)
-            // pair scores every match), then a count that does not score.
+            // pair scores every match), then a count that does not score
+            // (count.rs).
             let docs = searcher.search(&query, &top.order_by_score())?;
-            (docs, count_up_to(&query, searcher, COUNTED_UP_TO)?)
+            let terms: Vec<Term> = must.into_iter().map(|(term, _)| term).collect();
+            let total = self
+                .counter
+                .count_up_to(&query, &terms, searcher, COUNTED_UP_TO)?;
+            (docs, total)
         };
         let mut found = Vec::with_capacity(docs.len());
         for (score, address) in docs {
@@ -846,32 +853,6 @@ impl SearchIndex {
         }
         Ok((found, total))
     }
-}
-
-/// The number of documents `query` matches in `searcher`, or `cap` if more:
-/// the matches are walked one by one (leapfrogging the terms' posting lists)
-/// and the walk stops at `cap`. tantivy's own count walks them all.
-fn count_up_to(query: &dyn Query, searcher: &Searcher, cap: usize) -> Result<usize> {
-    use tantivy::{DocSet, TERMINATED};
-    let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(
-        searcher,
-    ))?;
-    let mut n = 0;
-    for segment in searcher.segment_readers() {
-        let mut docs = weight.scorer(segment, 1.0)?;
-        let alive = segment.alive_bitset();
-        let mut doc = docs.doc();
-        while doc != TERMINATED {
-            if alive.is_none_or(|a| a.is_alive(doc)) {
-                n += 1;
-                if n == cap {
-                    return Ok(n);
-                }
-            }
-            doc = docs.advance();
-        }
-    }
-    Ok(n)
 }
 
 /// The recency weight: 1 for a record from now, halving every 7 days of age
@@ -1468,17 +1449,19 @@ mod tests {
             .unwrap();
         index.commit(1).unwrap();
         let searcher = index.lock_current().searcher.clone();
-        let query = |text: &str| {
-            let term = Term::from_field_text(index.fields.text, text);
-            TermQuery::new(term, IndexRecordOption::Basic)
-        };
+        let term = |text: &str| Term::from_field_text(index.fields.text, text);
+        let query = |text: &str| TermQuery::new(term(text), IndexRecordOption::Basic);
         let both = BooleanQuery::intersection(vec![Box::new(query("red")), Box::new(query("fox"))]);
+        let count = |q: &dyn Query, terms: &[&str], cap: usize| {
+            let terms: Vec<Term> = terms.iter().map(|t| term(t)).collect();
+            index.counter.count_up_to(q, &terms, &searcher, cap).unwrap()
+        };
         // p0 is deleted: 9 foxes and 29 reds remain.
-        assert_eq!(count_up_to(&both, &searcher, 100).unwrap(), 9);
-        assert_eq!(count_up_to(&query("red"), &searcher, 100).unwrap(), 29);
-        assert_eq!(count_up_to(&query("red"), &searcher, 29).unwrap(), 29);
-        assert_eq!(count_up_to(&query("red"), &searcher, 5).unwrap(), 5);
-        assert_eq!(count_up_to(&query("owl"), &searcher, 5).unwrap(), 0);
+        assert_eq!(count(&both, &["red", "fox"], 100), 9);
+        assert_eq!(count(&query("red"), &["red"], 100), 29);
+        assert_eq!(count(&query("red"), &["red"], 29), 29);
+        assert_eq!(count(&query("red"), &["red"], 5), 5);
+        assert_eq!(count(&query("owl"), &["owl"], 5), 0);
     }
 
     #[test]
