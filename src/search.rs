@@ -28,6 +28,7 @@ use crate::index::event::{Change, IndexEvent};
 use crate::lexicon::{Catalog, Field as LexField};
 
 mod count;
+pub use count::CountStats;
 
 /// How often pending changes are committed: an event is searchable within
 /// about this long (plus the reader reload, well under a millisecond).
@@ -743,6 +744,11 @@ impl SearchIndex {
     /// Number of segments visible to searches.
     pub fn segments(&self) -> usize {
         self.lock_current().searcher.segment_readers().len()
+    }
+
+    /// How match counting went (for `/metrics`).
+    pub fn count_stats(&self) -> CountStats {
+        self.counter.stats()
     }
 
     pub fn is_empty(&self) -> bool {

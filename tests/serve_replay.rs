@@ -183,11 +183,41 @@ fn serves_xrpc_and_graphql_from_a_replay() {
             "{body}"
         );
     }
+    // A search (committed to the index on a timer): its count walks the
+    // matches of the index's small segments, as /metrics counts.
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = server.get("/xrpc/dev.lexview.search.searchRecords?q=the");
+        assert_eq!(status, 200, "{body}");
+        if body["hitsTotal"].as_i64().unwrap() > 0 {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
         .unwrap()
         .text()
         .unwrap();
     assert!(metrics.contains("lexview_frames_total 150"), "{metrics}");
+    let value = |name: &str| -> i64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert!(value("lexview_search_documents") > 0, "{metrics}");
+    assert!(value("lexview_search_segments") > 0, "{metrics}");
+    assert!(
+        value("lexview_search_count_segments_total{path=\"walk\"}") > 0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("lexview_search_count_segments_total{path=\"bitsets\"}"),
+        0
+    );
+    assert_eq!(value("lexview_search_term_bitset_bytes"), 0);
     for line in [
         "# TYPE lexview_view_cache_hits_total counter",
         "lexview_view_cache_hits_total{cache=\"posts\"} 1",

@@ -136,5 +136,39 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             text.push_str(&format!("lexview_{name}{{lookup=\"{kind}\"}} {v}\n"));
         }
     }
+    if let Some(search) = &state.search {
+        let index = &search.index;
+        let c = index.count_stats();
+        let gauges = [
+            ("search_documents", "Documents visible to searches.", index.len()),
+            (
+                "search_segments",
+                "Index segments visible to searches.",
+                index.segments() as u64,
+            ),
+            (
+                "search_term_bitsets",
+                "Term bitsets held for counting the matches of common terms.",
+                c.bitsets as u64,
+            ),
+            (
+                "search_term_bitset_bytes",
+                "Bytes those bitsets take (at most 64 MB).",
+                c.bitset_bytes as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            text.push_str(&format!(
+                "# HELP lexview_{name} {help}\n# TYPE lexview_{name} gauge\nlexview_{name} {value}\n"
+            ));
+        }
+        let name = "search_count_segments_total";
+        text.push_str(&format!(
+            "# HELP lexview_{name} Segments whose matches a search counted, from term bitsets or by walking the matches.\n\
+             # TYPE lexview_{name} counter\n\
+             lexview_{name}{{path=\"bitsets\"}} {}\nlexview_{name}{{path=\"walk\"}} {}\n",
+            c.segments_from_bitsets, c.segments_walked
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -17,6 +17,7 @@
 //! `LRUQueryCache` keeps the document sets of frequent clauses per segment.
 //! tantivy has no such cache, hence this module.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tantivy::query::{EnableScoring, Query};
@@ -40,6 +41,9 @@ const DENSE_MIN: u32 = 4096;
 /// Counts matches (see the module documentation).
 pub(super) struct Counter {
     cache: Mutex<Cache>,
+    /// Segments counted from bitsets and by walking (`/metrics`).
+    from_bitsets: AtomicU64,
+    walked: AtomicU64,
     /// The least document frequency counted from bitsets ([`DENSE_MIN`];
     /// tests lower it).
     dense_min: u32,
@@ -61,6 +65,8 @@ impl Counter {
                 bitsets: lru::LruCache::unbounded(),
                 bytes: 0,
             }),
+            from_bitsets: AtomicU64::new(0),
+            walked: AtomicU64::new(0),
             dense_min,
         }
     }
@@ -89,8 +95,10 @@ impl Counter {
                 && least >= self.dense_min
                 && least >= segment.max_doc() / DENSE_SHARE;
             n += if dense {
+                self.from_bitsets.fetch_add(1, Ordering::Relaxed);
                 self.count_dense(segment, terms, cap - n)?
             } else {
+                self.walked.fetch_add(1, Ordering::Relaxed);
                 let weight = match &mut weight {
                     Some(w) => w,
                     None => weight.insert(
@@ -197,11 +205,32 @@ impl Counter {
         }
     }
 
+    /// What `/metrics` shows: (segments counted from bitsets, segments
+    /// walked, bitsets held, their bytes).
+    pub(super) fn stats(&self) -> CountStats {
+        let cache = self.lock();
+        CountStats {
+            segments_from_bitsets: self.from_bitsets.load(Ordering::Relaxed),
+            segments_walked: self.walked.load(Ordering::Relaxed),
+            bitsets: cache.bitsets.len(),
+            bitset_bytes: cache.bytes,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // The map and its byte count are updated together, with no panic
         // possible between the two.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// How counting went since the server started (see [`Counter::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CountStats {
+    pub segments_from_bitsets: u64,
+    pub segments_walked: u64,
+    pub bitsets: usize,
+    pub bitset_bytes: usize,
 }
 
 /// The live documents of `segment` that `weight` matches, up to `cap`: the
@@ -324,6 +353,10 @@ mod tests {
         }
         assert!(dense.lock().bytes > 0);
         assert_eq!(walked.lock().bytes, 0);
+        let (d, w) = (dense.stats(), walked.stats());
+        assert!(d.segments_from_bitsets > 0 && d.bitsets > 0);
+        assert_eq!((w.segments_from_bitsets, w.bitsets, w.bitset_bytes), (0, 0, 0));
+        assert!(w.segments_walked > 0);
         // Once the segments are merged, their bitsets are let go.
         let ids = index.searchable_segment_ids().unwrap();
         writer.merge(&ids).wait().unwrap();
