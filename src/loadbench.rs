@@ -326,22 +326,18 @@ async fn drive_all(
             args.concurrency,
         )
         .await;
-        let per_request = match (before, reads(&client, &base).await) {
-            (Some(a), Some(b)) => format!(
-                "{:.2}",
-                (b - a) as f64 / (s.answered + s.errors).max(1) as f64
-            ),
+        // A counter's growth over the case, per request sent.
+        let per_request = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(a), Some(b)) => format!("{:.2}", (b - a) / (s.answered + s.errors).max(1) as f64),
             _ => "?".to_string(),
         };
-        let cpu_per_request = match (cpu_before, cpu_seconds(child.id())) {
-            (Some(a), Some(b)) => format!(
-                "{:.2}",
-                (b - a) * 1000.0 / (s.answered + s.errors).max(1) as f64
-            ),
-            _ => "?".to_string(),
-        };
+        let reads_per_request = per_request(before, reads(&client, &base).await);
+        let cpu_per_request = per_request(
+            cpu_before.map(|c| c * 1000.0),
+            cpu_seconds(child.id()).map(|c| c * 1000.0),
+        );
         println!(
-            "| {name} | {rate:.0} | {:.0}/s | {} | {:.2} | {:.2} | {:.2} | {:.2} | {per_request} | {cpu_per_request} |",
+            "| {name} | {rate:.0} | {:.0}/s | {} | {:.2} | {:.2} | {:.2} | {:.2} | {reads_per_request} | {cpu_per_request} |",
             s.answered_rate, s.errors, s.p50, s.p90, s.p99, s.max
         );
         if let Some(e) = s.first_error {
@@ -361,7 +357,7 @@ async fn drive_all(
 
 /// The server's `lexview_store_reads_total` (uses of a read connection:
 /// statements and batched lookups), or None if `/metrics` did not answer.
-async fn reads(client: &reqwest::Client, base: &str) -> Option<u64> {
+async fn reads(client: &reqwest::Client, base: &str) -> Option<f64> {
     let text = client
         .get(format!("{base}/metrics"))
         .send()

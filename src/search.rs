@@ -812,9 +812,7 @@ impl SearchIndex {
             // (count.rs).
             let docs = searcher.search(&query, &top.order_by_score())?;
             let terms: Vec<Term> = must.into_iter().map(|(term, _)| term).collect();
-            let total = self
-                .counter
-                .count_up_to(&query, &terms, searcher, COUNTED_UP_TO)?;
+            let total = self.counter.count_up_to(&terms, searcher, COUNTED_UP_TO)?;
             (docs, total)
         };
         let mut found = Vec::with_capacity(docs.len());
@@ -1455,19 +1453,19 @@ mod tests {
             .unwrap();
         index.commit(1).unwrap();
         let searcher = index.lock_current().searcher.clone();
-        let term = |text: &str| Term::from_field_text(index.fields.text, text);
-        let query = |text: &str| TermQuery::new(term(text), IndexRecordOption::Basic);
-        let both = BooleanQuery::intersection(vec![Box::new(query("red")), Box::new(query("fox"))]);
-        let count = |q: &dyn Query, terms: &[&str], cap: usize| {
-            let terms: Vec<Term> = terms.iter().map(|t| term(t)).collect();
-            index.counter.count_up_to(q, &terms, &searcher, cap).unwrap()
+        let count = |terms: &[&str], cap: usize| {
+            let terms: Vec<Term> = terms
+                .iter()
+                .map(|t| Term::from_field_text(index.fields.text, t))
+                .collect();
+            index.counter.count_up_to(&terms, &searcher, cap).unwrap()
         };
         // p0 is deleted: 9 foxes and 29 reds remain.
-        assert_eq!(count(&both, &["red", "fox"], 100), 9);
-        assert_eq!(count(&query("red"), &["red"], 100), 29);
-        assert_eq!(count(&query("red"), &["red"], 29), 29);
-        assert_eq!(count(&query("red"), &["red"], 5), 5);
-        assert_eq!(count(&query("owl"), &["owl"], 5), 0);
+        assert_eq!(count(&["red", "fox"], 100), 9);
+        assert_eq!(count(&["red"], 100), 29);
+        assert_eq!(count(&["red"], 29), 29);
+        assert_eq!(count(&["red"], 5), 5);
+        assert_eq!(count(&["owl"], 5), 0);
     }
 
     #[test]

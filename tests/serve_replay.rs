@@ -192,7 +192,10 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         if body["hitsTotal"].as_i64().unwrap() > 0 {
             break;
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{body}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{body}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))

@@ -140,7 +140,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let index = &search.index;
         let c = index.count_stats();
         let gauges = [
-            ("search_documents", "Documents visible to searches.", index.len()),
+            (
+                "search_documents",
+                "Documents visible to searches.",
+                index.len(),
+            ),
             (
                 "search_segments",
                 "Index segments visible to searches.",

@@ -20,9 +20,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tantivy::query::{EnableScoring, Query};
-use tantivy::schema::IndexRecordOption;
 use tantivy::index::SegmentId;
+use tantivy::query::{BooleanQuery, EnableScoring, Query, TermQuery};
+use tantivy::schema::IndexRecordOption;
 use tantivy::{DocSet, Searcher, SegmentReader, Term, TERMINATED};
 
 use super::Result;
@@ -72,15 +72,15 @@ impl Counter {
     }
 
     /// The number of live documents of `searcher` that contain every one of
-    /// `terms`, or `cap` if more. `query` is the intersection of `terms`
-    /// (walked where they are not all common).
+    /// `terms`, or `cap` if more.
     pub(super) fn count_up_to(
         &self,
-        query: &dyn Query,
         terms: &[Term],
         searcher: &Searcher,
         cap: usize,
     ) -> Result<usize> {
+        // The intersection that segments with a rare term walk, built once
+        // the first of them needs it.
         let mut weight = None;
         let mut n = 0;
         for segment in searcher.segment_readers() {
@@ -101,9 +101,19 @@ impl Counter {
                 self.walked.fetch_add(1, Ordering::Relaxed);
                 let weight = match &mut weight {
                     Some(w) => w,
-                    None => weight.insert(
-                        query.weight(EnableScoring::disabled_from_searcher(searcher))?,
-                    ),
+                    None => {
+                        let query = BooleanQuery::intersection(
+                            terms
+                                .iter()
+                                .map(|t| {
+                                    let q = TermQuery::new(t.clone(), IndexRecordOption::Basic);
+                                    Box::new(q) as Box<dyn Query>
+                                })
+                                .collect(),
+                        );
+                        weight
+                            .insert(query.weight(EnableScoring::disabled_from_searcher(searcher))?)
+                    }
                 };
                 walk(weight.as_ref(), segment, cap - n)?
             };
@@ -256,7 +266,6 @@ fn walk(weight: &dyn tantivy::query::Weight, segment: &SegmentReader, cap: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tantivy::query::{BooleanQuery, TermQuery};
     use tantivy::schema::{Schema, STRING};
     use tantivy::{doc, Index, IndexWriter};
 
@@ -296,17 +305,6 @@ mod tests {
         let searcher = reader.searcher();
         assert_eq!(searcher.segment_readers().len(), 2);
         let term = |f, v: u32| Term::from_field_text(f, &v.to_string());
-        let query = |terms: &[Term]| {
-            BooleanQuery::intersection(
-                terms
-                    .iter()
-                    .map(|t| {
-                        Box::new(TermQuery::new(t.clone(), IndexRecordOption::Basic))
-                            as Box<dyn Query>
-                    })
-                    .collect(),
-            )
-        };
         let dense = Counter::with_dense_min(1);
         let walked = Counter::with_dense_min(u32::MAX);
         let cases: Vec<Vec<Term>> = vec![
@@ -332,22 +330,18 @@ mod tests {
             let expected = (0..1400u32)
                 .filter(|i| i % 7 != 0 && terms.iter().all(|t| holds(*i, t)))
                 .count();
-            let q = query(terms);
             for counter in [&dense, &walked] {
                 assert_eq!(
-                    counter.count_up_to(&q, terms, &searcher, 10_000).unwrap(),
+                    counter.count_up_to(terms, &searcher, 10_000).unwrap(),
                     expected,
                     "{terms:?}"
                 );
                 let capped = expected.min(50);
-                assert_eq!(
-                    counter.count_up_to(&q, terms, &searcher, 50).unwrap(),
-                    capped
-                );
+                assert_eq!(counter.count_up_to(terms, &searcher, 50).unwrap(), capped);
             }
             // Again, from the cached bitsets.
             assert_eq!(
-                dense.count_up_to(&q, terms, &searcher, 10_000).unwrap(),
+                dense.count_up_to(terms, &searcher, 10_000).unwrap(),
                 expected
             );
         }
@@ -355,7 +349,10 @@ mod tests {
         assert_eq!(walked.lock().bytes, 0);
         let (d, w) = (dense.stats(), walked.stats());
         assert!(d.segments_from_bitsets > 0 && d.bitsets > 0);
-        assert_eq!((w.segments_from_bitsets, w.bitsets, w.bitset_bytes), (0, 0, 0));
+        assert_eq!(
+            (w.segments_from_bitsets, w.bitsets, w.bitset_bytes),
+            (0, 0, 0)
+        );
         assert!(w.segments_walked > 0);
         // Once the segments are merged, their bitsets are let go.
         let ids = index.searchable_segment_ids().unwrap();
