@@ -233,10 +233,13 @@ fn flatten<'b>(
         // holding a key of another layer does not rebuild to its CID.
         keys.push((key.clone(), key_height(&key)));
     }
-    // A node's layer is its keys' height; an empty node is one above its child.
+    // A node's layer is its keys' height; an empty node is one above its
+    // child, and an empty root with no child is the empty tree (a commit
+    // that deleted a repository's last record).
     let layer = match (keys.first(), layer) {
         (Some((_, h)), _) => *h,
         (None, Some(l)) => l,
+        (None, None) if node.l.is_none() => 0,
         (None, None) => match node.l.and_then(|l| get(&l)) {
             Some(child) => {
                 let c: NodeIn = serde_ipld_dagcbor::from_slice(child)
@@ -526,6 +529,31 @@ mod tests {
             keys,
             entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_commit_that_empties_a_repository_or_fills_an_empty_one_inverts() {
+        let leaf = dag_cbor_cid(b"x");
+        let key = "app.bsky.feed.post/3kaaaaaaaaaaa";
+        let mut blocks = Vec::new();
+        let empty = build(&[], &mut blocks);
+        let one = build(&[(key.as_bytes().to_vec(), leaf)], &mut blocks);
+        let known: std::collections::HashMap<Cid, Vec<u8>> = blocks.into_iter().collect();
+        let get = |c: &Cid| known.get(c).map(Vec::as_slice);
+        // The last record deleted: the tree after is one empty node.
+        let delete = [Op {
+            path: key,
+            cid: None,
+            prev: Some(leaf),
+        }];
+        assert_eq!(invert(empty, &delete, &get).unwrap(), one);
+        // The first record created.
+        let create = [Op {
+            path: key,
+            cid: Some(leaf),
+            prev: None,
+        }];
+        assert_eq!(invert(one, &create, &get).unwrap(), empty);
     }
 
     #[test]
