@@ -10,8 +10,9 @@
 //! from `records` instead, so a record deleted or updated in the store is never
 //! answered from an older document.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,13 @@ pub const COUNTED_UP_TO: usize = 10_000;
 const TOKENIZER: &str = "lexview";
 
 /// Bumped when the document layout changes; an index of another version is
-/// rebuilt from the store at start.
-const LAYOUT_VERSION: u32 = 2;
+/// rebuilt from the store at start. 3: every record of a covered collection
+/// has a document (with no text when it has none), and posts' replies are
+/// indexed by their parent (`reply_parent`), for thread views.
+const LAYOUT_VERSION: u32 = 3;
+
+/// The collection whose documents hold `reply.parent.uri` (`reply_parent`).
+const POST: &str = "app.bsky.feed.post";
 
 /// Search errors.
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +317,8 @@ struct Fields {
     cid: Field,
     record: Field,
     indexed_us: Field,
+    /// A post's `reply.parent.uri` (indexed, not stored).
+    reply_parent: Field,
 }
 
 /// What searches run against: a committed state of the index and the last
@@ -336,6 +344,10 @@ struct Recent {
     seq: u64,
     uris: HashMap<String, u64>,
     dids: HashMap<String, u64>,
+    /// The last batch in which an account came (back) into view: its
+    /// records' documents are added again by the indexer, so a snapshot
+    /// older than that may miss replies in its reply lists.
+    reactivated: u64,
     retired: Vec<Arc<Snapshot>>,
     /// Set when staging a batch failed: the index may then miss changes the
     /// store holds, so every hit is read from the store until a restart
@@ -350,6 +362,15 @@ impl Recent {
         !self.degraded
             && self.uris.get(uri).is_none_or(|s| *s <= seq)
             && self.dids.get(did).is_none_or(|s| *s <= seq)
+    }
+
+    /// Whether the replies that a snapshot holding batches up to `seq`
+    /// indexes under `parent` are all of the store's: no reply to it was
+    /// written since (`note` marks a new reply's parent), and no account
+    /// came back into view since. A reply deleted or changed since is still
+    /// listed; its own document is not current, so readers check its row.
+    fn replies_current(&self, parent: &str, seq: u64) -> bool {
+        !self.degraded && self.reactivated <= seq && self.uris.get(parent).is_none_or(|s| *s <= seq)
     }
 }
 
@@ -367,6 +388,8 @@ pub enum SearchChange {
         record: String,
         /// When the store indexed it (its `indexed_at`).
         indexed_us: i64,
+        /// A post's `reply.parent.uri`.
+        parent: Option<String>,
     },
     Delete {
         uri: String,
@@ -420,6 +443,13 @@ pub struct SearchIndex {
     applied: std::sync::atomic::AtomicU64,
     /// Counts matches (with its cache of common terms' bitsets).
     counter: count::Counter,
+    lookups: LookupCounts,
+    /// The collections every record of which the index holds: filled from
+    /// the store while covered, and covered ever since (a collection newly
+    /// covered by a lexicon reload is indexed from the next event on).
+    /// Recorded with each commit; a start that covers a collection not in
+    /// it rebuilds the index.
+    complete: Mutex<BTreeSet<String>>,
 }
 
 /// What a commit records about the store: every record indexed in DuckDB
@@ -428,6 +458,8 @@ pub struct SearchIndex {
 struct Payload {
     layout: u32,
     covered_us: i64,
+    #[serde(default)]
+    complete: BTreeSet<String>,
 }
 
 fn schema() -> Schema {
@@ -447,6 +479,7 @@ fn schema() -> Schema {
     b.add_text_field("cid", STORED);
     b.add_text_field("record", STORED);
     b.add_i64_field("indexed_us", STORED);
+    b.add_text_field("reply_parent", STRING);
     b.build()
 }
 
@@ -477,12 +510,13 @@ impl SearchIndex {
             }
         };
         index.tokenizers().register(TOKENIZER, analyzer());
-        let covered = index
+        let payload = index
             .load_metas()?
             .payload
             .and_then(|p| serde_json::from_str::<Payload>(&p).ok())
-            .filter(|p| p.layout == LAYOUT_VERSION)
-            .map(|p| p.covered_us);
+            .filter(|p| p.layout == LAYOUT_VERSION);
+        let covered = payload.as_ref().map(|p| p.covered_us);
+        let complete = payload.map(|p| p.complete).unwrap_or_default();
         // 50 MB of indexing memory on one thread: the other core is ingest's.
         let writer: IndexWriter = index.writer_with_num_threads(1, 50_000_000)?;
         if covered.is_none() {
@@ -498,6 +532,7 @@ impl SearchIndex {
             cid: f("cid"),
             record: f("record"),
             indexed_us: f("indexed_us"),
+            reply_parent: f("reply_parent"),
         };
         index.set_default_multithread_executor()?;
         let reader = index
@@ -518,6 +553,8 @@ impl SearchIndex {
                 recent: Mutex::default(),
                 applied: Default::default(),
                 counter: count::Counter::new(),
+                lookups: LookupCounts::default(),
+                complete: Mutex::new(complete),
             },
             covered,
         ))
@@ -542,6 +579,7 @@ impl SearchIndex {
                     cid,
                     record,
                     indexed_us,
+                    parent,
                 } => {
                     writer.delete_term(Term::from_field_text(self.fields.uri, uri));
                     let mut doc = TantivyDocument::default();
@@ -553,6 +591,9 @@ impl SearchIndex {
                     doc.add_text(self.fields.cid, cid);
                     doc.add_text(self.fields.record, record);
                     doc.add_i64(self.fields.indexed_us, *indexed_us);
+                    if let Some(parent) = parent {
+                        doc.add_text(self.fields.reply_parent, parent);
+                    }
                     writer.add_document(doc)?;
                 }
                 SearchChange::Delete { uri } => {
@@ -593,6 +634,7 @@ impl SearchIndex {
                 &serde_json::to_string(&Payload {
                     layout: LAYOUT_VERSION,
                     covered_us,
+                    complete: self.lock_complete().clone(),
                 })
                 .expect("payload serialises"),
             );
@@ -627,6 +669,11 @@ impl SearchIndex {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_complete(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A set's retain or assignment leaves it whole if a panic unwinds.
+        self.complete.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         // Map inserts and removals leave the maps whole if a panic unwinds.
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
@@ -642,8 +689,11 @@ impl SearchIndex {
         for ev in batch {
             for change in &ev.changes {
                 match change {
-                    Change::Account { did, .. } => {
+                    Change::Account { did, active, .. } => {
                         recent.dids.insert(did.clone(), seq);
+                        if *active {
+                            recent.reactivated = seq;
+                        }
                     }
                     Change::Put(w) if !fields.covers(&w.collection) => {}
                     Change::Delete { collection, .. } if !fields.covers(collection) => {}
@@ -651,6 +701,16 @@ impl SearchIndex {
                     Change::Put(_) | Change::Delete { .. } | Change::Invalid(_) => {
                         if let Some(uri) = change.record_uri() {
                             recent.uris.insert(uri.into_owned(), seq);
+                        }
+                        // A new reply changes its parent's reply list.
+                        if let Change::Put(w) = change {
+                            let parent = w
+                                .links
+                                .iter()
+                                .find(|l| w.collection == POST && l.path == ".reply.parent.uri");
+                            if let Some(parent) = parent {
+                                recent.uris.insert(parent.target.clone(), seq);
+                            }
                         }
                     }
                     _ => {}
@@ -725,7 +785,23 @@ impl SearchIndex {
                     segments = ids.len(),
                     "search index: merging segments into one"
                 );
-                writer.merge(&ids).wait()?;
+                // A merge the writer's merge policy started on its own
+                // holds some of these segments until it ends (tantivy then
+                // refuses the request); asked again, with the segments
+                // there are then, after it has.
+                let mut ids = ids.clone();
+                let mut tries = 0;
+                while let Err(e) = writer.merge(&ids).wait() {
+                    tries += 1;
+                    if tries == 120 {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    ids = writer.index().searchable_segment_ids()?;
+                    if ids.len() < 2 {
+                        break;
+                    }
+                }
             }
             writer.garbage_collect_files().wait()?;
             ids
@@ -817,31 +893,8 @@ impl SearchIndex {
         };
         let mut found = Vec::with_capacity(docs.len());
         for (score, address) in docs {
-            let doc: TantivyDocument = searcher.doc(address)?;
-            let text = |f: Field| {
-                doc.get_first(f)
-                    .and_then(|v| tantivy::schema::Value::as_str(&v))
-                    .map(str::to_string)
-            };
-            let Some(uri) = text(self.fields.uri) else {
+            let Some((uri, stored)) = self.read_doc(searcher, address)? else {
                 continue;
-            };
-            let indexed_us = doc
-                .get_first(self.fields.indexed_us)
-                .and_then(|v| tantivy::schema::Value::as_i64(&v));
-            let stored = match (
-                text(self.fields.cid),
-                text(self.fields.did),
-                text(self.fields.record),
-                indexed_us,
-            ) {
-                (Some(cid), Some(did), Some(record), Some(indexed_us)) => Some(StoredRecord {
-                    cid,
-                    did,
-                    record,
-                    indexed_us,
-                }),
-                _ => None,
             };
             found.push(Hit { uri, score, stored });
         }
@@ -859,6 +912,137 @@ impl SearchIndex {
     }
 }
 
+impl SearchIndex {
+    /// A document's URI and stored record (None where a field is missing).
+    fn read_doc(
+        &self,
+        searcher: &Searcher,
+        address: tantivy::DocAddress,
+    ) -> Result<Option<(String, Option<StoredRecord>)>> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let text = |f: Field| {
+            doc.get_first(f)
+                .and_then(|v| tantivy::schema::Value::as_str(&v))
+                .map(str::to_string)
+        };
+        let Some(uri) = text(self.fields.uri) else {
+            return Ok(None);
+        };
+        let indexed_us = doc
+            .get_first(self.fields.indexed_us)
+            .and_then(|v| tantivy::schema::Value::as_i64(&v));
+        let stored = match (
+            text(self.fields.cid),
+            text(self.fields.did),
+            text(self.fields.record),
+            indexed_us,
+        ) {
+            (Some(cid), Some(did), Some(record), Some(indexed_us)) => Some(StoredRecord {
+                cid,
+                did,
+                record,
+                indexed_us,
+            }),
+            _ => None,
+        };
+        Ok(Some((uri, stored)))
+    }
+
+    /// The live documents of `term` in a snapshot.
+    fn live_docs(searcher: &Searcher, term: &Term) -> Result<Vec<tantivy::DocAddress>> {
+        use tantivy::{DocSet, TERMINATED};
+        let mut out = Vec::new();
+        for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+            let inverted = segment.inverted_index(term.field())?;
+            let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::Basic)? else {
+                continue;
+            };
+            while postings.doc() != TERMINATED {
+                if !segment.is_deleted(postings.doc()) {
+                    out.push(tantivy::DocAddress::new(ord as u32, postings.doc()));
+                }
+                postings.advance();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records of `uris` as the current snapshot stores them, for those
+    /// whose document is current (neither the record nor its account changed
+    /// since the snapshot; see [`Recent`]). A URI left out must be read
+    /// from the store: it may be missing, changed, or have no document.
+    /// Used for post views, a point lookup each instead of a DuckDB
+    /// statement.
+    pub fn stored_records(&self, uris: &[String]) -> Result<HashMap<String, StoredRecord>> {
+        let snapshot = self.lock_current().clone();
+        let mut out = HashMap::new();
+        for uri in uris {
+            let term = Term::from_field_text(self.fields.uri, uri);
+            // One live document per URI (a put deletes the URI's older one).
+            if let Some(address) = Self::live_docs(&snapshot.searcher, &term)?.pop() {
+                if let Some((found, Some(stored))) = self.read_doc(&snapshot.searcher, address)? {
+                    if found == *uri {
+                        out.insert(found, stored);
+                    }
+                }
+            }
+        }
+        let recent = self.lock_recent();
+        out.retain(|uri, s| recent.current(uri, &s.did, snapshot.seq));
+        self.lookups
+            .records
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The URIs of the posts that reply to each of `parents`, as the current
+    /// snapshot indexes them, for the parents whose list is current (see
+    /// `Recent::replies_current`); a parent left out must be read from the
+    /// store. A listed reply may have been deleted or changed since: its
+    /// row, read as current, tells.
+    pub fn replies(&self, parents: &[String]) -> Result<HashMap<String, Vec<String>>> {
+        let snapshot = self.lock_current().clone();
+        let wanted: Vec<&String> = {
+            let recent = self.lock_recent();
+            parents
+                .iter()
+                .filter(|p| recent.replies_current(p, snapshot.seq))
+                .collect()
+        };
+        let mut out = HashMap::new();
+        for parent in wanted {
+            let term = Term::from_field_text(self.fields.reply_parent, parent);
+            let mut replies = Vec::new();
+            for address in Self::live_docs(&snapshot.searcher, &term)? {
+                if let Some((uri, _)) = self.read_doc(&snapshot.searcher, address)? {
+                    replies.push(uri);
+                }
+            }
+            out.insert(parent.clone(), replies);
+        }
+        self.lookups
+            .reply_lists
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Post rows and reply lists answered from the index
+    /// (`lexview_post_index_reads_total` in `/metrics`).
+    pub fn lookup_counts(&self) -> (u64, u64) {
+        (
+            self.lookups.records.load(Ordering::Relaxed),
+            self.lookups.reply_lists.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// See [`SearchIndex::lookup_counts`].
+#[derive(Default)]
+struct LookupCounts {
+    records: std::sync::atomic::AtomicU64,
+    reply_lists: std::sync::atomic::AtomicU64,
+}
+
 /// The recency weight: 1 for a record from now, halving every 7 days of age
 /// down to a floor of 0.5, so a much better text match still wins over a
 /// newer, weaker one.
@@ -866,6 +1050,14 @@ pub fn recency_factor(now_us: i64, time_us: i64) -> f32 {
     const HALF_LIFE_US: f64 = 7.0 * 24.0 * 3600.0 * 1e6;
     let age = (now_us - time_us).max(0) as f64;
     (0.5 + 0.5 * (-age / HALF_LIFE_US).exp2()) as f32
+}
+
+/// A post's `reply.parent.uri` (None for other collections).
+fn reply_parent(collection: &str, record: &Value) -> Option<String> {
+    (collection == POST)
+        .then(|| record.pointer("/reply/parent/uri")?.as_str())
+        .flatten()
+        .map(str::to_string)
 }
 
 /// The time a record is ranked by: its `createdAt` when valid and not in the
@@ -896,19 +1088,19 @@ pub fn changes_of(
                         Ok(v) => v,
                         Err(_) => continue,
                     };
-                    match fields.text_of(&w.collection, &record) {
-                        Some(text) => out.push(SearchChange::Put {
-                            uri: w.uri.clone(),
-                            did: w.did.clone(),
-                            collection: w.collection.clone(),
-                            text,
-                            time_us: record_time(w.created_at.as_deref(), indexed_us),
-                            cid: w.cid.clone(),
-                            record: w.json.clone(),
-                            indexed_us,
-                        }),
-                        None => out.push(SearchChange::Delete { uri: w.uri.clone() }),
-                    }
+                    // A record with no text still has a document (thread
+                    // views read posts and reply lists from the index).
+                    out.push(SearchChange::Put {
+                        uri: w.uri.clone(),
+                        did: w.did.clone(),
+                        collection: w.collection.clone(),
+                        text: fields.text_of(&w.collection, &record).unwrap_or_default(),
+                        time_us: record_time(w.created_at.as_deref(), indexed_us),
+                        cid: w.cid.clone(),
+                        record: w.json.clone(),
+                        indexed_us,
+                        parent: reply_parent(&w.collection, &record),
+                    })
                 }
                 Change::Delete { collection, .. } if fields.covers(collection) => {
                     out.extend(change.record_uri().map(|u| SearchChange::Delete {
@@ -1050,6 +1242,9 @@ pub fn fill_from_store(
     if since_us.is_some() {
         drop_records_not_in_store(index, fields, conn)?;
     }
+    // Every covered collection is whole now (a catch-up is only run when
+    // the index held every record of each before: `Search::start`).
+    *index.lock_complete() = fields.iter().map(|(c, _)| c.to_string()).collect();
     index.commit(started)?;
     if since_us.is_none() {
         index.merge_all()?;
@@ -1152,18 +1347,17 @@ fn stage_from_store(
         let Ok(record) = serde_json::from_str::<Value>(&json) else {
             continue;
         };
-        if let Some(text) = fields.text_of(&collection, &record) {
-            pending.push(SearchChange::Put {
-                uri,
-                did,
-                collection,
-                text,
-                time_us: record_time(created_at.as_deref(), indexed_us),
-                cid,
-                record: json,
-                indexed_us,
-            });
-        }
+        pending.push(SearchChange::Put {
+            text: fields.text_of(&collection, &record).unwrap_or_default(),
+            parent: reply_parent(&collection, &record),
+            uri,
+            did,
+            collection,
+            time_us: record_time(created_at.as_deref(), indexed_us),
+            cid,
+            record: json,
+            indexed_us,
+        });
         n += 1;
         if pending.len() == 1024 {
             index.apply(&pending)?;
@@ -1209,7 +1403,17 @@ impl Search {
         readers: Arc<crate::index::store::ReadPool>,
     ) -> Result<Arc<Search>> {
         let (index, covered) = SearchIndex::open(&index_dir(data_dir))?;
-        let since = covered.map(|c| c - CATCH_UP_MARGIN_US);
+        // A collection covered now that the index does not hold whole (the
+        // search config or the lexicons changed): everything is re-read.
+        let whole = {
+            let complete = index.lock_complete();
+            fields.iter().all(|(c, _)| complete.contains(c))
+        };
+        if covered.is_some() && !whole {
+            tracing::info!("search index: the searched collections changed; rebuilding");
+            index.clear()?;
+        }
+        let since = covered.filter(|_| whole).map(|c| c - CATCH_UP_MARGIN_US);
         let clock = Instant::now();
         let n = readers
             .with_blocking(|c| Ok(fill_from_store(&index, &fields, c, since)))
@@ -1269,6 +1473,24 @@ impl Search {
                 batch: picked,
             });
         }
+    }
+
+    /// Swaps the searched fields (a lexicon reload). Collections newly
+    /// covered are indexed from the next event on, so the index then lacks
+    /// their older records; once posts stop being covered, thread views
+    /// stop reading them from the index until a restart refills it.
+    pub fn set_fields(&self, fields: SearchFields) {
+        self.index
+            .lock_complete()
+            .retain(|collection| fields.covers(collection));
+        self.fields.store(Arc::new(fields));
+    }
+
+    /// The index, when thread views may read posts and reply lists from it:
+    /// it holds every post the store does (see `SearchIndex::complete`).
+    pub fn posts(&self) -> Option<&SearchIndex> {
+        (self.index.lock_complete().contains(POST) && self.fields.load().covers(POST))
+            .then_some(&*self.index)
     }
 
     /// Stops the indexer after a last commit (once the writer has drained).
@@ -1337,7 +1559,128 @@ mod tests {
             cid: format!("cid-{rkey}-{text}"),
             record: serde_json::json!({ "text": text }).to_string(),
             indexed_us: 1_700_000_000_000_000,
+            parent: None,
         }
+    }
+
+    /// A reply by `did` to `parent`, as the writer hands it over.
+    fn reply_write(did: &str, rkey: &str, parent: &str) -> Vec<IndexEvent> {
+        let strong = serde_json::json!({"uri": parent, "cid": "bafy"});
+        let record = serde_json::json!({"text": "", "reply": {"root": strong, "parent": strong}});
+        let mut w = crate::index::event::testing::put(did, POSTS, rkey, record);
+        let Change::Put(write) = &mut w.changes[0] else {
+            unreachable!("put() makes a put")
+        };
+        write.links.retain(|l| l.path == ".reply.parent.uri");
+        assert_eq!(write.links.len(), 1, "the reply's parent link");
+        vec![w]
+    }
+
+    /// Stages and commits the search changes of `batch` as the indexer does.
+    fn index_batch(index: &SearchIndex, fields: &SearchFields, batch: &[IndexEvent], at: i64) {
+        let seq = index.note(fields, batch);
+        index.apply(&changes_of(fields, batch, at)).unwrap();
+        index.applied(seq, true);
+        index.commit(at).unwrap();
+    }
+
+    #[test]
+    fn post_rows_and_reply_lists_are_read_only_where_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, _) = SearchIndex::open(dir.path()).unwrap();
+        let fields = posts_searched();
+        let (bob, carol) = ("did:plc:bob", "did:plc:carol");
+        let root = uri("root");
+        let by = |did: &str, rkey: &str| format!("at://{did}/{POSTS}/{rkey}");
+        // A root post (with no text: it still has a document) and two replies.
+        let mut first =
+            crate::index::event::testing::put(DID, POSTS, "root", serde_json::json!({"text": ""}));
+        first
+            .changes
+            .extend(reply_write(bob, "r1", &root).remove(0).changes);
+        first
+            .changes
+            .extend(reply_write(carol, "r2", &root).remove(0).changes);
+        index_batch(&index, &fields, &[first], 10);
+        let rows = index
+            .stored_records(&[root.clone(), by(bob, "r1"), uri("nope")])
+            .unwrap();
+        assert_eq!(rows.len(), 2, "the missing post is left to the store");
+        assert_eq!(rows[&by(bob, "r1")].did, bob);
+        let replies = |index: &SearchIndex| {
+            index
+                .replies(std::slice::from_ref(&root))
+                .unwrap()
+                .remove(&root)
+                .map(|mut l| {
+                    l.sort();
+                    l
+                })
+        };
+        assert_eq!(replies(&index), Some(vec![by(bob, "r1"), by(carol, "r2")]));
+        assert_eq!(
+            index.replies(&[by(bob, "r1")]).unwrap()[&by(bob, "r1")],
+            Vec::<String>::new()
+        );
+
+        // A new reply, noted but not yet in a snapshot: the root's list is
+        // not current (nor is the new reply's row); once committed it is.
+        let batch = reply_write(bob, "r3", &root);
+        let seq = index.note(&fields, &batch);
+        assert_eq!(replies(&index), None);
+        assert!(index.stored_records(&[root.clone()]).unwrap().is_empty());
+        index.apply(&changes_of(&fields, &batch, 11)).unwrap();
+        index.applied(seq, true);
+        index.commit(11).unwrap();
+        assert_eq!(
+            replies(&index),
+            Some(vec![by(bob, "r1"), by(bob, "r3"), by(carol, "r2")])
+        );
+
+        // A deleted reply stays listed until the next snapshot, but its row
+        // is not current: readers drop it.
+        let gone = vec![IndexEvent {
+            changes: vec![Change::Delete {
+                did: carol.into(),
+                collection: POSTS.into(),
+                rkey: "r2".into(),
+                rev: "3l".into(),
+            }],
+            ..Default::default()
+        }];
+        let seq = index.note(&fields, &gone);
+        assert!(replies(&index).unwrap().contains(&by(carol, "r2")));
+        assert!(index.stored_records(&[by(carol, "r2")]).unwrap().is_empty());
+        index.apply(&changes_of(&fields, &gone, 12)).unwrap();
+        index.applied(seq, true);
+        index.commit(12).unwrap();
+        assert_eq!(replies(&index), Some(vec![by(bob, "r1"), by(bob, "r3")]));
+
+        // An account coming back into view: its replies are indexed again
+        // by the indexer, so no older snapshot's list is current.
+        let back = vec![IndexEvent {
+            changes: vec![Change::Account {
+                did: carol.into(),
+                active: true,
+                status: None,
+            }],
+            ..Default::default()
+        }];
+        let seq = index.note(&fields, &back);
+        assert_eq!(replies(&index), None);
+        assert_eq!(
+            index.stored_records(&[by(bob, "r1")]).unwrap().len(),
+            1,
+            "other accounts' rows stay current"
+        );
+        index.applied(seq, true);
+        index.commit(13).unwrap();
+        assert!(replies(&index).is_some());
+
+        // After a failed batch nothing is read from the index.
+        index.applied(index.note(&fields, &[]), false);
+        assert_eq!(replies(&index), None);
+        assert!(index.stored_records(&[by(bob, "r1")]).unwrap().is_empty());
     }
 
     fn deleted(rkey: &str) -> Vec<IndexEvent> {

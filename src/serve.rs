@@ -737,11 +737,7 @@ fn reload(cfg: &ServeConfig, state: &AppState) -> anyhow::Result<()> {
     .context("building the GraphQL schema")?;
     if let Some(search) = &state.search {
         let config = crate::search::SearchConfig::load(&cfg.search_config)?;
-        search
-            .fields
-            .store(Arc::new(crate::search::SearchFields::new(
-                &catalog, &config,
-            )));
+        search.set_fields(crate::search::SearchFields::new(&catalog, &config));
     }
     let (queries, feeds) = load_methods(cfg, &catalog, &state.readers);
     state.catalog.store(catalog.clone());

@@ -1220,3 +1220,159 @@ fn cached_thread_views_follow_every_committed_change() {
     assert_eq!(texts(&t), ["first"], "{t}");
     assert_eq!(t["thread"]["post"]["replyCount"], 1, "{t}");
 }
+
+/// Threads are read from the search index where it holds the posts (their
+/// rows and reply lists, with one statement for all their counts), and yet
+/// show every committed change as soon as the cursor has passed it, before
+/// the index commits it (about once a second): a new reply, a reply moved
+/// to another parent by an update, a deleted reply, and an account that
+/// leaves and comes back.
+#[test]
+fn threads_read_from_the_search_index_follow_every_committed_change() {
+    let mut pds = Pds::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = start_lexview(&pds, data.path());
+    let alice = pds.create_account("alice.test");
+    let bob = pds.create_account("bob.test");
+    let carol = pds.create_account("carol.test");
+    let now = "2026-11-24T12:00:00.000Z";
+    let post = |did: &str, text: &str, parent: Option<&Value>| {
+        let mut record = json!({"text": text, "createdAt": now});
+        if let Some(p) = parent {
+            record["reply"] = json!({"root": strong_ref(p), "parent": strong_ref(p)});
+        }
+        json!({"op": "create", "did": did, "collection": "app.bsky.feed.post", "record": record})
+    };
+    let root = pds.cmd(post(&alice, "the root", None));
+    let other = pds.cmd(post(&alice, "another root", None));
+    let first = pds.cmd(post(&bob, "first", Some(&root)));
+    server.wait_for_cursor(first["seq"].as_i64().unwrap());
+    let documents = |server: &Server, n: u64| {
+        let start = std::time::Instant::now();
+        while server.counter("search_documents") < n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the search index never committed {n} documents"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let reads = |server: &Server| {
+        (
+            server.counter("post_index_reads_total{what=\"rows\"}"),
+            server.counter("post_index_reads_total{what=\"reply_lists\"}"),
+        )
+    };
+    let thread = |server: &Server, of: &Value| {
+        let uri = of["uri"].as_str().unwrap();
+        let (status, body) = server.get(&format!("/xrpc/app.bsky.feed.getPostThread?uri={uri}"));
+        assert_eq!(status, 200, "{body}");
+        let texts: Vec<String> = body["thread"]["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["post"]["record"]["text"].as_str().unwrap().to_string())
+            .collect();
+        (texts, body["thread"]["post"]["replyCount"].clone(), body)
+    };
+    let mut answers = Vec::new();
+
+    // Once the index has committed the three posts, the thread is read from
+    // it (both counters move).
+    documents(&server, 3);
+    let before = reads(&server);
+    let (texts, count, body) = thread(&server, &root);
+    assert_eq!(
+        (texts, count),
+        (vec!["first".to_string()], json!(1)),
+        "{body}"
+    );
+    let after = reads(&server);
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "{before:?} {after:?}"
+    );
+    answers.push(body);
+
+    // "first" moved under the other root by an update, then a new reply by
+    // carol: both seen at once, and still after the index has them.
+    let moved = pds.cmd(
+        json!({"op": "put", "did": bob, "collection": "app.bsky.feed.post",
+        "rkey": first["rkey"], "record": {"text": "first", "createdAt": now,
+        "reply": {"root": strong_ref(&other), "parent": strong_ref(&other)}}}),
+    );
+    let second = pds.cmd(post(&carol, "second", Some(&root)));
+    server.wait_for_cursor(second["seq"].as_i64().unwrap());
+    assert!(moved["uri"].is_string(), "{moved}");
+    for committed in [false, true] {
+        if committed {
+            // Once the index has them, a follow (any committed app.bsky
+            // record) empties the hot caches, and both threads are read
+            // from the index again.
+            documents(&server, 4);
+            let follow = pds.cmd(json!({"op": "create", "did": alice,
+                "collection": "app.bsky.graph.follow",
+                "record": {"subject": carol, "createdAt": now}}));
+            server.wait_for_cursor(follow["seq"].as_i64().unwrap());
+        }
+        let before = reads(&server);
+        let (texts, count, body) = thread(&server, &root);
+        assert_eq!(
+            (texts, count),
+            (vec!["second".to_string()], json!(1)),
+            "{body}"
+        );
+        answers.push(body);
+        let (texts, count, body) = thread(&server, &other);
+        assert_eq!(
+            (texts, count),
+            (vec!["first".to_string()], json!(1)),
+            "{body}"
+        );
+        answers.push(body);
+        if committed {
+            let after = reads(&server);
+            assert!(
+                after.0 > before.0 && after.1 > before.1,
+                "{before:?} {after:?}"
+            );
+        }
+    }
+
+    // Carol's reply deleted: gone at once.
+    let gone = pds.cmd(json!({"op": "delete", "did": carol,
+        "collection": "app.bsky.feed.post", "rkey": second["rkey"]}));
+    server.wait_for_cursor(gone["seq"].as_i64().unwrap());
+    // (Carol's repository is empty after it: the commit's proof inverts to
+    // the repository with the reply.)
+    let (texts, count, body) = thread(&server, &root);
+    assert_eq!((texts, count), (Vec::<String>::new(), json!(0)), "{body}");
+    answers.push(body);
+
+    // Bob deactivated: his reply leaves the other thread; reactivated, it
+    // comes back (once his repository is read again).
+    let r = pds.cmd(json!({"op": "deactivate", "did": bob}));
+    server.wait_for_cursor(r["seq"].as_i64().unwrap());
+    let (texts, _, body) = thread(&server, &other);
+    assert_eq!(texts, Vec::<String>::new(), "{body}");
+    let r = pds.cmd(json!({"op": "activate", "did": bob}));
+    server.wait_for_cursor(r["seq"].as_i64().unwrap());
+    let start = std::time::Instant::now();
+    loop {
+        let (texts, count, body) = thread(&server, &other);
+        if texts == ["first"] && count == json!(1) {
+            answers.push(body);
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "bob's reply never came back: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answers: Vec<(&str, &Value)> = answers
+        .iter()
+        .map(|a| ("app.bsky.feed.getPostThread", a))
+        .collect();
+    common::assert_valid_outputs(&answers);
+}

@@ -64,6 +64,17 @@ impl<K: Hash + Eq + Clone, V: Clone> ViewCache<K, V> {
         self.lock().epoch
     }
 
+    /// Whether `key` is cached (not counted as a hit or a miss, and not
+    /// made more recent); false when the cache is off.
+    pub fn holds(&self, key: &K) -> bool {
+        self.lock().lru.as_ref().is_some_and(|l| l.contains(key))
+    }
+
+    /// Whether the cache keeps anything (its capacity is not 0).
+    pub fn enabled(&self) -> bool {
+        self.lock().lru.is_some()
+    }
+
     /// The cached values of `keys` and the keys that missed (each once, in
     /// order), with the epoch to store the missing ones under.
     pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k K>) -> Lookup<K, V>

@@ -173,6 +173,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
              lexview_{name}{{path=\"bitsets\"}} {}\nlexview_{name}{{path=\"walk\"}} {}\n",
             c.segments_from_bitsets, c.segments_walked
         ));
+        let (records, reply_lists) = index.lookup_counts();
+        let name = "post_index_reads_total";
+        text.push_str(&format!(
+            "# HELP lexview_{name} Post rows and reply lists that post views and threads read from the search index instead of the store.\n\
+             # TYPE lexview_{name} counter\n\
+             lexview_{name}{{what=\"rows\"}} {records}\nlexview_{name}{{what=\"reply_lists\"}} {reply_lists}\n"
+        ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

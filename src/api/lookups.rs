@@ -56,6 +56,10 @@ pub struct Lookups {
     /// and its root author's likes are read with its posts, not by
     /// statements of their own). Keys are post URIs and liker DIDs.
     pub thread_posts: Batcher<PostPart>,
+    /// The `link_counts` of posts whose rows came from the search index
+    /// (`SearchIndex::stored_records`), with their likes by the DIDs among
+    /// the keys (a thread's root author): `Count` and `Like` parts only.
+    pub counts: Batcher<PostPart>,
     /// The direct replies of posts: reply URIs by parent URI.
     pub replies: Batcher<String>,
     /// Handles and profile records by DID.
@@ -82,6 +86,7 @@ impl Lookups {
         Lookups {
             posts: Batcher::new("posts", readers.clone(), posts),
             thread_posts: Batcher::new("thread_posts", readers.clone(), thread_posts),
+            counts: Batcher::new("counts", readers.clone(), counts),
             replies: Batcher::new("replies", readers.clone(), replies),
             profiles: Batcher::new("profiles", readers.clone(), profiles),
             likes_by: Batcher::new("likes_by", readers.clone(), likes_by),
@@ -89,10 +94,11 @@ impl Lookups {
     }
 
     /// Every batcher, for `/metrics`.
-    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 5] {
+    pub fn each(&self) -> [(&'static str, &crate::index::batch::BatchCounts); 6] {
         [
             (self.posts.name(), self.posts.counts()),
             (self.thread_posts.name(), self.thread_posts.counts()),
+            (self.counts.name(), self.counts.counts()),
             (self.replies.name(), self.replies.counts()),
             (self.profiles.name(), self.profiles.counts()),
             (self.likes_by.name(), self.likes_by.counts()),
@@ -101,24 +107,40 @@ impl Lookups {
 }
 
 fn posts(c: &duckdb::Connection, uris: &[String]) -> duckdb::Result<Vec<(String, PostPart)>> {
-    post_parts(c, uris, false)
+    post_parts(c, uris, Branches::RowsAndCounts)
 }
 
 fn thread_posts(
     c: &duckdb::Connection,
     uris: &[String],
 ) -> duckdb::Result<Vec<(String, PostPart)>> {
-    post_parts(c, uris, true)
+    post_parts(c, uris, Branches::Thread)
 }
 
-/// The rows of [`Lookups::posts`], or of [`Lookups::thread_posts`] when
-/// `thread`: one statement, a `UNION ALL` of index lookups, each branch's
-/// rows told apart by which of its columns are set.
+fn counts(c: &duckdb::Connection, keys: &[String]) -> duckdb::Result<Vec<(String, PostPart)>> {
+    post_parts(c, keys, Branches::CountsAndLikes)
+}
+
+/// What a [`post_parts`] statement reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Branches {
+    /// Rows and counts ([`Lookups::posts`]).
+    RowsAndCounts,
+    /// Rows, counts, replies and the likers' likes ([`Lookups::thread_posts`]).
+    Thread,
+    /// Counts and the likers' likes ([`Lookups::counts`]).
+    CountsAndLikes,
+}
+
+/// The rows of [`Lookups::posts`], [`Lookups::thread_posts`] or
+/// [`Lookups::counts`]: one statement, a `UNION ALL` of index lookups, each
+/// branch's rows told apart by which of its columns are set.
 fn post_parts(
     c: &duckdb::Connection,
     keys: &[String],
-    thread: bool,
+    branches: Branches,
 ) -> duckdb::Result<Vec<(String, PostPart)>> {
+    let thread = branches != Branches::RowsAndCounts;
     // Thread keys are post URIs and liker DIDs.
     let (likers, uris): (Vec<&String>, Vec<&String>) =
         keys.iter().partition(|k| thread && k.starts_with("did:"));
@@ -126,10 +148,22 @@ fn post_parts(
     if uris.is_empty() {
         return Ok(Vec::new());
     }
-    let (records, mut params) = rows_with("records", "uri", "records_at", &uris);
-    let (counts, count_keys) = rows_with("link_counts", "target", "counts_of_any", &uris);
-    params.extend(count_keys);
-    let links = if thread {
+    let (counts, mut params) = rows_with("link_counts", "target", "counts_of_any", &uris);
+    let rows = if branches == Branches::CountsAndLikes {
+        String::new()
+    } else {
+        let (records, record_keys) = rows_with("records", "uri", "records_at", &uris);
+        params.splice(0..0, record_keys);
+        format!(
+            "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME}),
+                    NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR, NULL::VARCHAR
+             FROM {records} WHERE collection = '{POST}'
+             UNION ALL"
+        )
+    };
+    let links = if branches == Branches::CountsAndLikes && likers.is_empty() {
+        String::new()
+    } else if thread {
         // One scan of the posts' links: their replies, and their likes by
         // the likers asked for (a scalar list test keeps it one index scan).
         let (links, link_keys) = rows_with("links", "target", "links_to_any", &uris);
@@ -141,23 +175,27 @@ fn post_parts(
                 .collect::<Vec<_>>()
                 .join(" "),
         );
+        // Replies come with rows only (thread levels read from the store).
+        let replies = if branches == Branches::Thread {
+            format!("(source_collection = '{POST}' AND path = '.reply.parent.uri') OR")
+        } else {
+            String::new()
+        };
         format!(
             "UNION ALL
              SELECT target, NULL, NULL, NULL, NULL, NULL, NULL, NULL, source_uri, source_did
              FROM {links}
-             WHERE (source_collection = '{POST}' AND path = '.reply.parent.uri')
-                OR (source_collection = 'app.bsky.feed.like' AND path = '.subject.uri'
+             WHERE {replies}
+                (source_collection = 'app.bsky.feed.like' AND path = '.subject.uri'
                     AND list_contains(string_split(?, ' '), source_did))"
         )
     } else {
         String::new()
     };
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT uri, cid, did, record::VARCHAR, strftime(indexed_at, {DATETIME}),
-                NULL::VARCHAR, NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR, NULL::VARCHAR
-         FROM {records} WHERE collection = '{POST}'
-         UNION ALL
-         SELECT target, NULL, NULL, NULL, NULL, collection, path, n, NULL, NULL FROM {counts}
+        "{rows}
+         SELECT target, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR,
+                collection, path, n, NULL::VARCHAR, NULL::VARCHAR FROM {counts}
          WHERE collection IN ('{POST}', 'app.bsky.feed.repost', 'app.bsky.feed.like')
          {links}"
     ))?;
@@ -306,11 +344,11 @@ mod tests {
                 ),
             ])
             .unwrap();
-        let parts = |keys: &[&str], thread: bool| {
+        let parts = |keys: &[&str], branches: Branches| {
             let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
             let mut out: Vec<String> = store
                 .readers()
-                .with_blocking(|c| post_parts(c, &keys, thread))
+                .with_blocking(|c| post_parts(c, &keys, branches))
                 .unwrap()
                 .into_iter()
                 .map(|(key, part)| match part {
@@ -326,7 +364,7 @@ mod tests {
         let like = |did: &str| format!("at://{did}/app.bsky.feed.like/3klike");
         // Alice's likes only: Bob's like of the root is not asked for.
         assert_eq!(
-            parts(&[&root, &reply, alice], true),
+            parts(&[&root, &reply, alice], Branches::Thread),
             [
                 format!("{root} count app.bsky.feed.like.subject.uri 1"),
                 format!("{root} count {POST}.reply.parent.uri 1"),
@@ -338,10 +376,26 @@ mod tests {
                 format!("{reply} row {bob}"),
             ]
         );
-        assert!(parts(&[&root, bob], true).contains(&format!("{root} like {bob} {}", like(bob))));
+        assert!(parts(&[&root, bob], Branches::Thread)
+            .contains(&format!("{root} like {bob} {}", like(bob))));
+        // Counts and the likers' likes, for rows read from the search index.
+        assert_eq!(
+            parts(&[&root, &reply, alice], Branches::CountsAndLikes),
+            [
+                format!("{root} count app.bsky.feed.like.subject.uri 1"),
+                format!("{root} count {POST}.reply.parent.uri 1"),
+                format!("{root} count {POST}.reply.root.uri 1"),
+                format!("{reply} count app.bsky.feed.like.subject.uri 1"),
+                format!("{reply} like {alice} {}", like(alice)),
+            ]
+        );
+        assert_eq!(
+            parts(&[&reply], Branches::CountsAndLikes),
+            [format!("{reply} count app.bsky.feed.like.subject.uri 1")]
+        );
         // The plain lookup: rows and counts alone.
         assert_eq!(
-            parts(&[&root], false),
+            parts(&[&root], Branches::RowsAndCounts),
             [
                 format!("{root} count app.bsky.feed.like.subject.uri 1"),
                 format!("{root} count {POST}.reply.parent.uri 1"),

@@ -33,6 +33,47 @@ pub(super) const POST: &str = "app.bsky.feed.post";
 /// How views show times (a DuckDB `strftime` format, quoted for SQL).
 pub(super) const DATETIME: &str = "'%Y-%m-%dT%H:%M:%S.%gZ'";
 
+/// [`DATETIME`] for a time read from the search index (microseconds).
+fn view_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// The posts among `uris` whose current rows the search index holds (see
+/// `SearchIndex::stored_records`), as the store would give them; none when
+/// the server runs without the index, or the index does not hold every
+/// post. A failed read of the index leaves every row to the store.
+fn indexed_posts(state: &AppState, uris: &[String]) -> HashMap<String, super::lookups::PostRow> {
+    let Some(index) = state.search.as_ref().and_then(|s| s.posts()) else {
+        return HashMap::new();
+    };
+    let posts: Vec<String> = uris
+        .iter()
+        .filter(|u| crate::index::event::collection_of(u) == Some(POST))
+        .cloned()
+        .collect();
+    match index.stored_records(&posts) {
+        Ok(found) => found
+            .into_iter()
+            .map(|(uri, s)| {
+                let row = super::lookups::PostRow {
+                    cid: s.cid,
+                    did: s.did,
+                    record: s.record,
+                    indexed_at: view_time(s.indexed_us),
+                };
+                (uri, row)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("post rows from the search index: {e}; reading the store");
+            HashMap::new()
+        }
+    }
+}
+
 /// A `profileViewBasic` from a `profileView` (the fields basic does not have
 /// are left out).
 fn basic(view: &Value) -> Value {
@@ -111,30 +152,64 @@ async fn post_views_at(
     if uris.is_empty() {
         return Ok(HashMap::new());
     }
+    // Read before the store is (cache.rs).
+    let replies_epoch = state.hot.replies.epoch();
+    let likes_epoch = state.hot.root_likes.epoch();
+    // Rows the search index holds leave only their counts (and the root
+    // author's likes) to the store: a point lookup in the index each, and a
+    // statement without the records branch, whose planning and compressed
+    // string fetches are most of a cold thread's cost.
+    let indexed = indexed_posts(state, uris);
+    let rest: Vec<String> = uris
+        .iter()
+        .filter(|u| !indexed.contains_key(*u))
+        .cloned()
+        .collect();
+    // The root author's DID rides along as a key of its own (a DID, not an
+    // AT-URI: `lookups::post_parts` tells them apart).
+    let with_root = |uris: Vec<String>| -> Vec<String> {
+        uris.into_iter().chain(thread.map(str::to_string)).collect()
+    };
     // The posts and their counts in one lookup shared with concurrent
     // requests (`lookups.rs`); the counts are summed here (one statement
     // that joined and aggregated them took 1.5 ms for one post against
     // 0.65 ms for the two).
-    let (lookup, keys) = match thread {
-        // The root author's DID rides along as a key of its own (a DID, not
-        // an AT-URI: `lookups::post_parts` tells them apart).
-        Some(root_author) => (
-            &state.lookups.thread_posts,
-            uris.iter()
-                .cloned()
-                .chain([root_author.to_string()])
-                .collect(),
-        ),
-        None => (&state.lookups.posts, uris.to_vec()),
+    let from_store = async {
+        if rest.is_empty() {
+            return Ok(Vec::new());
+        }
+        match thread {
+            Some(_) => {
+                state
+                    .lookups
+                    .thread_posts
+                    .get(with_root(rest.clone()))
+                    .await
+            }
+            None => state.lookups.posts.get(rest.clone()).await,
+        }
     };
-    // Read before the store is (cache.rs).
-    let replies_epoch = state.hot.replies.epoch();
-    let likes_epoch = state.hot.root_likes.epoch();
+    let counts_of_indexed = async {
+        if indexed.is_empty() {
+            return Ok(Vec::new());
+        }
+        state
+            .lookups
+            .counts
+            .get(with_root(indexed.keys().cloned().collect()))
+            .await
+    };
+    let (stored, counts) = tokio::try_join!(from_store, counts_of_indexed)?;
     let mut found = Vec::new();
     let mut counted = Vec::new();
     let mut replies: HashMap<String, Vec<String>> = HashMap::new();
     let mut root_likes: HashMap<String, String> = HashMap::new();
-    for (uri, part) in lookup.get(keys).await? {
+    let parts = indexed
+        .into_iter()
+        .map(|(uri, row)| (uri, PostPart::Row(row)))
+        .chain(stored)
+        .chain(counts);
+    for (uri, part) in parts {
         match part {
             PostPart::Row(row) => found.push((uri, row)),
             PostPart::Count(count) => counted.push((uri, count)),
@@ -154,8 +229,12 @@ async fn post_views_at(
         }
     }
     if let Some(root_author) = thread {
-        for (uri, _) in &found {
-            replies.entry(uri.clone()).or_default();
+        // The store's reply lists are whole for the posts it read (rows
+        // from the index come without theirs: `replies_of` reads them).
+        for uri in &rest {
+            if found.iter().any(|(u, _)| u == uri) {
+                replies.entry(uri.clone()).or_default();
+            }
         }
         for list in replies.values_mut() {
             oldest_first(list);
@@ -407,6 +486,7 @@ pub async fn get_post_thread(
     // (a guess for a reply, whose root is known once its record is read:
     // then `add_thread_context` reads the root author's like itself).
     let anchor_author = crate::index::event::did_of(&uri).to_string();
+    prefetch_thread(state, &uri, depth, parent_height).await?;
     let anchor = thread_post_views(state, std::slice::from_ref(&uri), &anchor_author)
         .await?
         .remove(&uri)
@@ -524,8 +604,15 @@ pub async fn get_post_thread(
                 .flatten()
                 .filter(|c| !blocks.get(*c).is_some_and(|b| b.parent) && !gated.contains(*c))
                 .filter_map(|c| {
+                    // A reply listed under a parent it no longer names (an
+                    // update since the search index's snapshot) is left out.
                     views
                         .get(c)
+                        .filter(|v| {
+                            v.pointer("/record/reply/parent/uri")
+                                .and_then(Value::as_str)
+                                == Some(uri)
+                        })
                         .map(|v| build(c, v.clone(), left - 1, children, views, blocks, gated))
                 })
                 .collect();
@@ -593,6 +680,90 @@ pub async fn get_post_thread(
     Ok(answer(thread))
 }
 
+/// At most this many posts of a thread are read ahead by [`prefetch_thread`].
+const PREFETCH_MAX: usize = 200;
+
+/// Reads a thread's posts from the search index ahead of their views (the
+/// anchor's replies down to `depth`, its parents up to `parent_height`), so
+/// that all their views are made together, with one statement for their
+/// counts and the root author's likes (`post_views_at`), instead of a round
+/// of statements per level; [`get_post_thread`] then finds them in the hot
+/// caches. It stops where the index has no current row or reply list (what
+/// is left is read level by level as before), and does nothing for a
+/// thread already cached, or when the hot caches are off or the server runs
+/// without the index.
+async fn prefetch_thread(
+    state: &AppState,
+    uri: &str,
+    depth: i64,
+    parent_height: i64,
+) -> Result<(), XrpcError> {
+    let Some(index) = state.search.as_ref().and_then(|s| s.posts()) else {
+        return Ok(());
+    };
+    let uri = uri.to_string();
+    if !state.hot.replies.enabled() || state.hot.posts.holds(&uri) {
+        return Ok(());
+    }
+    let index_error = |e: crate::search::SearchError| {
+        tracing::warn!("reading a thread ahead from the search index: {e}");
+    };
+    let record_of = |uri: &String| -> Option<Value> {
+        let mut rows = index
+            .stored_records(std::slice::from_ref(uri))
+            .map_err(index_error)
+            .ok()?;
+        serde_json::from_str(&rows.remove(uri)?.record).ok()
+    };
+    // Noted before the index is read (cache.rs).
+    let replies_epoch = state.hot.replies.epoch();
+    let Some(anchor) = record_of(&uri) else {
+        return Ok(());
+    };
+    let root_author = crate::index::event::did_of(gates::root_of(&uri, &anchor)).to_string();
+    let mut posts = vec![uri.clone()];
+    let mut child = anchor;
+    for _ in 0..parent_height.min(PREFETCH_MAX as i64 / 2) {
+        let Some(parent) = child
+            .pointer("/reply/parent/uri")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            break;
+        };
+        let Some(record) = record_of(&parent) else {
+            break;
+        };
+        posts.push(parent);
+        child = record;
+    }
+    let mut level = vec![uri];
+    let mut lists: HashMap<String, Vec<String>> = HashMap::new();
+    for _ in 0..depth {
+        let Ok(found) = index.replies(&level).map_err(index_error) else {
+            break;
+        };
+        let next: Vec<String> = level
+            .iter()
+            .filter_map(|p| found.get(p))
+            .flatten()
+            .cloned()
+            .collect();
+        lists.extend(found);
+        if next.is_empty() || posts.len() + next.len() > PREFETCH_MAX {
+            break;
+        }
+        posts.extend(next.iter().cloned());
+        level = next;
+    }
+    for list in lists.values_mut() {
+        oldest_first(list);
+    }
+    state.hot.replies.put_all(replies_epoch, lists);
+    thread_post_views(state, &posts, &root_author).await?;
+    Ok(())
+}
+
 /// The direct replies of each of `parents` (every parent a key), oldest
 /// first (by record key, then URI), from the hot view cache where it has
 /// them and one query for the rest.
@@ -608,9 +779,26 @@ async fn replies_of(
     if missing.is_empty() {
         return Ok(found);
     }
-    let links = state.lookups.replies.get(missing.clone()).await?;
+    // The search index's lists where they are current, the store's for the
+    // rest.
     let mut fresh: HashMap<String, Vec<String>> =
-        missing.iter().map(|p| (p.clone(), Vec::new())).collect();
+        match state.search.as_ref().and_then(|s| s.posts()) {
+            Some(index) => index.replies(&missing).unwrap_or_else(|e| {
+                tracing::warn!("reply lists from the search index: {e}; reading the store");
+                HashMap::new()
+            }),
+            None => HashMap::new(),
+        };
+    let missing: Vec<String> = missing
+        .into_iter()
+        .filter(|p| !fresh.contains_key(p))
+        .collect();
+    let links = if missing.is_empty() {
+        Vec::new()
+    } else {
+        state.lookups.replies.get(missing.clone()).await?
+    };
+    fresh.extend(missing.iter().map(|p| (p.clone(), Vec::new())));
     for (parent, reply) in links {
         if let Some(list) = fresh.get_mut(&parent) {
             list.push(reply);
