@@ -1628,7 +1628,10 @@ mod tests {
         let batch = reply_write(bob, "r3", &root);
         let seq = index.note(&fields, &batch);
         assert_eq!(replies(&index), None);
-        assert!(index.stored_records(std::slice::from_ref(&root)).unwrap().is_empty());
+        assert!(index
+            .stored_records(std::slice::from_ref(&root))
+            .unwrap()
+            .is_empty());
         index.apply(&changes_of(&fields, &batch, 11)).unwrap();
         index.applied(seq, true);
         index.commit(11).unwrap();

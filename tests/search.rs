@@ -436,3 +436,79 @@ fn an_account_out_of_view_leaves_search_and_comes_back() {
     eventually(&search, "herbst", set(&[p("b1")]));
     search.close();
 }
+
+/// A start whose searched fields cover a collection the index does not
+/// hold whole (the search config changed) rebuilds the index: records the
+/// store committed long before the index's last commit are found too. Post
+/// views read posts from the index only while it holds every post: a
+/// reload that stops searching posts ends that until a restart.
+#[test]
+fn a_start_that_searches_another_collection_rebuilds_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = catalog();
+    let config = dir.path().join("no-events.json");
+    std::fs::write(
+        &config,
+        r#"{"fields": {"community.lexicon.calendar.event": {"name": false, "description": false}}}"#,
+    )
+    .unwrap();
+    let without_events = || SearchFields::new(&catalog, &SearchConfig::load(&config).unwrap());
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let search = Search::start(dir.path(), without_events(), store.readers()).unwrap();
+        assert!(search.posts().is_some());
+        apply(
+            &mut store,
+            &search,
+            batch(
+                1,
+                vec![
+                    post(ALICE, "a1", "first post", "2026-01-01T00:00:00Z"),
+                    event_(ALICE, "e1", "river festival", "boats"),
+                ],
+            ),
+        );
+        eventually(&search, "first", set(&[p("a1")]));
+        assert!(found(&search, "river", None, None).is_empty());
+        // The index's last commit well after the event (a restart re-reads
+        // five seconds before it).
+        std::thread::sleep(Duration::from_secs(6));
+        apply(
+            &mut store,
+            &search,
+            batch(
+                2,
+                vec![post(ALICE, "a2", "second post", "2026-01-01T00:00:00Z")],
+            ),
+        );
+        eventually(&search, "second", set(&[p("a2")]));
+        search.close();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
+    assert_eq!(
+        found(&search, "river", None, None),
+        set(&[uri(ALICE, "community.lexicon.calendar.event", "e1")])
+    );
+    assert_eq!(found(&search, "post", None, None), set(&[p("a1"), p("a2")]));
+    assert!(search.posts().is_some());
+    // A reload that stops searching posts, then one that searches them
+    // again: the posts written in between were never indexed.
+    let no_posts = dir.path().join("no-posts.json");
+    std::fs::write(
+        &no_posts,
+        r#"{"fields": {"app.bsky.feed.post": {"text": false}}}"#,
+    )
+    .unwrap();
+    search.set_fields(SearchFields::new(
+        &catalog,
+        &SearchConfig::load(&no_posts).unwrap(),
+    ));
+    assert!(search.posts().is_none());
+    search.set_fields(fields(&catalog));
+    assert!(
+        search.posts().is_none(),
+        "until a restart rebuilds the index"
+    );
+    search.close();
+}
