@@ -679,22 +679,28 @@ impl SearchIndex {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes the records and accounts a batch committed to the store
-    /// changes, under the next sequence number, which it returns. Called by
-    /// the writer before it moves its cursor past the batch (see [`Recent`]).
-    pub fn note(&self, fields: &SearchFields, batch: &[IndexEvent]) -> u64 {
+    /// Notes the records a batch committed to the store changes, and the
+    /// accounts whose records it moved out of view (false) or back (true),
+    /// under the next sequence number, which it returns. Called by the
+    /// writer before it moves its cursor past the batch (see [`Recent`]).
+    pub fn note(
+        &self,
+        fields: &SearchFields,
+        batch: &[IndexEvent],
+        moved: &[(String, bool)],
+    ) -> u64 {
         let mut recent = self.lock_recent();
         recent.seq += 1;
         let seq = recent.seq;
+        for (did, active) in moved {
+            recent.dids.insert(did.clone(), seq);
+            if *active {
+                recent.reactivated = seq;
+            }
+        }
         for ev in batch {
             for change in &ev.changes {
                 match change {
-                    Change::Account { did, active, .. } => {
-                        recent.dids.insert(did.clone(), seq);
-                        if *active {
-                            recent.reactivated = seq;
-                        }
-                    }
                     Change::Put(w) if !fields.covers(&w.collection) => {}
                     Change::Delete { collection, .. } if !fields.covers(collection) => {}
                     Change::Invalid(q) if !fields.covers(&q.collection) => {}
@@ -1119,19 +1125,6 @@ pub fn changes_of(
     out
 }
 
-/// The account status changes of a batch, the last per DID: (did, active).
-fn account_changes(batch: &[IndexEvent]) -> Vec<(String, bool)> {
-    let mut last: BTreeMap<&str, bool> = BTreeMap::new();
-    for ev in batch {
-        for change in &ev.changes {
-            if let Change::Account { did, active, .. } = change {
-                last.insert(did, *active);
-            }
-        }
-    }
-    last.into_iter().map(|(d, a)| (d.to_string(), a)).collect()
-}
-
 /// A committed batch for the indexer thread, stamped when the writer handed
 /// it over: every record of this batch was indexed in DuckDB before `sent_us`,
 /// and every record of a later batch after it.
@@ -1141,6 +1134,9 @@ pub struct Committed {
     pub indexed_us: i64,
     /// Its number in [`SearchIndex::note`]'s sequence.
     pub seq: u64,
+    /// Accounts whose records the batch moved out of view (false) or back
+    /// (true): `ApplyStats::accounts_moved`.
+    pub accounts: Vec<(String, bool)>,
     pub batch: Vec<IndexEvent>,
 }
 
@@ -1171,12 +1167,12 @@ pub fn spawn_indexer(
                     Ok(c) => {
                         let fields = fields.load();
                         let changes = changes_of(&fields, &c.batch, c.indexed_us);
-                        let accounts = account_changes(&c.batch);
+                        let accounts = &c.accounts;
                         let applied = index.apply(&changes).and_then(|()| {
                             // An account that went out of view leaves the
                             // index; one that came back is read from the store,
                             // which already holds its records again.
-                            for (did, active) in &accounts {
+                            for (did, active) in accounts {
                                 index.delete_author(did)?;
                                 if *active {
                                     readers
@@ -1441,16 +1437,24 @@ impl Search {
     /// Hands the searched part of a committed batch to the indexer thread,
     /// after noting what it changes (see [`Recent`]). Called by the writer
     /// after each commit, before its cursor moves on and before its next
-    /// batch; `indexed_us` is the batch's `indexed_at` in the store.
-    pub fn on_commit(&self, batch: &[IndexEvent], indexed_us: i64) {
+    /// batch; `indexed_us` is the batch's `indexed_at` in the store, and
+    /// `accounts_moved` its `ApplyStats::accounts_moved` (an account event
+    /// that moved no records changes nothing here: the indexer neither drops
+    /// nor re-reads that account's documents).
+    pub fn on_commit(
+        &self,
+        batch: &[IndexEvent],
+        indexed_us: i64,
+        accounts_moved: &[(String, bool)],
+    ) {
         let fields = self.fields.load();
-        let seq = self.index.note(&fields, batch);
+        let seq = self.index.note(&fields, batch, accounts_moved);
         let covered = |c: &Change| match c {
             Change::Put(w) => fields.covers(&w.collection),
             Change::Delete { collection, .. } => fields.covers(collection),
             Change::Invalid(q) => fields.covers(&q.collection),
-            Change::Account { .. } => true,
-            Change::Identity { .. }
+            Change::Account { .. }
+            | Change::Identity { .. }
             | Change::HandleChecked { .. }
             | Change::Resync { .. }
             | Change::Snapshot { .. } => false,
@@ -1471,6 +1475,7 @@ impl Search {
                 indexed_us,
                 seq,
                 batch: picked,
+                accounts: accounts_moved.to_vec(),
             });
         }
     }
@@ -1578,7 +1583,7 @@ mod tests {
 
     /// Stages and commits the search changes of `batch` as the indexer does.
     fn index_batch(index: &SearchIndex, fields: &SearchFields, batch: &[IndexEvent], at: i64) {
-        let seq = index.note(fields, batch);
+        let seq = index.note(fields, batch, &[]);
         index.apply(&changes_of(fields, batch, at)).unwrap();
         index.applied(seq, true);
         index.commit(at).unwrap();
@@ -1626,7 +1631,7 @@ mod tests {
         // A new reply, noted but not yet in a snapshot: the root's list is
         // not current (nor is the new reply's row); once committed it is.
         let batch = reply_write(bob, "r3", &root);
-        let seq = index.note(&fields, &batch);
+        let seq = index.note(&fields, &batch, &[]);
         assert_eq!(replies(&index), None);
         assert!(index
             .stored_records(std::slice::from_ref(&root))
@@ -1651,7 +1656,7 @@ mod tests {
             }],
             ..Default::default()
         }];
-        let seq = index.note(&fields, &gone);
+        let seq = index.note(&fields, &gone, &[]);
         assert!(replies(&index).unwrap().contains(&by(carol, "r2")));
         assert!(index.stored_records(&[by(carol, "r2")]).unwrap().is_empty());
         index.apply(&changes_of(&fields, &gone, 12)).unwrap();
@@ -1659,8 +1664,10 @@ mod tests {
         index.commit(12).unwrap();
         assert_eq!(replies(&index), Some(vec![by(bob, "r1"), by(bob, "r3")]));
 
-        // An account coming back into view: its replies are indexed again
-        // by the indexer, so no older snapshot's list is current.
+        // An account event that moved no records (an active account said
+        // active again) changes nothing; an account coming back into view
+        // does: its replies are indexed again by the indexer, so no older
+        // snapshot's list is current.
         let back = vec![IndexEvent {
             changes: vec![Change::Account {
                 did: carol.into(),
@@ -1669,7 +1676,10 @@ mod tests {
             }],
             ..Default::default()
         }];
-        let seq = index.note(&fields, &back);
+        let seq = index.note(&fields, &back, &[]);
+        assert!(replies(&index).is_some());
+        index.applied(seq, true);
+        let seq = index.note(&fields, &back, &[(carol.to_string(), true)]);
         assert_eq!(replies(&index), None);
         assert_eq!(
             index.stored_records(&[by(bob, "r1")]).unwrap().len(),
@@ -1681,7 +1691,7 @@ mod tests {
         assert!(replies(&index).is_some());
 
         // After a failed batch nothing is read from the index.
-        index.applied(index.note(&fields, &[]), false);
+        index.applied(index.note(&fields, &[], &[]), false);
         assert_eq!(replies(&index), None);
         assert!(index.stored_records(&[by(bob, "r1")]).unwrap().is_empty());
     }
@@ -1723,7 +1733,7 @@ mod tests {
         let (index, _) = SearchIndex::open(dir.path()).unwrap();
         let fields = posts_searched();
         // Batch 1 puts two posts; once committed, their documents answer.
-        let seq = index.note(&fields, &[]);
+        let seq = index.note(&fields, &[], &[]);
         index
             .apply(&[put("a", "river walk"), put("b", "river boat")])
             .unwrap();
@@ -1746,7 +1756,7 @@ mod tests {
         // A search holds the current snapshot while the store deletes "a"
         // (batch 2): from then on "a" is not answered from its document.
         let held = index.lock_current().clone();
-        let seq = index.note(&fields, &deleted("a"));
+        let seq = index.note(&fields, &deleted("a"), &[]);
         assert_eq!(answered(&index, "river", "a"), Some(false));
         assert_eq!(answered(&index, "river", "b"), Some(true));
         index
@@ -1766,7 +1776,7 @@ mod tests {
         index.commit(3).unwrap();
         assert!(index.lock_recent().uris.is_empty());
 
-        // An account change covers every record of its DID.
+        // An account moved out of view covers every record of its DID.
         index.note(
             &fields,
             &[IndexEvent {
@@ -1777,6 +1787,7 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+            &[(DID.to_string(), false)],
         );
         assert_eq!(answered(&index, "river", "b"), Some(false));
     }

@@ -333,7 +333,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 invalidate.invalidate(batch);
                 hot_seen.on_commit(batch);
                 gates_seen.on_commit(batch);
-                search.on_commit(batch, stats.indexed_us);
+                search.on_commit(batch, stats.indexed_us, &stats.accounts_moved);
                 if let Some(h) = &handles {
                     h.on_commit(batch);
                 }

@@ -119,7 +119,7 @@ fn set(uris: &[String]) -> BTreeSet<String> {
 /// Applies a batch as `serve` does: the store's transaction, then search.
 fn apply(store: &mut Store, search: &Search, batch: Vec<IndexEvent>) {
     let stats = store.apply(&batch).unwrap();
-    search.on_commit(&batch, stats.indexed_us);
+    search.on_commit(&batch, stats.indexed_us, &stats.accounts_moved);
 }
 
 /// Waits until `text` finds `want`; panics after a generous bound (CI machines

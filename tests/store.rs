@@ -262,7 +262,8 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path()).unwrap();
     let (alice, carol) = ("did:plc:alice", "did:plc:carol");
-    store
+    let moved = |did: &str, back: bool| vec![(did.to_string(), back)];
+    let stats = store
         .apply(&[event(
             1,
             vec![
@@ -273,6 +274,8 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
             ],
         )])
         .unwrap();
+    // An account that is (and was) active moves nothing.
+    assert_eq!(stats.accounts_moved, []);
     assert_eq!(
         (count(&store, POST), count(&store, POST2), records(&store)),
         (2, 1, 3)
@@ -283,6 +286,7 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
         .apply(&[event(2, vec![account(alice, false, Some("deactivated"))])])
         .unwrap();
     assert_eq!(stats.hidden, 2);
+    assert_eq!(stats.accounts_moved, moved(alice, false));
     assert_eq!(
         (count(&store, POST), count(&store, POST2), records(&store)),
         (1, 0, 1)
@@ -290,9 +294,10 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
     assert_eq!(hidden(&store), 2);
     assert_counts_match_links(&store);
     // The same status again moves nothing.
-    store
+    let stats = store
         .apply(&[event(3, vec![account(alice, false, Some("deactivated"))])])
         .unwrap();
+    assert_eq!(stats.accounts_moved, []);
     assert_eq!((count(&store, POST), hidden(&store)), (1, 2));
 
     // Reactivated: they come back, counted once.
@@ -300,6 +305,7 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
         .apply(&[event(4, vec![account(alice, true, None)])])
         .unwrap();
     assert_eq!(stats.restored, 2);
+    assert_eq!(stats.accounts_moved, moved(alice, true));
     assert_eq!(
         (count(&store, POST), count(&store, POST2), records(&store)),
         (2, 1, 3)
@@ -315,6 +321,7 @@ fn deactivation_hides_reactivation_restores_and_deletion_purges_with_exact_count
         .apply(&[event(6, vec![account(alice, false, Some("deleted"))])])
         .unwrap();
     assert_eq!(stats.purged, 2);
+    assert_eq!(stats.accounts_moved, moved(alice, false));
     assert_eq!(
         (count(&store, POST), count(&store, POST2), records(&store)),
         (1, 0, 1)

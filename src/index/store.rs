@@ -76,7 +76,7 @@ type ActorUpdate<'a> = (Option<Option<&'a str>>, Option<(bool, Option<&'a str>)>
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What one committed batch did, for metrics.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ApplyStats {
     /// The `indexed_at` of the records it wrote, in microseconds.
     pub indexed_us: i64,
@@ -92,6 +92,11 @@ pub struct ApplyStats {
     pub purged: usize,
     /// Records removed because a repository snapshot no longer had them.
     pub deletes_by_snapshot: usize,
+    /// Accounts whose records this batch moved out of view (false: hidden
+    /// or purged) or back into it (true), in order. An account event that
+    /// leaves an account as it was (an active account said active again)
+    /// moves nothing and is not here.
+    pub accounts_moved: Vec<(String, bool)>,
 }
 
 /// Which way [`Store::move_account`] moves an account's rows.
@@ -632,10 +637,13 @@ impl Store {
                 let was_active = was_active.unwrap_or(true);
                 if *status == Some("deleted") {
                     stats.purged += self.purge_account(did)?;
+                    stats.accounts_moved.push((did.to_string(), false));
                 } else if was_active && !active {
                     stats.hidden += self.move_account(did, Move::Hide)?;
+                    stats.accounts_moved.push((did.to_string(), false));
                 } else if !was_active && *active {
                     stats.restored += self.move_account(did, Move::Restore)?;
+                    stats.accounts_moved.push((did.to_string(), true));
                 }
             }
         }
