@@ -709,14 +709,14 @@ impl SearchIndex {
                             recent.uris.insert(uri.into_owned(), seq);
                         }
                         // A new reply changes its parent's reply list.
-                        if let Change::Put(w) = change {
-                            let parent = w
-                                .links
-                                .iter()
-                                .find(|l| w.collection == POST && l.path == ".reply.parent.uri");
-                            if let Some(parent) = parent {
-                                recent.uris.insert(parent.target.clone(), seq);
+                        let parent = match change {
+                            Change::Put(w) if w.collection == POST => {
+                                w.links.iter().find(|l| l.path == ".reply.parent.uri")
                             }
+                            _ => None,
+                        };
+                        if let Some(parent) = parent {
+                            recent.uris.insert(parent.target.clone(), seq);
                         }
                     }
                     _ => {}
@@ -987,9 +987,7 @@ impl SearchIndex {
             // One live document per URI (a put deletes the URI's older one).
             if let Some(address) = Self::live_docs(&snapshot.searcher, &term)?.pop() {
                 if let Some((found, Some(stored))) = self.read_doc(&snapshot.searcher, address)? {
-                    if found == *uri {
-                        out.insert(found, stored);
-                    }
+                    out.insert(found, stored);
                 }
             }
         }

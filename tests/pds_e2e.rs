@@ -14,6 +14,16 @@ fn strong_ref(r: &Value) -> Value {
     json!({"uri": r["uri"], "cid": r["cid"]})
 }
 
+/// The harness command that creates a post by `did` at `now`, a reply when
+/// `reply` (its `{root, parent}`) is given.
+fn post_op(did: &str, text: &str, now: &str, reply: Option<Value>) -> Value {
+    let mut record = json!({"text": text, "createdAt": now});
+    if let Some(reply) = reply {
+        record["reply"] = reply;
+    }
+    json!({"op": "create", "did": did, "collection": "app.bsky.feed.post", "record": record})
+}
+
 /// lexview on the PDS's firehose: every commit is verified (the default),
 /// with DID documents from the PDS's in-memory PLC.
 fn start_lexview(pds: &Pds, data: &std::path::Path) -> Server {
@@ -37,13 +47,7 @@ fn records_written_to_a_real_pds_are_indexed_and_served() {
     let bob = pds.create_account("bob.test");
     let carol = pds.create_account("carol.test");
     let now = "2026-11-24T12:00:00.000Z";
-    let post = |did: &str, text: &str, reply: Option<Value>| {
-        let mut r = json!({"text": text, "createdAt": now});
-        if let Some(reply) = reply {
-            r["reply"] = reply;
-        }
-        json!({"op": "create", "did": did, "collection": "app.bsky.feed.post", "record": r})
-    };
+    let post = |did: &str, text: &str, reply: Option<Value>| post_op(did, text, now, reply);
     let p1 = pds.cmd(post(&alice, "Hello from alice", None));
     let r1 = pds.cmd(post(
         &bob,
@@ -1237,11 +1241,8 @@ fn threads_read_from_the_search_index_follow_every_committed_change() {
     let carol = pds.create_account("carol.test");
     let now = "2026-11-24T12:00:00.000Z";
     let post = |did: &str, text: &str, parent: Option<&Value>| {
-        let mut record = json!({"text": text, "createdAt": now});
-        if let Some(p) = parent {
-            record["reply"] = json!({"root": strong_ref(p), "parent": strong_ref(p)});
-        }
-        json!({"op": "create", "did": did, "collection": "app.bsky.feed.post", "record": record})
+        let reply = parent.map(|p| json!({"root": strong_ref(p), "parent": strong_ref(p)}));
+        post_op(did, text, now, reply)
     };
     let root = pds.cmd(post(&alice, "the root", None));
     let other = pds.cmd(post(&alice, "another root", None));

@@ -118,7 +118,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let lookup_families: [(&str, &str, Pick); 2] = [
         (
             "lookup_statements_total",
-            "Statements run by a shared point lookup (posts with their counts, thread_posts, replies, profiles, likes_by).",
+            "Statements run by a shared point lookup (posts with their counts, thread_posts, counts, replies, profiles, likes_by).",
             |c| &c.statements,
         ),
         (
@@ -166,20 +166,34 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 "# HELP lexview_{name} {help}\n# TYPE lexview_{name} gauge\nlexview_{name} {value}\n"
             ));
         }
-        let name = "search_count_segments_total";
-        text.push_str(&format!(
-            "# HELP lexview_{name} Segments whose matches a search counted, from term bitsets or by walking the matches.\n\
-             # TYPE lexview_{name} counter\n\
-             lexview_{name}{{path=\"bitsets\"}} {}\nlexview_{name}{{path=\"walk\"}} {}\n",
-            c.segments_from_bitsets, c.segments_walked
-        ));
+        counters(
+            &mut text,
+            "search_count_segments_total",
+            "Segments whose matches a search counted, from term bitsets or by walking the matches.",
+            "path",
+            &[
+                ("bitsets", c.segments_from_bitsets),
+                ("walk", c.segments_walked),
+            ],
+        );
         let (records, reply_lists) = index.lookup_counts();
-        let name = "post_index_reads_total";
-        text.push_str(&format!(
-            "# HELP lexview_{name} Post rows and reply lists that post views and threads read from the search index instead of the store.\n\
-             # TYPE lexview_{name} counter\n\
-             lexview_{name}{{what=\"rows\"}} {records}\nlexview_{name}{{what=\"reply_lists\"}} {reply_lists}\n"
-        ));
+        counters(
+            &mut text,
+            "post_index_reads_total",
+            "Post rows and reply lists that post views and threads read from the search index instead of the store.",
+            "what",
+            &[("rows", records), ("reply_lists", reply_lists)],
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// One counter family with a line per value of its `label`.
+fn counters(text: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    text.push_str(&format!(
+        "# HELP lexview_{name} {help}\n# TYPE lexview_{name} counter\n"
+    ));
+    for (value, n) in values {
+        text.push_str(&format!("lexview_{name}{{{label}=\"{value}\"}} {n}\n"));
+    }
 }

@@ -203,6 +203,15 @@ async fn post_views_at(
     let mut found = Vec::new();
     let mut counted = Vec::new();
     let mut replies: HashMap<String, Vec<String>> = HashMap::new();
+    if thread.is_some() {
+        // The store's reply lists are whole for the posts it read (rows
+        // from the index come without theirs: `replies_of` reads them).
+        for (uri, part) in &stored {
+            if matches!(part, PostPart::Row(_)) {
+                replies.entry(uri.clone()).or_default();
+            }
+        }
+    }
     let mut root_likes: HashMap<String, String> = HashMap::new();
     let parts = indexed
         .into_iter()
@@ -229,13 +238,6 @@ async fn post_views_at(
         }
     }
     if let Some(root_author) = thread {
-        // The store's reply lists are whole for the posts it read (rows
-        // from the index come without theirs: `replies_of` reads them).
-        for uri in &rest {
-            if found.iter().any(|(u, _)| u == uri) {
-                replies.entry(uri.clone()).or_default();
-            }
-        }
         for list in replies.values_mut() {
             oldest_first(list);
         }
