@@ -1,26 +1,16 @@
 //! lexview: an atproto AppView indexer for any record type a lexicon describes.
 //!
-//! Data flows one way: `source` (firehose, replay file) -> `decode` (frames,
-//! CAR, DAG-CBOR) -> `lexicon` (validation) -> `pipeline` (index events) ->
-//! `index` (DuckDB writer) -> `api` (XRPC, GraphQL). See ARCHITECTURE.md.
+//! Data flows one way: `source` (firehose, Jetstream, replay file) -> `ingest`
+//! (decode, verify and validate with the protocol crate `lexview_atproto`,
+//! extract links) -> `index` (the DuckDB writer and store, the tantivy search
+//! index) -> `api` (XRPC, GraphQL). `cli` wires them into commands. See
+//! ARCHITECTURE.md.
+
+pub use lexview_atproto::{decode, encode, identity, keys, lexicon, repo, syntax, verify};
 
 pub mod api;
-pub mod backfill;
-pub mod bench;
-pub mod decode;
-pub mod export;
-pub mod handles;
+pub mod cli;
 pub mod index;
-pub mod lexicon;
-pub mod loadbench;
+pub mod ingest;
 pub mod metrics;
-pub mod mst;
-pub mod pipeline;
-pub mod repo;
-pub mod resync;
-pub mod search;
-pub mod serve;
 pub mod source;
-pub mod sql;
-pub mod syntax;
-pub mod verify;

@@ -1,17 +1,19 @@
-//! The `lexview` binary: flags, environment and orchestration only.
+//! The `lexview` binary: flags and environment (clap) only; each command
+//! is `lexview::cli::*`, which knows nothing of clap.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use lexview::cli::serve::ServeConfig;
+use lexview::cli::Verify;
+use lexview::index::writer::WriterConfig;
 
 /// mimalloc instead of glibc malloc: the ingest thread allocates every record
 /// and the writer frees it, and glibc's arena locks made cross-thread frees the
 /// top cost in profiles (see ARCHITECTURE.md, "Performance").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use lexview::index::writer::WriterConfig;
-use lexview::serve::{ServeConfig, Verify};
 
 #[derive(Parser)]
 #[command(
@@ -37,13 +39,13 @@ enum Command {
     },
     /// Index whole repositories from a PDS or relay (listRepos + getRepo) or
     /// from local CAR files (stop `lexview serve` first).
-    Backfill(lexview::backfill::BackfillArgs),
+    Backfill(BackfillArgs),
     /// Compare the index with a repository's current `getRepo` and print every
     /// difference (stop `lexview serve` first).
-    Audit(lexview::backfill::AuditArgs),
+    Audit(AuditArgs),
     /// Write the store's records, links, counts, actors and quarantine as
     /// Parquet (or CSV) files, with a manifest (stop `lexview serve` first).
-    Export(lexview::export::ExportArgs),
+    Export(ExportArgs),
     /// Rebuild derived indexes from the store (stop `lexview serve` first).
     Reindex {
         /// Rebuild the full-text search index from DuckDB.
@@ -56,8 +58,39 @@ enum Command {
         #[arg(long, env = "LEXVIEW_SEARCH_CONFIG", default_value = "./search.json")]
         search_config: PathBuf,
     },
-    /// Measure decode + validate + index throughput (see README, "Benchmarks").
-    Bench(lexview::bench::BenchArgs),
+}
+
+/// `--verify`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VerifyArg {
+    /// `full` for network sources (a firehose for `serve`, `--host` for
+    /// `backfill`), `none` for recordings and local files (and Jetstream,
+    /// which carries nothing to verify).
+    Auto,
+    /// Check each commit's signature against its DID document, its DID,
+    /// its rev order and (with `prevData`) its Sync 1.1 proof.
+    Full,
+    /// Trust the source.
+    None,
+}
+
+impl From<VerifyArg> for Verify {
+    fn from(v: VerifyArg) -> Verify {
+        match v {
+            VerifyArg::Auto => Verify::Auto,
+            VerifyArg::Full => Verify::Full,
+            VerifyArg::None => Verify::None,
+        }
+    }
+}
+
+/// `export --format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// Apache Parquet, zstd-compressed.
+    Parquet,
+    /// CSV with a header row.
+    Csv,
 }
 
 #[derive(clap::Args)]
@@ -93,21 +126,21 @@ struct ServeArgs {
     #[arg(
         long,
         env = "LEXVIEW_IMAGE_URL",
-        default_value = lexview::api::embeds::DEFAULT_IMAGE_URL
+        default_value = lexview::api::bsky::embeds::DEFAULT_IMAGE_URL
     )]
     image_url: String,
     /// Video playlist URLs in embed views (`{did}`, `{cid}` percent-encoded).
     #[arg(
         long,
         env = "LEXVIEW_VIDEO_PLAYLIST_URL",
-        default_value = lexview::api::embeds::DEFAULT_VIDEO_PLAYLIST_URL
+        default_value = lexview::api::bsky::embeds::DEFAULT_VIDEO_PLAYLIST_URL
     )]
     video_playlist_url: String,
     /// Video thumbnail URLs in embed views (`{did}`, `{cid}` percent-encoded).
     #[arg(
         long,
         env = "LEXVIEW_VIDEO_THUMBNAIL_URL",
-        default_value = lexview::api::embeds::DEFAULT_VIDEO_THUMBNAIL_URL
+        default_value = lexview::api::bsky::embeds::DEFAULT_VIDEO_THUMBNAIL_URL
     )]
     video_thumbnail_url: String,
     /// Directory for the DuckDB store and the search index.
@@ -122,7 +155,7 @@ struct ServeArgs {
     /// Commit verification: auto is full for firehose sources, none for
     /// recordings and Jetstream.
     #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "auto")]
-    verify: Verify,
+    verify: VerifyArg,
     /// DID documents for verification from a file (`{"did": document}`)
     /// instead of the network, e.g. for a recording.
     #[arg(long, env = "LEXVIEW_DID_DOCS")]
@@ -174,12 +207,6 @@ struct ServeArgs {
 
 impl Default for ServeArgs {
     fn default() -> Self {
-        ServeArgs::parse_from_defaults()
-    }
-}
-
-impl ServeArgs {
-    fn parse_from_defaults() -> ServeArgs {
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
@@ -188,6 +215,109 @@ impl ServeArgs {
         Wrapper::parse_from(["lexview"]).args
     }
 }
+
+impl ServeArgs {
+    fn config(self) -> ServeConfig {
+        ServeConfig {
+            sources: self.sources,
+            lexicons: self.lexicons,
+            queries: self.queries,
+            feeds: self.feeds,
+            search_config: self.search_config,
+            feed_publisher: self.feed_publisher.unwrap_or_else(|| self.feedgen_did.clone()),
+            feedgen_did: self.feedgen_did,
+            media: lexview::api::bsky::embeds::MediaUrls {
+                image: self.image_url,
+                video_playlist: self.video_playlist_url,
+                video_thumbnail: self.video_thumbnail_url,
+            },
+            data: self.data,
+            listen: self.listen,
+            plc: self.plc,
+            verify: self.verify.into(),
+            did_docs: self.did_docs,
+            jetstream_dictionary: self.jetstream_dictionary,
+            resync_concurrency: self.resync_concurrency,
+            resync_per_host: self.resync_per_host,
+            backfill: self.backfill,
+            backfill_host: self.backfill_host,
+            memory_limit: self.memory_limit,
+            handle_resolver: self.handle_resolver,
+            post_cache: self.post_cache,
+            writer: WriterConfig {
+                max_events: self.batch_events,
+                max_delay: std::time::Duration::from_millis(self.batch_ms),
+            },
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct BackfillArgs {
+    /// A PDS or relay to list (`listRepos`) and fetch (`getRepo`) repositories from.
+    #[arg(long)]
+    host: Option<String>,
+    /// Local repository CAR files (instead of --host).
+    #[arg(long = "car", num_args = 1..)]
+    cars: Vec<PathBuf>,
+    #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+    data: PathBuf,
+    #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
+    lexicons: PathBuf,
+    /// Check each repository's commit signature (full) or not (none); auto:
+    /// full for --host, none for local --car files.
+    #[arg(long, env = "LEXVIEW_VERIFY", value_enum, default_value = "auto")]
+    verify: VerifyArg,
+    /// PLC directory for DID resolution.
+    #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
+    plc: String,
+    /// Signing keys from a `{did: document}` file instead of the network.
+    #[arg(long, env = "LEXVIEW_DID_DOCS")]
+    did_docs: Option<PathBuf>,
+    /// Repositories fetched from --host at once (the limit per host).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// At most this many repositories fetched per second (politeness
+    /// towards the host; default: no limit).
+    #[arg(long)]
+    max_repos_per_second: Option<f64>,
+    /// DuckDB's memory limit, e.g. 256MB (default: DuckDB's, 80% of RAM).
+    #[arg(long, env = "LEXVIEW_MEMORY_LIMIT")]
+    memory_limit: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// The repository to compare with the index.
+    did: String,
+    /// Where to fetch it (`getRepo`); default: the PDS its DID document names.
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+    data: PathBuf,
+    #[arg(long, env = "LEXVIEW_LEXICONS", default_value = "./lexicons")]
+    lexicons: PathBuf,
+    /// PLC directory, to find the PDS of a did:plc.
+    #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
+    plc: String,
+}
+
+
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// The directory to write to (created; must be empty if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "parquet")]
+    format: FormatArg,
+    /// Export only these record collections (NSIDs; repeatable): their
+    /// records, the links they hold, their counts and their quarantine.
+    #[arg(long = "collection", value_delimiter = ',')]
+    collections: Vec<String>,
+    #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
+    data: PathBuf,
+}
+
 
 /// Turns transparent huge pages off for this process. mimalloc (the
 /// process's malloc, DuckDB's too) asks for them on its arenas, and DuckDB
@@ -220,46 +350,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| Command::Serve(Box::default()))
     {
         Command::Serve(a) => {
-            let cfg = ServeConfig {
-                sources: a.sources,
-                lexicons: a.lexicons,
-                queries: a.queries,
-                feeds: a.feeds,
-                search_config: a.search_config,
-                feed_publisher: a.feed_publisher.unwrap_or_else(|| a.feedgen_did.clone()),
-                feedgen_did: a.feedgen_did,
-                media: lexview::api::embeds::MediaUrls {
-                    image: a.image_url,
-                    video_playlist: a.video_playlist_url,
-                    video_thumbnail: a.video_thumbnail_url,
-                },
-                data: a.data,
-                listen: a.listen,
-                plc: a.plc,
-                verify: a.verify,
-                did_docs: a.did_docs,
-                jetstream_dictionary: a.jetstream_dictionary,
-                resync_concurrency: a.resync_concurrency,
-                resync_per_host: a.resync_per_host,
-                backfill: a.backfill,
-                backfill_host: a.backfill_host,
-                memory_limit: a.memory_limit,
-                handle_resolver: a.handle_resolver,
-                post_cache: a.post_cache,
-                writer: WriterConfig {
-                    max_events: a.batch_events,
-                    max_delay: std::time::Duration::from_millis(a.batch_ms),
-                },
-            };
-            tokio::runtime::Runtime::new()?.block_on(lexview::serve::serve(cfg))
+            tokio::runtime::Runtime::new()?.block_on(lexview::cli::serve::serve(a.config()))
         }
-        Command::Sql { query, data } => {
-            let conn = lexview::index::store::open_for_query(&data)?;
-            let out = lexview::sql::run_query(&conn, &query)
-                .map_err(|e| anyhow::anyhow!("query failed: {e}"))?;
-            print!("{out}");
-            Ok(())
-        }
+        Command::Sql { query, data } => lexview::cli::sql::run(&data, &query),
         Command::Reindex {
             search,
             data,
@@ -267,14 +360,35 @@ fn main() -> anyhow::Result<()> {
             search_config,
         } => {
             anyhow::ensure!(search, "nothing to rebuild: pass --search");
-            let catalog = lexview::serve::load_catalog(&lexicons)?;
-            let n = lexview::search::reindex(&data, &catalog, &search_config)?;
+            let n = lexview::cli::reindex::search(&data, &lexicons, &search_config)?;
             println!("search index rebuilt: {n} records");
             Ok(())
         }
-        Command::Backfill(args) => lexview::backfill::run(args),
-        Command::Audit(args) => lexview::backfill::run_audit(args),
-        Command::Export(args) => lexview::export::run(args),
-        Command::Bench(args) => lexview::bench::run(args),
+        Command::Backfill(a) => lexview::cli::backfill::run(lexview::cli::backfill::BackfillConfig {
+            host: a.host,
+            cars: a.cars,
+            data: a.data,
+            lexicons: a.lexicons,
+            verify: a.verify.into(),
+            plc: a.plc,
+            did_docs: a.did_docs,
+            concurrency: a.concurrency,
+            max_repos_per_second: a.max_repos_per_second,
+            memory_limit: a.memory_limit,
+        }),
+        Command::Audit(a) => lexview::cli::audit::run(lexview::cli::audit::AuditConfig {
+            did: a.did,
+            host: a.host,
+            data: a.data,
+            lexicons: a.lexicons,
+            plc: a.plc,
+        }),
+        Command::Export(a) => {
+            let format = match a.format {
+                FormatArg::Parquet => lexview::cli::export::Format::Parquet,
+                FormatArg::Csv => lexview::cli::export::Format::Csv,
+            };
+            lexview::cli::export::run(&a.data, &a.out, format, &a.collections)
+        }
     }
 }

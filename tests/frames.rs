@@ -6,10 +6,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use lexview::bench::{commit_frame, record_block};
+use lexview::encode::{commit_frame, record_block};
 use lexview::index::event::Change;
 use lexview::metrics::Metrics;
-use lexview::pipeline::{Ingestor, Outcome};
+use lexview::ingest::{Ingestor, Outcome};
 use serde_json::json;
 
 fn frame(header: serde_json::Value, body: serde_json::Value) -> Vec<u8> {

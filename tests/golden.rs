@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lexview::index::event::Change;
 use lexview::lexicon::Catalog;
 use lexview::metrics::Metrics;
-use lexview::pipeline::{Ingestor, Outcome};
+use lexview::ingest::{Ingestor, Outcome};
 use serde_json::{json, Value};
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::server::Server;
-use lexview::api::queries;
+use lexview::api::repo::queries;
 use lexview::index::store::Store;
 use serde_json::json;
 

@@ -17,8 +17,9 @@ use ipld_core::ipld::Ipld;
 use lexview::index::event::Change;
 use lexview::index::store::Store;
 use lexview::metrics::Metrics;
-use lexview::pipeline::{Ingestor, Outcome};
-use lexview::verify::{StaticResolver, Verifier};
+use lexview::ingest::{Ingestor, Outcome};
+use lexview::identity::StaticResolver;
+use lexview::verify::Verifier;
 use serde_json::{json, Value};
 
 /// The data model's JSON form to IPLD (`{"$bytes"}`, `{"$link"}`).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lexview::index::event::{Change, IndexEvent, RecordWrite};
 use lexview::index::store::Store;
 use lexview::lexicon::Catalog;
-use lexview::search::{Search, SearchConfig, SearchFields, SearchQuery};
+use lexview::index::search::{Search, SearchFields, SearchQuery};
 use serde_json::json;
 
 const CID: &str = "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
@@ -65,10 +65,14 @@ fn catalog() -> Catalog {
     catalog
 }
 
+/// The searched fields as `lexview serve` sets them (the repository's
+/// search.json, posts also indexed by their parent).
 fn fields(catalog: &Catalog) -> SearchFields {
-    let config =
-        SearchConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("search.json")).unwrap();
-    SearchFields::new(catalog, &config)
+    lexview::cli::search_fields(
+        catalog,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("search.json"),
+    )
+    .unwrap()
 }
 
 fn uri(did: &str, collection: &str, rkey: &str) -> String {
@@ -81,7 +85,7 @@ fn p(rkey: &str) -> String {
 }
 
 /// Every hit of `text`, best first.
-fn hits(search: &Search, text: &str) -> Vec<lexview::search::Hit> {
+fn hits(search: &Search, text: &str) -> Vec<lexview::index::search::Hit> {
     let q = SearchQuery {
         text: text.into(),
         limit: 100,
@@ -262,12 +266,7 @@ fn english_german_and_japanese_after_updates_and_deletes_then_after_a_rebuild() 
     drop(store);
 
     // The rebuilt index gives the same answers.
-    let n = lexview::search::reindex(
-        dir.path(),
-        &catalog,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("search.json"),
-    )
-    .unwrap();
+    let n = lexview::index::search::reindex(dir.path(), &fields(&catalog)).unwrap();
     assert_eq!(n, 8, "8 searchable records remain in the store");
     let store = Store::open(dir.path()).unwrap();
     let search = Search::start(dir.path(), fields(&catalog), store.readers()).unwrap();
@@ -452,11 +451,11 @@ fn a_start_that_searches_another_collection_rebuilds_the_index() {
         r#"{"fields": {"community.lexicon.calendar.event": {"name": false, "description": false}}}"#,
     )
     .unwrap();
-    let without_events = || SearchFields::new(&catalog, &SearchConfig::load(&config).unwrap());
+    let without_events = || lexview::cli::search_fields(&catalog, &config).unwrap();
     {
         let mut store = Store::open(dir.path()).unwrap();
         let search = Search::start(dir.path(), without_events(), store.readers()).unwrap();
-        assert!(search.posts().is_some());
+        assert!(search.threaded().is_some());
         apply(
             &mut store,
             &search,
@@ -491,7 +490,7 @@ fn a_start_that_searches_another_collection_rebuilds_the_index() {
         set(&[uri(ALICE, "community.lexicon.calendar.event", "e1")])
     );
     assert_eq!(found(&search, "post", None, None), set(&[p("a1"), p("a2")]));
-    assert!(search.posts().is_some());
+    assert!(search.threaded().is_some());
     // A reload that stops searching posts, then one that searches them
     // again: the posts written in between were never indexed.
     let no_posts = dir.path().join("no-posts.json");
@@ -500,14 +499,11 @@ fn a_start_that_searches_another_collection_rebuilds_the_index() {
         r#"{"fields": {"app.bsky.feed.post": {"text": false}}}"#,
     )
     .unwrap();
-    search.set_fields(SearchFields::new(
-        &catalog,
-        &SearchConfig::load(&no_posts).unwrap(),
-    ));
-    assert!(search.posts().is_none());
+    search.set_fields(lexview::cli::search_fields(&catalog, &no_posts).unwrap());
+    assert!(search.threaded().is_none());
     search.set_fields(fields(&catalog));
     assert!(
-        search.posts().is_none(),
+        search.threaded().is_none(),
         "until a restart rebuilds the index"
     );
     search.close();

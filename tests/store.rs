@@ -171,11 +171,11 @@ fn the_cursor_commits_with_the_data_and_reopens() {
 #[test]
 fn the_production_corpus_indexes() {
     let catalog = common::catalog("lexicons");
-    let ingestor = lexview::pipeline::Ingestor::new(catalog, Default::default());
+    let ingestor = lexview::ingest::Ingestor::new(catalog, Default::default());
     let events: Vec<IndexEvent> = common::frames("jetstream/frames.bin")
         .iter()
         .map(|f| match ingestor.process("prod", f).unwrap() {
-            lexview::pipeline::Outcome::Event(e) => e,
+            lexview::ingest::Outcome::Event(e) => e,
             o => panic!("{o:?}"),
         })
         .collect();

@@ -11,10 +11,11 @@ use ipld_core::ipld::Ipld;
 use lexview::decode::car::read_car;
 use lexview::decode::frame::{cbor_item_len, decode_frame, Frame};
 use lexview::metrics::Metrics;
-use lexview::mst::dag_cbor_cid;
-use lexview::pipeline::{IngestError, Ingestor, Outcome};
-use lexview::repo::write_car;
-use lexview::verify::{verify_commit, StaticResolver, Verifier};
+use lexview::encode::dag_cbor_cid;
+use lexview::ingest::{IngestError, Ingestor, Outcome};
+use lexview::encode::write_car;
+use lexview::identity::StaticResolver;
+use lexview::verify::{verify_commit, Verifier};
 use serde_json::Value;
 
 fn did_docs() -> Value {
@@ -44,13 +45,13 @@ fn all_148_production_commits_verify_against_their_did_documents_with_their_proo
             continue;
         };
         let blocks = read_car(c.blocks).unwrap().blocks;
-        let key = lexview::verify::Resolve::signing_key(&resolver, c.repo).unwrap();
+        let key = lexview::identity::Resolve::signing_key(&resolver, c.repo).unwrap();
         let commit = verify_commit(blocks[&c.commit], c.repo, c.rev, &key)
             .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
         assert_eq!(commit.did, c.repo);
         // Sync 1.1: every op undone on the frame's MST nodes gives prevData.
-        let ops: Vec<lexview::mst::Op> = c.ops.iter().map(Into::into).collect();
-        let root = lexview::mst::invert(commit.data, &ops, &|cid| blocks.get(cid).copied())
+        let ops: Vec<lexview::verify::mst::Op> = c.ops.iter().map(Into::into).collect();
+        let root = lexview::verify::mst::invert(commit.data, &ops, &|cid| blocks.get(cid).copied())
             .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
         assert_eq!(Some(root), c.prev_data, "seq {}", c.seq);
         verified += 1;

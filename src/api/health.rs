@@ -11,7 +11,9 @@ use super::AppState;
 /// Status, per-source cursor and lag, record count, repositories waiting
 /// for a resync (`resyncsPending`: each is applied once its snapshot is).
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let state = state.pinned();
     let now = chrono::Utc::now();
+    let links = state.links.snapshot();
     let sources: Vec<Value> = state
         .positions
         .snapshot()
@@ -22,7 +24,16 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
                 .as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
-            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time, "lagSeconds": lag })
+            let link = links.get(&source).map(|l| {
+                json!({
+                    "state": l.state.as_str(),
+                    "since": l.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "failures": l.failures,
+                    "lastError": l.last_error,
+                })
+            });
+            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time,
+                    "lagSeconds": lag, "connection": link })
         })
         .collect();
     // Counted after the positions were read, so that the counts are never
@@ -72,32 +83,22 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.readers.reads()
     ));
     // Per view cache: (name, (hits, misses), entries held now).
-    let caches = [
-        ("posts", state.hot.posts.stats(), state.hot.posts.len()),
-        (
-            "replies",
-            state.hot.replies.stats(),
-            state.hot.replies.len(),
-        ),
-        (
-            "root_likes",
-            state.hot.root_likes.stats(),
-            state.hot.root_likes.len(),
-        ),
-        ("profiles", state.profiles.0.stats(), state.profiles.0.len()),
-    ];
+    let mut caches = vec![("handles", state.handles.stats(), state.handles.len())];
+    for ext in state.extensions.iter() {
+        caches.extend(ext.view_caches());
+    }
     let mut family = |name: &str, help: &str, kind: &str, value: fn(((u64, u64), usize)) -> u64| {
         text.push_str(&format!(
             "# HELP lexview_{name} {help}\n# TYPE lexview_{name} {kind}\n"
         ));
-        for (cache, stats, len) in caches {
+        for &(cache, stats, len) in &caches {
             let v = value((stats, len));
             text.push_str(&format!("lexview_{name}{{cache=\"{cache}\"}} {v}\n"));
         }
     };
     family(
         "view_cache_hits_total",
-        "Keys answered by a view cache (posts, replies, root_likes, profiles).",
+        "Keys answered by a view cache (handles; posts, replies, root_likes, profiles).",
         "counter",
         |((hits, _), _)| hits,
     );
@@ -113,28 +114,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "gauge",
         |(_, len)| len as u64,
     );
-    // Shared point lookups: requests per statement is the batching factor.
-    type Pick = fn(&crate::index::batch::BatchCounts) -> &std::sync::atomic::AtomicU64;
-    let lookup_families: [(&str, &str, Pick); 2] = [
-        (
-            "lookup_statements_total",
-            "Statements run by a shared point lookup (posts with their counts, thread_posts, counts, replies, profiles, likes_by).",
-            |c| &c.statements,
-        ),
-        (
-            "lookup_requests_total",
-            "Requests those statements answered (several when requests arrive together).",
-            |c| &c.requests,
-        ),
-    ];
-    for (name, help, pick) in lookup_families {
-        text.push_str(&format!(
-            "# HELP lexview_{name} {help}\n# TYPE lexview_{name} counter\n"
-        ));
-        for (kind, counts) in state.lookups.each() {
-            let v = pick(counts).load(std::sync::atomic::Ordering::Relaxed);
-            text.push_str(&format!("lexview_{name}{{lookup=\"{kind}\"}} {v}\n"));
-        }
+    for ext in state.extensions.iter() {
+        ext.render_metrics(&mut text);
     }
     if let Some(search) = &state.search {
         let index = &search.index;

@@ -1,71 +1,163 @@
 //! The HTTP surface: XRPC, GraphQL, health and metrics, one axum router.
+//!
+//! Two rooms. What any lexicon gets lives here and in `repo/` (records,
+//! backlinks, SQL query methods, search) and `graphql/`; what Bluesky's own
+//! app needs (`app.bsky` views, gates, embeds, feeds) lives in `bsky/`,
+//! which registers its XRPC methods in the generic dispatch table
+//! ([`xrpc::Methods`]) and may use everything here. Nothing here names
+//! `bsky`.
 
-pub mod backlinks;
+pub mod actors;
+pub mod bsky;
 pub mod cache;
-pub mod embeds;
-pub mod feeds;
-pub mod gates;
+mod error;
 pub mod graphql;
-pub mod graphql_types;
 pub mod health;
-pub mod lookups;
+pub mod page;
 pub mod params;
-pub mod posts;
-pub mod queries;
-pub mod search;
-pub mod views;
+pub mod repo;
+pub mod rows;
 pub mod xrpc;
 
+use std::any::Any;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 
-use crate::index::store::{ReadPool, StoreError};
+pub use error::XrpcError;
+
+use crate::index::store::ReadPool;
 use crate::index::writer::Positions;
 use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
+
+/// Everything derived from the user's folders (lexicons, query methods,
+/// feeds), swapped whole when they are reloaded (SIGHUP), so that a request
+/// never pairs one generation's catalog with another's methods.
+pub struct Generation {
+    pub catalog: Arc<Catalog>,
+    pub graphql: async_graphql::dynamic::Schema,
+    pub queries: repo::queries::QueryMethods,
+    /// What API extensions derive from the same folders (the app.bsky
+    /// room's feeds), by type.
+    parts: Vec<Arc<dyn Any + Send + Sync>>,
+}
+
+impl Generation {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        graphql: async_graphql::dynamic::Schema,
+        queries: repo::queries::QueryMethods,
+    ) -> Generation {
+        Generation {
+            catalog,
+            graphql,
+            queries,
+            parts: Vec::new(),
+        }
+    }
+
+    /// Adds an extension's part (one per type).
+    pub fn with_part<T: Any + Send + Sync>(mut self, part: T) -> Generation {
+        self.parts.retain(|p| !p.is::<T>());
+        self.parts.push(Arc::new(part));
+        self
+    }
+
+    /// An extension's part, if it added one.
+    pub fn part<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.parts.iter().find_map(|p| p.downcast_ref::<T>())
+    }
+}
+
+/// What an API extension (the app.bsky room) shows in `/metrics`.
+pub trait Extension: Send + Sync {
+    /// Its view caches: (name, (hits, misses), entries held now), shown in
+    /// the `lexview_view_cache_*` families.
+    fn view_caches(&self) -> Vec<(&'static str, (u64, u64), usize)>;
+    /// Metric families of its own, in Prometheus text.
+    fn render_metrics(&self, out: &mut String);
+}
 
 /// Everything a request handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub readers: Arc<ReadPool>,
-    /// The catalog, query methods, feeds and GraphQL schema are each swapped
-    /// whole when the lexicons are reloaded (SIGHUP).
-    pub catalog: Arc<arc_swap::ArcSwap<Catalog>>,
+    /// The current generation, swapped whole on reload.
+    pub generations: Arc<arc_swap::ArcSwap<Generation>>,
+    /// The generation this request runs against ([`AppState::pinned`]).
+    current: Arc<Generation>,
     pub metrics: Arc<Metrics>,
     pub positions: Arc<Positions>,
-    pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
-    pub queries: Arc<arc_swap::ArcSwap<queries::QueryMethods>>,
-    pub feeds: Arc<arc_swap::ArcSwap<feeds::Feeds>>,
-    pub profiles: Arc<views::ProfileCache>,
-    /// Hot post views, reply lists and thread contexts (`cache.rs`).
-    pub hot: Arc<cache::HotViews>,
+    /// Each source's connection state.
+    pub links: Arc<crate::source::Links>,
     /// Committed record changes, for GraphQL subscriptions.
     pub events: graphql::Events,
     /// Full-text search (None when the server runs without it).
-    pub search: Option<Arc<crate::search::Search>>,
-    /// Where embed views point for images and videos.
-    pub media: Arc<embeds::MediaUrls>,
-    /// Which posts may have gates and which accounts may block: lookups
-    /// run only on a hit.
-    pub gates: Arc<gates::GateFilter>,
-    /// Point lookups shared by concurrent requests.
-    pub lookups: Arc<lookups::Lookups>,
+    pub search: Option<Arc<crate::index::search::Search>>,
+    /// Verified handles by DID.
+    pub handles: Arc<actors::Handles>,
+    /// The XRPC methods with handlers of their own (SQL query methods are
+    /// in the generation).
+    pub methods: Arc<xrpc::Methods>,
+    /// The API extensions, for `/metrics`.
+    pub extensions: Arc<Vec<Arc<dyn Extension>>>,
+}
+
+/// What [`AppState::new`] needs.
+pub struct StateParts {
+    pub readers: Arc<ReadPool>,
+    pub generation: Generation,
+    pub metrics: Arc<Metrics>,
+    pub positions: Arc<Positions>,
+    pub links: Arc<crate::source::Links>,
+    pub events: graphql::Events,
+    pub search: Option<Arc<crate::index::search::Search>>,
+    pub handles: Arc<actors::Handles>,
+    pub methods: xrpc::Methods,
+    pub extensions: Vec<Arc<dyn Extension>>,
 }
 
 impl AppState {
+    pub fn new(p: StateParts) -> AppState {
+        let current = Arc::new(p.generation);
+        AppState {
+            readers: p.readers,
+            generations: Arc::new(arc_swap::ArcSwap::new(current.clone())),
+            current,
+            metrics: p.metrics,
+            positions: p.positions,
+            links: p.links,
+            events: p.events,
+            search: p.search,
+            handles: p.handles,
+            methods: Arc::new(p.methods),
+            extensions: Arc::new(p.extensions),
+        }
+    }
+
+    /// This state for one request: the current generation, held for the
+    /// whole request. Every entry point calls it first.
+    pub fn pinned(&self) -> AppState {
+        AppState {
+            current: self.generations.load_full(),
+            ..self.clone()
+        }
+    }
+
+    /// Swaps in a new generation for the requests that start from now on.
+    pub fn reload(&self, generation: Generation) {
+        self.generations.store(Arc::new(generation));
+    }
+
+    /// The generation this request runs against.
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.current
+    }
+
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.load_full()
-    }
-    pub fn queries(&self) -> Arc<queries::QueryMethods> {
-        self.queries.load_full()
-    }
-    pub fn feeds(&self) -> Arc<feeds::Feeds> {
-        self.feeds.load_full()
+        self.current.catalog.clone()
     }
 }
 
@@ -92,58 +184,61 @@ pub fn app(state: AppState) -> Router {
         )
 }
 
-/// An XRPC error: atproto's envelope `{"error", "message"}` with a status.
-#[derive(Debug)]
-pub struct XrpcError {
-    pub status: StatusCode,
-    pub error: &'static str,
-    pub message: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl XrpcError {
-    pub fn invalid_request(message: impl Into<String>) -> XrpcError {
-        XrpcError {
-            status: StatusCode::BAD_REQUEST,
-            error: "InvalidRequest",
-            message: message.into(),
+    #[test]
+    fn a_request_keeps_the_generation_it_started_with() {
+        fn schema() -> async_graphql::dynamic::Schema {
+            let query = async_graphql::dynamic::Object::new("Query").field(
+                async_graphql::dynamic::Field::new(
+                    "x",
+                    async_graphql::dynamic::TypeRef::named(async_graphql::dynamic::TypeRef::INT),
+                    |_| async_graphql::dynamic::FieldFuture::new(async { Ok(None::<async_graphql::Value>) }),
+                ),
+            );
+            async_graphql::dynamic::Schema::build("Query", None, None)
+                .register(query)
+                .finish()
+                .unwrap()
         }
-    }
-    pub fn named(error: &'static str, message: impl Into<String>) -> XrpcError {
-        XrpcError {
-            status: StatusCode::BAD_REQUEST,
-            error,
-            message: message.into(),
-        }
-    }
-    pub fn not_implemented(nsid: &str) -> XrpcError {
-        XrpcError {
-            status: StatusCode::NOT_IMPLEMENTED,
-            error: "MethodNotImplemented",
-            message: format!("Method Not Implemented: {nsid}"),
-        }
-    }
-    pub fn internal(message: impl Into<String>) -> XrpcError {
-        XrpcError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "InternalServerError",
-            message: message.into(),
-        }
-    }
-}
-
-impl From<StoreError> for XrpcError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error while serving");
-        XrpcError::internal("Internal Server Error")
-    }
-}
-
-impl IntoResponse for XrpcError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.error, "message": self.message })),
-        )
-            .into_response()
+        let generation = |n: usize| {
+            let mut catalog = Catalog::default();
+            for i in 0..n {
+                catalog
+                    .add_document(serde_json::json!({
+                        "lexicon": 1,
+                        "id": format!("test.gen.r{i}"),
+                        "defs": {"main": {"type": "record", "key": "tid",
+                                  "record": {"type": "object", "properties": {}}}}
+                    }))
+                    .unwrap();
+            }
+            Generation::new(Arc::new(catalog), schema(), Default::default()).with_part(n)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::index::store::Store::open(dir.path()).unwrap();
+        let state = AppState::new(StateParts {
+            readers: store.readers(),
+            generation: generation(1),
+            metrics: Arc::default(),
+            positions: Arc::default(),
+            links: Arc::default(),
+            events: tokio::sync::broadcast::channel(1).0,
+            search: None,
+            handles: Arc::default(),
+            methods: xrpc::Methods::default(),
+            extensions: Vec::new(),
+        });
+        let request = state.pinned();
+        state.reload(generation(2));
+        // The request in flight sees one generation throughout...
+        assert_eq!(request.catalog().records().count(), 1);
+        assert_eq!(request.generation().part::<usize>(), Some(&1));
+        // ...and the next request the new one, whole.
+        let next = state.pinned();
+        assert_eq!(next.catalog().records().count(), 2);
+        assert_eq!(next.generation().part::<usize>(), Some(&2));
     }
 }

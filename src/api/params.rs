@@ -23,6 +23,15 @@ impl Params {
     }
 }
 
+/// A string parameter the method needs. The lexicon normally marks it
+/// required, and `parse` has checked it; should an edited lexicon stop
+/// doing so, its absence is the client's error, not a panic.
+pub fn required<'a>(p: &'a Params, name: &str) -> Result<&'a str, XrpcError> {
+    p.str(name).ok_or_else(|| {
+        XrpcError::invalid_request(format!("Error: Params must have the property \"{name}\""))
+    })
+}
+
 /// Parses `pairs` for the query `nsid`: types from the lexicon, defaults
 /// applied, every constraint checked. Errors name the parameter.
 pub fn parse(
