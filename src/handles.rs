@@ -35,23 +35,35 @@ pub struct HandleChecker {
     resolver: Arc<dyn Resolve>,
     via: Via,
     client: reqwest::blocking::Client,
-    dns: Option<(tokio::runtime::Runtime, hickory_resolver::TokioResolver)>,
+    /// DNS lookups, built on first use: on the checking thread, outside any
+    /// async runtime. Building it in `new` (called from `serve`'s runtime)
+    /// made `block_on` panic with "Cannot start a runtime from within a
+    /// runtime" on the default path. `None` inside: DNS could not be set up
+    /// (logged once); HTTPS is still tried.
+    dns: std::sync::OnceLock<Option<Dns>>,
+}
+
+/// A current-thread runtime of its own and hickory's resolver on it.
+struct Dns {
+    rt: tokio::runtime::Runtime,
+    resolver: hickory_resolver::TokioResolver,
+}
+
+impl Dns {
+    fn new() -> anyhow::Result<Dns> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let resolver = rt.block_on(async {
+            hickory_resolver::TokioResolver::builder_tokio().map(|b| b.build())
+        })?;
+        Ok(Dns { rt, resolver })
+    }
 }
 
 impl HandleChecker {
+    /// Safe to call from inside an async runtime: nothing here blocks.
     pub fn new(resolver: Arc<dyn Resolve>, via: Via) -> anyhow::Result<HandleChecker> {
-        let dns = match via {
-            Via::DnsAndHttps => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let resolver = rt.block_on(async {
-                    hickory_resolver::TokioResolver::builder_tokio().map(|b| b.build())
-                })?;
-                Some((rt, resolver))
-            }
-            Via::Service(_) => None,
-        };
         Ok(HandleChecker {
             resolver,
             via,
@@ -60,7 +72,7 @@ impl HandleChecker {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
                 .build()?,
-            dns,
+            dns: std::sync::OnceLock::new(),
         })
     }
 
@@ -101,9 +113,19 @@ impl HandleChecker {
     }
 
     fn dns_txt(&self, handle: &str) -> Option<String> {
-        let (rt, resolver) = self.dns.as_ref()?;
-        let lookup = rt
-            .block_on(resolver.txt_lookup(format!("_atproto.{handle}.")))
+        let dns = self
+            .dns
+            .get_or_init(|| {
+                Dns::new()
+                    .inspect_err(|e| {
+                        tracing::warn!("no DNS for handle checks (HTTPS is still tried): {e:#}")
+                    })
+                    .ok()
+            })
+            .as_ref()?;
+        let lookup = dns
+            .rt
+            .block_on(dns.resolver.txt_lookup(format!("_atproto.{handle}.")))
             .ok()?;
         // Exactly one `did=` record, as the handle spec asks.
         let dids: Vec<String> = lookup

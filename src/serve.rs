@@ -17,7 +17,7 @@ use crate::index::writer::{self, Positions, WriterConfig};
 use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::pipeline::{Ingestor, Outcome};
-use crate::source::{firehose, jetstream, replay, RawFrame, SourceSpec, Wire};
+use crate::source::{firehose, jetstream, replay, LinkState, RawFrame, SourceSpec, Wire};
 
 /// Backfill requests waiting in the channel, and the router's queue length
 /// up to which more are taken from it.
@@ -137,6 +137,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let positions = Arc::new(Positions::default());
+    let links = Arc::new(crate::source::Links::default());
     let mut resume: HashMap<String, Option<i64>> = HashMap::new();
     for (id, _) in &specs {
         let cursor = store.cursor(id)?;
@@ -173,6 +174,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let mut source_tasks = Vec::new();
     for (id, spec) in specs {
         let (tx, token, m) = (raw_tx.clone(), shutdown.clone(), metrics.clone());
+        let links = links.clone();
         let dictionary = dictionary.clone();
         let source: Arc<str> = Arc::from(id.as_str());
         let start = resume.get(&id).copied().flatten();
@@ -180,21 +182,35 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         source_tasks.push(tokio::spawn(async move {
             match spec {
                 SourceSpec::Firehose { url } => {
-                    firehose::run(source, url, start, tx, m, token).await
+                    firehose::run(source, url, start, tx, m, links, token).await
                 }
                 SourceSpec::Replay { path, rate } => {
-                    match replay::run(source, &path, rate, tx, token).await {
+                    links.set(&source, LinkState::Connected, None);
+                    match replay::run(source.clone(), &path, rate, tx, token).await {
                         Ok(n) => {
+                            links.set(&source, LinkState::Finished, None);
                             tracing::info!(frames = n, "replay of {} finished", path.display())
                         }
                         Err(e) => {
+                            links.set(&source, LinkState::Finished, Some(e.to_string()));
                             Metrics::inc(&m.frames_malformed_total);
                             tracing::error!("replay stopped: {e}");
                         }
                     }
                 }
                 SourceSpec::Jetstream { url } => {
-                    jetstream::run(source, url, start, collections, dictionary, tx, m, token).await
+                    jetstream::run(
+                        source,
+                        url,
+                        start,
+                        collections,
+                        dictionary,
+                        tx,
+                        m,
+                        links,
+                        token,
+                    )
+                    .await
                 }
             }
         }));
@@ -375,6 +391,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         catalog: shared_catalog,
         metrics: metrics.clone(),
         positions,
+        links,
         graphql: Arc::new(arc_swap::ArcSwap::from_pointee(schema)),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)

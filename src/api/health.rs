@@ -12,6 +12,7 @@ use super::AppState;
 /// for a resync (`resyncsPending`: each is applied once its snapshot is).
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let now = chrono::Utc::now();
+    let links = state.links.snapshot();
     let sources: Vec<Value> = state
         .positions
         .snapshot()
@@ -22,7 +23,16 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
                 .as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
-            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time, "lagSeconds": lag })
+            let link = links.get(&source).map(|l| {
+                json!({
+                    "state": l.state.as_str(),
+                    "since": l.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "failures": l.failures,
+                    "lastError": l.last_error,
+                })
+            });
+            json!({ "source": source, "cursor": pos.cursor, "eventTime": pos.event_time,
+                    "lagSeconds": lag, "connection": link })
         })
         .collect();
     // Counted after the positions were read, so that the counts are never

@@ -38,6 +38,8 @@ pub struct AppState {
     pub catalog: Arc<arc_swap::ArcSwap<Catalog>>,
     pub metrics: Arc<Metrics>,
     pub positions: Arc<Positions>,
+    /// Each source's connection state.
+    pub links: Arc<crate::source::Links>,
     pub graphql: Arc<arc_swap::ArcSwap<async_graphql::dynamic::Schema>>,
     pub queries: Arc<arc_swap::ArcSwap<queries::QueryMethods>>,
     pub feeds: Arc<arc_swap::ArcSwap<feeds::Feeds>>,

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{RawFrame, Wire};
+use super::{LinkState, Links, RawFrame, Wire};
 use crate::decode::frame::{peek, Peek};
 use crate::metrics::Metrics;
 
@@ -73,6 +73,7 @@ pub async fn run(
     start_cursor: Option<i64>,
     tx: mpsc::Sender<RawFrame>,
     metrics: Arc<Metrics>,
+    links: Arc<Links>,
     shutdown: CancellationToken,
 ) {
     let (url, initial) = split_cursor(&url);
@@ -81,6 +82,8 @@ pub async fn run(
     loop {
         let target = endpoint(&url, cursor);
         tracing::info!(%target, "connecting to firehose");
+        links.set(&source, LinkState::Connecting, None);
+        let ended: Option<String>;
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio_tungstenite::connect_async(&target) => r,
@@ -88,6 +91,7 @@ pub async fn run(
         match connected {
             Ok((mut ws, _)) => {
                 tracing::info!(%target, "firehose connected");
+                links.set(&source, LinkState::Connected, None);
                 loop {
                     let msg = tokio::select! {
                         _ = shutdown.cancelled() => { let _ = ws.close(None).await; return; }
@@ -108,6 +112,7 @@ pub async fn run(
                                         tracing::warn!(?cursor, "cursor is in the future for this server; resuming live without a cursor");
                                         cursor = None;
                                     }
+                                    ended = Some(format!("error frame {}", e.error));
                                     break;
                                 }
                                 Ok(Peek::Seq(Some(seq))) => cursor = Some(seq),
@@ -127,19 +132,28 @@ pub async fn run(
                         }
                         Some(Ok(Message::Close(frame))) => {
                             tracing::warn!(?frame, "firehose closed by server");
+                            ended = Some("closed by the server".into());
                             break;
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "firehose connection error");
+                            ended = Some(e.to_string());
                             break;
                         }
-                        None => break,
+                        None => {
+                            ended = Some("connection ended".into());
+                            break;
+                        }
                     }
                 }
             }
-            Err(e) => tracing::warn!(%target, error = %e, "firehose connect failed"),
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "firehose connect failed");
+                ended = Some(format!("connect failed: {e}"));
+            }
         }
+        links.set(&source, LinkState::Disconnected, ended);
         Metrics::inc(&metrics.reconnects_total);
         let wait = backoff(attempt);
         attempt = attempt.saturating_add(1);

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::firehose::{backoff, split_cursor};
-use super::{RawFrame, Wire};
+use super::{LinkState, Links, RawFrame, Wire};
 use crate::metrics::Metrics;
 
 /// How far behind the last seen event a (re)connection starts.
@@ -153,6 +153,7 @@ pub async fn run(
     dictionary: Option<Dictionary>,
     tx: mpsc::Sender<RawFrame>,
     metrics: Arc<Metrics>,
+    links: Arc<Links>,
     shutdown: CancellationToken,
 ) {
     let (url, initial) = split_cursor(&url);
@@ -166,6 +167,8 @@ pub async fn run(
             last_seen.map(|c| (c - REWIND_US).max(0)),
         );
         tracing::info!(%target, "connecting to Jetstream");
+        links.set(&source, LinkState::Connecting, None);
+        let ended: Option<String>;
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = tokio_tungstenite::connect_async(&target) => r,
@@ -173,6 +176,7 @@ pub async fn run(
         match connected {
             Ok((mut ws, _)) => {
                 tracing::info!(%target, "Jetstream connected");
+                links.set(&source, LinkState::Connected, None);
                 let mut inflater = match dictionary.as_ref().map(Dictionary::inflater).transpose() {
                     Ok(i) => i,
                     Err(e) => {
@@ -207,14 +211,19 @@ pub async fn run(
                         },
                         Some(Ok(Message::Close(frame))) => {
                             tracing::warn!(?frame, "Jetstream closed by server");
+                            ended = Some("closed by the server".into());
                             break;
                         }
                         Some(Ok(_)) => continue,
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "Jetstream connection error");
+                            ended = Some(e.to_string());
                             break;
                         }
-                        None => break,
+                        None => {
+                            ended = Some("connection ended".into());
+                            break;
+                        }
                     };
                     attempt = 0;
                     if let Ok(s) = serde_json::from_slice::<Stamp>(&bytes) {
@@ -230,8 +239,12 @@ pub async fn run(
                     }
                 }
             }
-            Err(e) => tracing::warn!(%target, error = %e, "Jetstream connect failed"),
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "Jetstream connect failed");
+                ended = Some(format!("connect failed: {e}"));
+            }
         }
+        links.set(&source, LinkState::Disconnected, ended);
         Metrics::inc(&metrics.reconnects_total);
         let wait = backoff(attempt);
         attempt = attempt.saturating_add(1);

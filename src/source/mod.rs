@@ -6,7 +6,9 @@ pub mod firehose;
 pub mod jetstream;
 pub mod replay;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::RwLock;
 
 /// A raw message from a source.
 #[derive(Debug)]
@@ -81,5 +83,81 @@ impl SourceSpec {
             return Ok(SourceSpec::Firehose { url: s.to_string() });
         }
         Err(format!("unknown source {s:?}: use wss://host (relay or PDS), jetstream+wss://host, or replay:PATH"))
+    }
+}
+
+/// What a source is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Opening a connection (the first try, or a retry after a failure).
+    Connecting,
+    /// Connected and receiving.
+    Connected,
+    /// Not connected; waiting before the next try.
+    Disconnected,
+    /// A recording that has been read to its end.
+    Finished,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+            LinkState::Finished => "finished",
+        }
+    }
+}
+
+/// One source's connection, as `/_health` shows it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub state: LinkState,
+    /// When the source entered `state`.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Why the last connection failed or ended, if it did.
+    pub last_error: Option<String>,
+    /// Connection attempts that failed in a row (0 once connected).
+    pub failures: u32,
+}
+
+/// The connection state of every source, by source id (the id its cursor
+/// is stored under).
+#[derive(Debug, Default)]
+pub struct Links(RwLock<BTreeMap<String, Link>>);
+
+impl Links {
+    /// Records that `source` is now in `state`; `error` says why it left
+    /// the connected state or failed to reach it.
+    pub fn set(&self, source: &str, state: LinkState, error: Option<String>) {
+        let mut links = self.0.write().expect("links lock");
+        let now = chrono::Utc::now();
+        let link = links.entry(source.to_string()).or_insert(Link {
+            state,
+            since: now,
+            last_error: None,
+            failures: 0,
+        });
+        if link.state != state {
+            link.since = now;
+        }
+        link.state = state;
+        match state {
+            LinkState::Connected => link.failures = 0,
+            LinkState::Disconnected => link.failures = link.failures.saturating_add(1),
+            LinkState::Connecting | LinkState::Finished => {}
+        }
+        if error.is_some() {
+            link.last_error = error;
+        }
+    }
+
+    pub fn get(&self, source: &str) -> Option<Link> {
+        self.0.read().expect("links lock").get(source).cloned()
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, Link> {
+        self.0.read().expect("links lock").clone()
     }
 }

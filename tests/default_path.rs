@@ -1,0 +1,152 @@
+//! The README's first command as a new user runs it: `lexview serve` with
+//! no flags at all (live relay, `--verify auto` -> full, handle checks by
+//! DNS and HTTPS), from a folder that holds what the repository holds
+//! (`lexicons/`, `queries/`, `feeds/`, `search.json`), on
+//! `127.0.0.1:3000`. The test machine has no route to the network, so the
+//! relay is unreachable: the server must stay up, retry, answer
+//! `/_health` and show the source as not connected.
+//!
+//! Regression: `HandleChecker::new` built a runtime and called `block_on`
+//! inside serve's runtime, so this command panicked at start ("Cannot start
+//! a runtime from within a runtime") while every other test passed
+//! `--handle-resolver`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::bin;
+use serde_json::Value;
+
+/// A folder laid out as the repository is, where `./data` is fresh.
+fn checkout_like_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for sub in ["lexicons", "queries", "feeds"] {
+        copy_dir(&root.join(sub), &dir.path().join(sub));
+    }
+    std::fs::copy(root.join("search.json"), dir.path().join("search.json")).unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn health(base: &str) -> Option<Value> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .get(format!("{base}/_health"))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// Runs `lexview <args>` in `dir` with no `LEXVIEW_*` variable but the log
+/// filter, and checks that it serves on `base` and stays up for a while.
+fn stays_up(dir: &Path, args: &[&str], base: &str) -> Value {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LEXVIEW_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn lexview");
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(40) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "lexview {args:?} exited with {status} after {:?}:\n{}",
+                start.elapsed(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(h) = health(base) {
+            last = Some(h);
+            if start.elapsed() > Duration::from_secs(6) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(alive, "lexview {args:?} died:\n{log}");
+    assert!(!log.contains("panicked"), "a panic in the log:\n{log}");
+    assert!(
+        out.status.success(),
+        "lexview {args:?} exited with {} after SIGTERM:\n{log}",
+        out.status
+    );
+    last.unwrap_or_else(|| panic!("no /_health answer from {base}:\n{log}"))
+}
+
+#[test]
+fn the_readme_first_command_stays_up_without_a_network() {
+    let dir = checkout_like_folder();
+    let h = stays_up(dir.path(), &[], "http://127.0.0.1:3000");
+    assert_eq!(h["status"], "ok", "{h}");
+    let sources = h["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 1, "{h}");
+    assert_eq!(sources[0]["source"], "wss://bsky.network", "{h}");
+    let link = &sources[0]["connection"];
+    // Offline, the relay cannot be reached: the source says so and retries.
+    if link["state"] != "connected" {
+        assert!(
+            link["failures"].as_u64().unwrap() >= 1,
+            "a failed connection is counted: {h}"
+        );
+        assert!(link["lastError"].is_string(), "{h}");
+    }
+    assert!(
+        dir.path().join("data").is_dir(),
+        "the store lives in ./data by default"
+    );
+}
+
+#[test]
+fn a_verified_recording_without_a_handle_resolver_stays_up() {
+    let dir = checkout_like_folder();
+    let frames = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jetstream/frames.bin");
+    let port = common::server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let source = format!("replay:{}", frames.display());
+    let h = stays_up(
+        dir.path(),
+        &[
+            "serve",
+            "--source",
+            &source,
+            "--verify",
+            "full",
+            "--listen",
+            &listen,
+        ],
+        &format!("http://{listen}"),
+    );
+    assert_eq!(h["status"], "ok", "{h}");
+}
