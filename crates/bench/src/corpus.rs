@@ -328,6 +328,7 @@ impl Corpus {
             false,
             NOW,
         )
+        .map_err(Into::into)
     }
 }
 

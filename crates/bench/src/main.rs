@@ -15,14 +15,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use corpus::{generate_corpus, generate_repo};
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use cid::Cid;
-use serde::Serialize;
 
 use lexview::index::event::IndexEvent;
 use lexview::index::store::Store;
@@ -197,7 +195,7 @@ fn verifier(args: &BenchArgs) -> anyhow::Result<Option<Arc<lexview::verify::Veri
     let Some(path) = &args.did_docs else {
         return Ok(None);
     };
-    let resolver = lexview::verify::StaticResolver::from_file(path)?;
+    let resolver = lexview::identity::StaticResolver::from_file(path)?;
     Ok(Some(Arc::new(
         lexview::verify::Verifier::new(Box::new(resolver)).without_rev_order(),
     )))
