@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs the pinned PDS test harness (npm), then
-# every Rust test in the release profile (the one profile this project builds),
+# Runs the whole test suite: the lint gate (rustfmt, clippy with warnings as
+# errors), installs the pinned PDS test harness (npm), then every Rust test of
+# the workspace in the release profile (the one profile this project builds),
 # and closes with one line summing all test binaries: "N passed, M failed".
 # The target directory is cargo's (./target unless CARGO_TARGET_DIR says
 # otherwise), the same one `cargo run --release` uses, so DuckDB's C++ is
 # compiled once for both; .ci/run points it at a cache outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")"
+cargo fmt --all --check
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 tests/harness/setup.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -224,7 +224,9 @@ impl ServeArgs {
             queries: self.queries,
             feeds: self.feeds,
             search_config: self.search_config,
-            feed_publisher: self.feed_publisher.unwrap_or_else(|| self.feedgen_did.clone()),
+            feed_publisher: self
+                .feed_publisher
+                .unwrap_or_else(|| self.feedgen_did.clone()),
             feedgen_did: self.feedgen_did,
             media: lexview::api::bsky::embeds::MediaUrls {
                 image: self.image_url,
@@ -302,7 +304,6 @@ struct AuditArgs {
     plc: String,
 }
 
-
 #[derive(Debug, clap::Args)]
 struct ExportArgs {
     /// The directory to write to (created; must be empty if it exists).
@@ -317,7 +318,6 @@ struct ExportArgs {
     #[arg(long, env = "LEXVIEW_DATA", default_value = "./data")]
     data: PathBuf,
 }
-
 
 /// Turns transparent huge pages off for this process. mimalloc (the
 /// process's malloc, DuckDB's too) asks for them on its arenas, and DuckDB
@@ -364,18 +364,20 @@ fn main() -> anyhow::Result<()> {
             println!("search index rebuilt: {n} records");
             Ok(())
         }
-        Command::Backfill(a) => lexview::cli::backfill::run(lexview::cli::backfill::BackfillConfig {
-            host: a.host,
-            cars: a.cars,
-            data: a.data,
-            lexicons: a.lexicons,
-            verify: a.verify.into(),
-            plc: a.plc,
-            did_docs: a.did_docs,
-            concurrency: a.concurrency,
-            max_repos_per_second: a.max_repos_per_second,
-            memory_limit: a.memory_limit,
-        }),
+        Command::Backfill(a) => {
+            lexview::cli::backfill::run(lexview::cli::backfill::BackfillConfig {
+                host: a.host,
+                cars: a.cars,
+                data: a.data,
+                lexicons: a.lexicons,
+                verify: a.verify.into(),
+                plc: a.plc,
+                did_docs: a.did_docs,
+                concurrency: a.concurrency,
+                max_repos_per_second: a.max_repos_per_second,
+                memory_limit: a.memory_limit,
+            })
+        }
         Command::Audit(a) => lexview::cli::audit::run(lexview::cli::audit::AuditConfig {
             did: a.did,
             host: a.host,

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use lexview::index::event::Change;
+use lexview::ingest::{IngestError, Ingestor, Outcome};
 use lexview::lexicon::Catalog;
 use lexview::metrics::Metrics;
-use lexview::ingest::{IngestError, Ingestor, Outcome};
 
 fn ingestor(catalog: Arc<Catalog>) -> (Ingestor, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());

@@ -138,13 +138,7 @@ fn a_verified_recording_without_a_handle_resolver_stays_up() {
     let h = stays_up(
         dir.path(),
         &[
-            "serve",
-            "--source",
-            &source,
-            "--verify",
-            "full",
-            "--listen",
-            &listen,
+            "serve", "--source", &source, "--verify", "full", "--listen", &listen,
         ],
         &format!("http://{listen}"),
     );

@@ -121,10 +121,7 @@ trap 'if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true
                     .nth(1)
                     .unwrap_or("127.0.0.1:3000")
                     .replace("localhost", "127.0.0.1");
-                s.push_str(&format!(
-                    "start_server {} {listen}\n",
-                    shell_quote(command)
-                ));
+                s.push_str(&format!("start_server {} {listen}\n", shell_quote(command)));
             }
             Kind::NoExec => {
                 let known = COVERED_ELSEWHERE
@@ -175,7 +172,10 @@ fn doc_files(root: &Path) -> Vec<PathBuf> {
 #[test]
 fn every_shell_block_of_the_readme_and_the_docs_runs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin_dir = Path::new(common::server::bin()).parent().unwrap().to_path_buf();
+    let bin_dir = Path::new(common::server::bin())
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let path = format!(
         "{}:{}",
         bin_dir.display(),

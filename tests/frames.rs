@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use lexview::encode::{commit_frame, record_block};
 use lexview::index::event::Change;
-use lexview::metrics::Metrics;
 use lexview::ingest::{Ingestor, Outcome};
+use lexview::metrics::Metrics;
 use serde_json::json;
 
 fn frame(header: serde_json::Value, body: serde_json::Value) -> Vec<u8> {

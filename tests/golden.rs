@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use lexview::index::event::Change;
+use lexview::ingest::{Ingestor, Outcome};
 use lexview::lexicon::Catalog;
 use lexview::metrics::Metrics;
-use lexview::ingest::{Ingestor, Outcome};
 use serde_json::{json, Value};
 
 #[test]

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use ipld_core::ipld::Ipld;
+use lexview::identity::StaticResolver;
 use lexview::index::event::Change;
 use lexview::index::store::Store;
-use lexview::metrics::Metrics;
 use lexview::ingest::{Ingestor, Outcome};
-use lexview::identity::StaticResolver;
+use lexview::metrics::Metrics;
 use lexview::verify::Verifier;
 use serde_json::{json, Value};
 

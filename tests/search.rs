@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lexview::index::event::{Change, IndexEvent, RecordWrite};
+use lexview::index::search::{Search, SearchFields, SearchQuery};
 use lexview::index::store::Store;
 use lexview::lexicon::Catalog;
-use lexview::index::search::{Search, SearchFields, SearchQuery};
 use serde_json::json;
 
 const CID: &str = "bafyreigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use ipld_core::ipld::Ipld;
 use lexview::decode::car::read_car;
 use lexview::decode::frame::{cbor_item_len, decode_frame, Frame};
-use lexview::metrics::Metrics;
 use lexview::encode::dag_cbor_cid;
-use lexview::ingest::{IngestError, Ingestor, Outcome};
 use lexview::encode::write_car;
 use lexview::identity::StaticResolver;
+use lexview::ingest::{IngestError, Ingestor, Outcome};
+use lexview::metrics::Metrics;
 use lexview::verify::{verify_commit, Verifier};
 use serde_json::Value;
 

@@ -25,10 +25,7 @@ pub async fn resolve_repo(state: &AppState, repo: &str) -> Result<String, XrpcEr
 }
 
 /// The DID whose current handle is `handle` (case-insensitive), if any.
-pub fn did_for_handle(
-    c: &duckdb::Connection,
-    handle: &str,
-) -> duckdb::Result<Option<String>> {
+pub fn did_for_handle(c: &duckdb::Connection, handle: &str) -> duckdb::Result<Option<String>> {
     let mut stmt = c.prepare_cached("SELECT did FROM actors WHERE lower(handle) = ? LIMIT 1")?;
     let mut rows = stmt.query(params![handle.to_ascii_lowercase()])?;
     match rows.next()? {
@@ -67,7 +64,6 @@ pub async fn account_visible(state: &AppState, did: &str) -> Result<(), XrpcErro
         _ => Ok(()),
     }
 }
-
 
 /// Verified handles by DID (`None`: the DID has none, or it does not
 /// verify), for answers that name a record's author.
@@ -128,9 +124,7 @@ impl Handles {
         let asked = missing.clone();
         let mut found = state
             .readers
-            .with(move |c| {
-                crate::index::store::handles_of(c, asked.iter().map(String::as_str))
-            })
+            .with(move |c| crate::index::store::handles_of(c, asked.iter().map(String::as_str)))
             .await?;
         let mut fresh = Vec::with_capacity(missing.len());
         for did in missing {

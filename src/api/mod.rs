@@ -195,7 +195,11 @@ mod tests {
                 async_graphql::dynamic::Field::new(
                     "x",
                     async_graphql::dynamic::TypeRef::named(async_graphql::dynamic::TypeRef::INT),
-                    |_| async_graphql::dynamic::FieldFuture::new(async { Ok(None::<async_graphql::Value>) }),
+                    |_| {
+                        async_graphql::dynamic::FieldFuture::new(async {
+                            Ok(None::<async_graphql::Value>)
+                        })
+                    },
                 ),
             );
             async_graphql::dynamic::Schema::build("Query", None, None)

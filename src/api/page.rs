@@ -22,13 +22,8 @@ pub fn decode_cursor(raw: Option<&str>) -> Result<Option<(String, String)>, Xrpc
 
 /// Cuts `rows` (fetched with `limit + 1`) to the page and returns the cursor
 /// of the next page, if there is one: `cursor` of the page's last row.
-pub fn cut_page<T>(
-    rows: &mut Vec<T>,
-    limit: i64,
-    cursor: impl Fn(&T) -> String,
-) -> Option<String> {
+pub fn cut_page<T>(rows: &mut Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Option<String> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     more.then(|| rows.last().map(cursor)).flatten()
 }
-

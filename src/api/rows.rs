@@ -88,4 +88,3 @@ pub fn read_row(r: &duckdb::Row) -> duckdb::Result<RecordRow> {
         targets: Arc::default(),
     })
 }
-

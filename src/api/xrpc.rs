@@ -62,9 +62,18 @@ macro_rules! xrpc_handler {
 pub fn generic_methods() -> Methods {
     use super::repo::{backlinks, records, search};
     let mut m = Methods::default();
-    m.add("com.atproto.repo.getRecord", xrpc_handler!(records::get_record));
-    m.add("com.atproto.repo.listRecords", xrpc_handler!(records::list_records));
-    m.add("blue.microcosm.links.getBacklinks", xrpc_handler!(backlinks::get_backlinks));
+    m.add(
+        "com.atproto.repo.getRecord",
+        xrpc_handler!(records::get_record),
+    );
+    m.add(
+        "com.atproto.repo.listRecords",
+        xrpc_handler!(records::list_records),
+    );
+    m.add(
+        "blue.microcosm.links.getBacklinks",
+        xrpc_handler!(backlinks::get_backlinks),
+    );
     m.add(
         "blue.microcosm.links.getBacklinksCount",
         xrpc_handler!(backlinks::get_backlinks_count),
@@ -73,7 +82,10 @@ pub fn generic_methods() -> Methods {
         "blue.microcosm.links.getBacklinkDids",
         xrpc_handler!(backlinks::get_backlink_dids),
     );
-    m.add("dev.lexview.search.searchRecords", xrpc_handler!(search::search_records));
+    m.add(
+        "dev.lexview.search.searchRecords",
+        xrpc_handler!(search::search_records),
+    );
     m
 }
 

@@ -129,4 +129,3 @@ pub fn run(args: AuditConfig) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

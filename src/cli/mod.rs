@@ -16,7 +16,10 @@ use crate::lexicon::Catalog;
 
 /// The searched fields of `catalog` with the config at `config_path`, and
 /// the app.bsky room's parent link (posts by the post they reply to).
-pub fn search_fields(catalog: &Catalog, config_path: &std::path::Path) -> anyhow::Result<SearchFields> {
+pub fn search_fields(
+    catalog: &Catalog,
+    config_path: &std::path::Path,
+) -> anyhow::Result<SearchFields> {
     let config = SearchConfig::load(config_path)?;
     Ok(SearchFields::new(catalog, &config).with_parent(crate::api::bsky::thread_parent()))
 }
@@ -59,4 +62,3 @@ pub fn load_catalog(dir: &std::path::Path) -> anyhow::Result<Catalog> {
     );
     Ok(catalog)
 }
-

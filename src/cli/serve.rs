@@ -152,14 +152,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let handles = start_handle_checks(&cfg, verify, &resolver, &ev_tx, &metrics, &shutdown)?;
     let ingest = {
-        let ingestor = ingestor(
-            &cfg,
-            verify,
-            &ingest_catalog,
-            &metrics,
-            &resolver,
-            &resume,
-        );
+        let ingestor = ingestor(&cfg, verify, &ingest_catalog, &metrics, &resolver, &resume);
         let mut router = Router::new(cfg.resync_concurrency, metrics.clone());
         for did in &resume.resyncs {
             router.request(did);
@@ -337,7 +330,8 @@ fn start_sources(
     let mut tasks = Vec::new();
     for (id, spec) in specs {
         let (tx, token, m) = (raw_tx.clone(), shutdown.clone(), metrics.clone());
-        let (links, dictionary, collections) = (links.clone(), dictionary.clone(), collections.clone());
+        let (links, dictionary, collections) =
+            (links.clone(), dictionary.clone(), collections.clone());
         let source: Arc<str> = Arc::from(id.as_str());
         let start = cursors.get(&id).copied().flatten();
         tasks.push(tokio::spawn(async move {

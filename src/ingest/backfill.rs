@@ -203,7 +203,6 @@ pub fn list_repos_paged(
     Ok((total, "listRepos"))
 }
 
-
 /// The repositories `host` lists that the store has not backfilled yet,
 /// and how many it has.
 pub fn discover(
@@ -249,4 +248,3 @@ pub fn discover(
     tracing::info!(host, repos = listed, how, "backfill: listing done");
     Ok((todo, skipped))
 }
-

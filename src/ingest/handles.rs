@@ -80,4 +80,3 @@ pub fn start(
         })?;
     Ok(Arc::new(HandleQueue(std::sync::Mutex::new(in_tx))))
 }
-

@@ -23,11 +23,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 
-use crate::index::event::{Change, IndexEvent};
-use crate::metrics::Metrics;
-use crate::ingest::Ingestor;
-use crate::repo::{BlockStore, Repo};
 use crate::identity::Resolve;
+use crate::index::event::{Change, IndexEvent};
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::repo::{BlockStore, Repo};
 
 /// A repository read whole, as changes: a `Put` (or `Invalid`) per record
 /// of a loaded collection, then the `Snapshot` that removes the rest.

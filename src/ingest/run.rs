@@ -205,4 +205,3 @@ fn handle_frame(
     }
     true
 }
-

@@ -65,7 +65,8 @@ pub(crate) fn multibase_bytes(s: &str) -> Result<Vec<u8>, KeyError> {
 impl PublicKey {
     /// A key from SEC1 bytes (compressed or not) of the given curve.
     pub(crate) fn from_sec1(curve_k256: bool, bytes: &[u8]) -> Result<PublicKey, KeyError> {
-        let bad = |e: &dyn std::fmt::Display| KeyError::Malformed(format!("not a curve point: {e}"));
+        let bad =
+            |e: &dyn std::fmt::Display| KeyError::Malformed(format!("not a curve point: {e}"));
         Ok(if curve_k256 {
             // Compressed or uncompressed SEC1 only: libsecp256k1 would also
             // take the "hybrid" 0x06/0x07 form, which no DID document uses.
@@ -125,7 +126,9 @@ impl PublicKey {
             Some("EcdsaSecp256r1VerificationKey2019") => {
                 PublicKey::from_sec1(false, &multibase_bytes(multibase)?)
             }
-            other => Err(KeyError::Malformed(format!("unsupported key type {other:?}"))),
+            other => Err(KeyError::Malformed(format!(
+                "unsupported key type {other:?}"
+            ))),
         }
     }
 

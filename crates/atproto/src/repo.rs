@@ -339,7 +339,10 @@ mod tests {
 
     #[test]
     fn walks_a_production_repo_as_goat_lists_it() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/jetstream");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/jetstream"
+        );
         let car = std::fs::read(format!("{dir}/repo.car")).unwrap();
         let repo = read_repo(&car).unwrap();
         let expected: Vec<(String, String)> =

@@ -51,8 +51,6 @@ pub fn generate_repo(path: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-
-
 fn tid(n: u64) -> String {
     const ALPHA: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
     let v = (1_700_000_000_000_000u64 + n * 1000) << 10;
@@ -342,4 +340,3 @@ impl Iterator for Corpus {
         Some(self.frame(self.i - 1))
     }
 }
-

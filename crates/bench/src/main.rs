@@ -24,11 +24,14 @@ use anyhow::Context;
 
 use lexview::index::event::IndexEvent;
 use lexview::index::store::Store;
-use lexview::metrics::Metrics;
 use lexview::ingest::{Ingestor, Outcome};
+use lexview::metrics::Metrics;
 
 #[derive(Parser, Debug)]
-#[command(name = "lexview-bench", about = "Measure lexview's ingest and query throughput (see BENCHMARKS.md)")]
+#[command(
+    name = "lexview-bench",
+    about = "Measure lexview's ingest and query throughput (see BENCHMARKS.md)"
+)]
 pub struct BenchArgs {
     /// A recorded frames file to replay in a loop (case a).
     #[arg(long)]
@@ -171,7 +174,8 @@ fn main() -> anyhow::Result<()> {
         if let Some(limit) = &args.memory_limit {
             store.set_memory_limit(limit)?;
         }
-        let (_, stats) = lexview::ingest::backfill::apply_repo_file(&mut store, &ingestor, None, &path)?;
+        let (_, stats) =
+            lexview::ingest::backfill::apply_repo_file(&mut store, &ingestor, None, &path)?;
         store.checkpoint()?;
         for (tag, bytes) in store.memory_report()? {
             eprintln!("DuckDB memory: {tag} {} MiB", bytes >> 20);
@@ -332,4 +336,3 @@ fn peak_rss_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
-

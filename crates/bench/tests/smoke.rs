@@ -36,7 +36,10 @@ fn the_recording_is_ingested_with_and_without_verification() {
     let frames = fixtures().join("jetstream/frames.bin");
     let frames = frames.to_str().unwrap();
     let out = bench(&["--frames", frames, "--loops", "2"]);
-    assert!(out.contains("(a) 150 recorded frames x 2 loops: 300 events"), "{out}");
+    assert!(
+        out.contains("(a) 150 recorded frames x 2 loops: 300 events"),
+        "{out}"
+    );
     let docs = fixtures().join("jetstream/did_docs.json");
     let out = bench(&[
         "--frames",

@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use duckdb::params;
 use serde_json::{json, Value};
 
-use crate::api::page::{cut_page, decode_cursor, encode_cursor};
-use crate::api::cache::{Lookup, ViewCache};
 use super::lookups::ProfileRow;
-use crate::api::params::{parse, Params};
 use super::Bsky;
 use crate::api::actors::account_visible;
+use crate::api::cache::{Lookup, ViewCache};
+use crate::api::page::{cut_page, decode_cursor, encode_cursor};
+use crate::api::params::{parse, Params};
 use crate::api::XrpcError;
 use crate::index::event::{Change, IndexEvent};
 use crate::syntax::is_valid_handle;
@@ -79,7 +79,8 @@ pub(crate) async fn profile_views(
     }
     // Shared with concurrent requests (`lookups.rs`).
     let mut rows: HashMap<String, ProfileRow> = state
-        .views.lookups
+        .views
+        .lookups
         .profiles
         .get(missing.clone())
         .await?

@@ -18,9 +18,11 @@ use std::path::Path;
 use indexmap::IndexMap;
 use serde_json::{json, Value};
 
-use crate::api::params::parse;
-use crate::api::repo::queries::{check_answer, output_schema, rows, sql_files, wrap_checked, QueryFileError};
 use super::Bsky;
+use crate::api::params::parse;
+use crate::api::repo::queries::{
+    check_answer, output_schema, rows, sql_files, wrap_checked, QueryFileError,
+};
 use crate::api::XrpcError;
 use crate::index::store::ReadPool;
 use crate::lexicon::{Catalog, Field};
@@ -156,14 +158,17 @@ pub async fn describe(
     pairs: &[(String, String)],
 ) -> Result<Value, XrpcError> {
     parse(&state.catalog(), nsid, pairs)?;
-    let generator = state.generation().part::<Feeds>().ok_or_else(|| XrpcError::not_implemented(nsid))?;
+    let generator = state
+        .generation()
+        .part::<Feeds>()
+        .ok_or_else(|| XrpcError::not_implemented(nsid))?;
     let feeds: Vec<Value> = generator
         .uris()
         .into_iter()
         .map(|uri| json!({ "uri": uri }))
         .collect();
     let out = json!({ "did": generator.service_did, "feeds": feeds });
-    check_output(state, &generator, nsid, &out)?;
+    check_output(state, generator, nsid, &out)?;
     Ok(out)
 }
 
@@ -181,7 +186,10 @@ pub async fn skeleton(
     else {
         return Err(unknown());
     };
-    let generator = state.generation().part::<Feeds>().ok_or_else(|| XrpcError::not_implemented(nsid))?;
+    let generator = state
+        .generation()
+        .part::<Feeds>()
+        .ok_or_else(|| XrpcError::not_implemented(nsid))?;
     let feed = (did == generator.publisher && collection == GENERATOR)
         .then(|| generator.feeds.get(rkey))
         .flatten()
@@ -191,7 +199,7 @@ pub async fn skeleton(
         Feed::Sql { wrapped } => wrapped.clone(),
         Feed::Search(saved) => {
             let out = search_skeleton(state, nsid, saved, limit, p.str("cursor")).await?;
-            check_output(state, &generator, nsid, &out)?;
+            check_output(state, generator, nsid, &out)?;
             return Ok(out);
         }
     };
@@ -224,7 +232,7 @@ pub async fn skeleton(
             out["cursor"] = json!(c);
         }
     }
-    check_output(state, &generator, nsid, &out)?;
+    check_output(state, generator, nsid, &out)?;
     Ok(out)
 }
 

@@ -402,7 +402,8 @@ pub(crate) async fn threadgates<'a>(
 ) -> Result<HashMap<String, Threadgate>, XrpcError> {
     let mut by_gate: HashMap<String, String> = HashMap::new();
     for root in roots {
-        if crate::index::event::collection_of(root) != Some(POST) || !state.views.gates.may_be_gated(root)
+        if crate::index::event::collection_of(root) != Some(POST)
+            || !state.views.gates.may_be_gated(root)
         {
             continue;
         }

@@ -71,10 +71,19 @@ impl Views {
     /// The XRPC methods of this room, for the dispatch table.
     pub fn methods(self: &Arc<Views>, m: &mut Methods) {
         let views = self.clone();
-        let add = |m: &mut Methods, nsid: &'static str, f: fn(Bsky, String, Vec<(String, String)>) -> MethodFuture| {
+        let add = |m: &mut Methods,
+                   nsid: &'static str,
+                   f: fn(Bsky, String, Vec<(String, String)>) -> MethodFuture| {
             let views = views.clone();
             let handler: Handler = Arc::new(move |state, nsid, pairs| {
-                f(Bsky { app: state, views: views.clone() }, nsid, pairs)
+                f(
+                    Bsky {
+                        app: state,
+                        views: views.clone(),
+                    },
+                    nsid,
+                    pairs,
+                )
             });
             m.add(nsid, handler);
         };
@@ -86,15 +95,35 @@ impl Views {
             };
         }
         add(m, "app.bsky.actor.getProfile", method!(actors::get_profile));
-        add(m, "app.bsky.graph.getFollowers", method!(actors::get_followers));
+        add(
+            m,
+            "app.bsky.graph.getFollowers",
+            method!(actors::get_followers),
+        );
         add(m, "app.bsky.graph.getFollows", method!(actors::get_follows));
         add(m, "app.bsky.feed.getLikes", method!(actors::get_likes));
-        add(m, "app.bsky.feed.getRepostedBy", method!(actors::get_reposted_by));
+        add(
+            m,
+            "app.bsky.feed.getRepostedBy",
+            method!(actors::get_reposted_by),
+        );
         add(m, "app.bsky.feed.getPosts", method!(posts::get_posts));
         add(m, "app.bsky.feed.getQuotes", method!(posts::get_quotes));
-        add(m, "app.bsky.feed.getPostThread", method!(posts::get_post_thread));
-        add(m, "app.bsky.feed.getAuthorFeed", method!(posts::get_author_feed));
-        add(m, "app.bsky.feed.describeFeedGenerator", method!(feeds::describe));
+        add(
+            m,
+            "app.bsky.feed.getPostThread",
+            method!(posts::get_post_thread),
+        );
+        add(
+            m,
+            "app.bsky.feed.getAuthorFeed",
+            method!(posts::get_author_feed),
+        );
+        add(
+            m,
+            "app.bsky.feed.describeFeedGenerator",
+            method!(feeds::describe),
+        );
         add(m, "app.bsky.feed.getFeedSkeleton", method!(feeds::skeleton));
     }
 }

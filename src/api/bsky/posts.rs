@@ -21,13 +21,13 @@ use std::collections::HashMap;
 use duckdb::params;
 use serde_json::{json, Value};
 
-use crate::api::page::{cut_page, decode_cursor, encode_cursor};
-use crate::api::cache::Lookup;
+use super::actors::{is_strong_ref, profile_views};
 use super::gates;
 use super::lookups::PostPart;
-use crate::api::params::{parse, Params};
-use super::actors::{is_strong_ref, profile_views};
 use super::Bsky;
+use crate::api::cache::Lookup;
+use crate::api::page::{cut_page, decode_cursor, encode_cursor};
+use crate::api::params::{parse, Params};
 use crate::api::XrpcError;
 
 pub(super) const POST: &str = "app.bsky.feed.post";
@@ -182,7 +182,8 @@ async fn post_views_at(
         match thread {
             Some(_) => {
                 state
-                    .views.lookups
+                    .views
+                    .lookups
                     .thread_posts
                     .get(with_root(rest.clone()))
                     .await
@@ -195,7 +196,8 @@ async fn post_views_at(
             return Ok(Vec::new());
         }
         state
-            .views.lookups
+            .views
+            .lookups
             .counts
             .get(with_root(indexed.keys().cloned().collect()))
             .await
@@ -811,7 +813,8 @@ async fn replies_of(
         oldest_first(list);
     }
     state
-        .views.hot
+        .views
+        .hot
         .replies
         .put_all(epoch, fresh.iter().map(|(k, v)| (k.clone(), v.clone())));
     found.extend(fresh);

@@ -648,8 +648,7 @@ pub fn build_schema(
     // filters, and the paths at which its records link to records or DIDs.
     let mut sources: Vec<JoinSource> = Vec::new();
     let mut record_objects: Vec<Object> = Vec::new();
-    let mut nested =
-        types::Nested::new(catalog, catalog.records().map(|rt| type_name(&rt.nsid)));
+    let mut nested = types::Nested::new(catalog, catalog.records().map(|rt| type_name(&rt.nsid)));
     for rt in catalog.records() {
         let Some(schema) = catalog.record_schema(&rt.nsid) else {
             continue;

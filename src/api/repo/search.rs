@@ -12,8 +12,8 @@ use crate::api::actors::resolve_repo;
 use crate::api::params::parse;
 use crate::api::rows::{attach_handles, records_at_uris, RecordRow};
 use crate::api::{AppState, XrpcError};
-use crate::index::store::ReadPool;
 use crate::index::search::{Hit, Search, SearchQuery, StoredRecord};
+use crate::index::store::ReadPool;
 
 /// Runs `q` and returns the hits' records, best first, with their scores
 /// (without handles). A hit is answered from its search document unless its

@@ -51,7 +51,6 @@ const TOKENIZER: &str = "lexview";
 /// indexed by their parent (`reply_parent`), for thread views.
 const LAYOUT_VERSION: u32 = 3;
 
-
 /// Search errors.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {

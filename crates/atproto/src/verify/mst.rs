@@ -5,8 +5,8 @@
 //! backfill benchmark) and checked against the interop vectors. Written by
 //! hand for the same reason as `repo.rs`'s walk.
 
-use cid::Cid;
 use crate::encode::dag_cbor_cid;
+use cid::Cid;
 use sha2::{Digest, Sha256};
 
 /// The layer of a key.

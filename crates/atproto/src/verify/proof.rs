@@ -31,4 +31,3 @@ pub fn check_proof(
         Err(e) => Err(VerifyError::Proof(e.to_string())),
     }
 }
-
