@@ -151,29 +151,25 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         None
     };
     let handles = start_handle_checks(&cfg, verify, &resolver, &ev_tx, &metrics, &shutdown)?;
-    let ingest = {
-        let ingestor = ingestor(&cfg, verify, &ingest_catalog, &metrics, &resolver, &resume);
-        let mut router = Router::new(cfg.resync_concurrency, metrics.clone());
-        for did in &resume.resyncs {
-            router.request(did);
-        }
-        if !resume.resyncs.is_empty() {
-            tracing::info!(
-                repos = resume.resyncs.len(),
-                "resuming resyncs left unfinished"
-            );
-        }
-        let ctx = IngestContext {
+    let ingest = start_ingest(
+        &cfg,
+        verify,
+        IngestInputs {
+            catalog: &ingest_catalog,
+            metrics: &metrics,
+            resolver: &resolver,
+            resume: &resume,
+        },
+        raw_rx,
+        ev_tx,
+        IngestContext {
             handle: tokio::runtime::Handle::current(),
             workers: workers.clone(),
             fetched: fetched_rx,
             requests: request_rx,
             shutdown: shutdown.clone(),
-        };
-        std::thread::Builder::new()
-            .name("lexview-ingest".into())
-            .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, router, ctx))?
-    };
+        },
+    )?;
 
     // The writer owns the store; the API reads through the store's read pool.
     let readers = store.readers();
@@ -189,24 +185,7 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg.writer,
         positions.clone(),
         metrics.clone(),
-        Arc::new({
-            let (search, views, api_handles) = (search.clone(), views.clone(), api_handles.clone());
-            let publish: api::graphql::Events = events.clone();
-            move |batch, stats| {
-                api_handles.invalidate(batch);
-                views.on_commit(batch);
-                search.on_commit(batch, stats.indexed_us, &stats.accounts_moved);
-                if let Some(h) = &handles {
-                    h.on_commit(batch);
-                }
-                // Built only while someone is subscribed.
-                if publish.receiver_count() > 0 {
-                    for ev in api::graphql::record_events(batch) {
-                        let _ = publish.send(Arc::new(ev));
-                    }
-                }
-            }
-        }),
+        on_commit(&search, &views, &api_handles, handles, &events),
     ));
     let mut methods = api::xrpc::generic_methods();
     views.methods(&mut methods);
@@ -257,6 +236,73 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || search.close()).await;
     let _ = server.await;
     Ok(())
+}
+
+/// What the ingest thread's ingestor is made from.
+struct IngestInputs<'a> {
+    catalog: &'a Arc<arc_swap::ArcSwap<Catalog>>,
+    metrics: &'a Arc<Metrics>,
+    resolver: &'a Arc<dyn Resolve>,
+    resume: &'a Resume,
+}
+
+/// Starts the ingest thread: frames from `raw_rx`, events to `ev_tx`,
+/// resyncs left unfinished requested again first.
+fn start_ingest(
+    cfg: &ServeConfig,
+    verify: Verify,
+    inputs: IngestInputs<'_>,
+    raw_rx: mpsc::Receiver<RawFrame>,
+    ev_tx: mpsc::Sender<IndexEvent>,
+    ctx: IngestContext,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let IngestInputs {
+        catalog,
+        metrics,
+        resolver,
+        resume,
+    } = inputs;
+    let ingestor = ingestor(cfg, verify, catalog, metrics, resolver, resume);
+    let mut router = Router::new(cfg.resync_concurrency, metrics.clone());
+    for did in &resume.resyncs {
+        router.request(did);
+    }
+    if !resume.resyncs.is_empty() {
+        tracing::info!(
+            repos = resume.resyncs.len(),
+            "resuming resyncs left unfinished"
+        );
+    }
+    Ok(std::thread::Builder::new()
+        .name("lexview-ingest".into())
+        .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, router, ctx))?)
+}
+
+/// What follows each committed batch: caches dropped, the search index and
+/// the handle checks told, and GraphQL subscribers sent the changes.
+fn on_commit(
+    search: &Arc<Search>,
+    views: &Arc<api::bsky::Views>,
+    api_handles: &Arc<api::actors::Handles>,
+    handles: Option<Arc<crate::ingest::handles::HandleQueue>>,
+    events: &api::graphql::Events,
+) -> writer::OnCommit {
+    let (search, views, api_handles) = (search.clone(), views.clone(), api_handles.clone());
+    let publish = events.clone();
+    Arc::new(move |batch, stats| {
+        api_handles.invalidate(batch);
+        views.on_commit(batch);
+        search.on_commit(batch, stats.indexed_us, &stats.accounts_moved);
+        if let Some(h) = &handles {
+            h.on_commit(batch);
+        }
+        // Built only while someone is subscribed.
+        if publish.receiver_count() > 0 {
+            for ev in api::graphql::record_events(batch) {
+                let _ = publish.send(Arc::new(ev));
+            }
+        }
+    })
 }
 
 /// `auto` is full for firehose sources, none for recordings and Jetstream.

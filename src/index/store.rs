@@ -106,6 +106,98 @@ enum Move {
     Restore,
 }
 
+/// A batch sorted for applying: the final change of every record it
+/// touches (later changes win), account updates, handle checks, resyncs
+/// asked for and snapshots applied (in batch order), and the cursors.
+struct Sorted<'a> {
+    /// Every record change with its URI, in batch order.
+    changes: Vec<(Cow<'a, str>, &'a Change)>,
+    /// Which of `changes` are the last of their record.
+    finals: Vec<usize>,
+    actors: IndexMap<&'a str, ActorUpdate<'a>>,
+    handle_checks: Vec<(&'a str, &'a str, bool)>,
+    resyncs: Vec<(&'a str, Option<&'a str>, &'a str)>,
+    cursors: HashMap<&'a str, (i64, Option<&'a str>)>,
+}
+
+impl<'a> Sorted<'a> {
+    /// `snapshot_deletes` holds one list of deletes per snapshot of
+    /// `events` that keeps a set (see `Store::snapshot_deletes`).
+    fn of(
+        events: &'a [IndexEvent],
+        snapshot_deletes: &'a [Vec<Change>],
+        stats: &mut ApplyStats,
+    ) -> Sorted<'a> {
+        let mut snapshots = snapshot_deletes.iter();
+        let mut resyncs = Vec::new();
+        let mut handle_checks = Vec::new();
+        let mut changes: Vec<(Cow<'a, str>, &'a Change)> = Vec::new();
+        let mut actors: IndexMap<&str, ActorUpdate> = IndexMap::new();
+        let mut cursors = HashMap::new();
+        for ev in events {
+            for change in &ev.changes {
+                match change {
+                    Change::Resync { did, reason } => {
+                        resyncs.push((did.as_str(), Some(reason.as_str()), ""))
+                    }
+                    Change::HandleChecked { did, handle, valid } => {
+                        handle_checks.push((did.as_str(), handle.as_str(), *valid))
+                    }
+                    Change::Snapshot { did, rev, keep } => {
+                        if keep.is_some() {
+                            let deletes = snapshots.next().expect("one list per snapshot");
+                            for d in deletes {
+                                changes.push((d.record_uri().expect("a delete"), d));
+                            }
+                            stats.deletes_by_snapshot += deletes.len();
+                        }
+                        resyncs.push((did.as_str(), None, rev.as_str()));
+                    }
+                    Change::Identity { did, handle } => {
+                        actors.entry(did).or_default().0 = Some(handle.as_deref())
+                    }
+                    Change::Account {
+                        did,
+                        active,
+                        status,
+                    } => actors.entry(did).or_default().1 = Some((*active, status.as_deref())),
+                    other => changes.push((other.record_uri().expect("record change"), other)),
+                }
+            }
+            if let Some(c) = ev.cursor {
+                cursors.insert(ev.source.as_str(), (c, ev.time.as_deref()));
+            }
+        }
+        let mut last: FastMap<&str, usize> = FastMap::default();
+        last.reserve(changes.len());
+        for (i, (uri, _)) in changes.iter().enumerate() {
+            last.insert(uri, i);
+        }
+        let finals = changes
+            .iter()
+            .enumerate()
+            .filter(|(i, (uri, _))| last[uri.as_ref()] == *i)
+            .map(|(i, _)| i)
+            .collect();
+        Sorted {
+            changes,
+            finals,
+            actors,
+            handle_checks,
+            resyncs,
+            cursors,
+        }
+    }
+
+    /// The final change of every record, with its URI.
+    fn finals(&self) -> Vec<(&str, &Change)> {
+        self.finals
+            .iter()
+            .map(|&i| (self.changes[i].0.as_ref(), self.changes[i].1))
+            .collect()
+    }
+}
+
 /// The on-disk store. Owns the single writing connection; hands out read
 /// connections (clones of the same database instance) to the API.
 pub struct Store {
@@ -443,219 +535,227 @@ impl Store {
         };
         let clock = std::time::Instant::now();
         let snapshot_deletes = self.snapshot_deletes(events)?;
-        let mut snapshots = snapshot_deletes.iter();
-        // Resyncs asked for and snapshots applied, in batch order.
-        let mut resyncs: Vec<(&str, Option<&str>, &str)> = Vec::new();
-        let mut handle_checks: Vec<(&str, &str, bool)> = Vec::new();
-        // The final state of every record the batch touches: later changes win.
-        let mut changes: Vec<(Cow<str>, &Change)> = Vec::new();
-        let mut actors: IndexMap<&str, ActorUpdate> = IndexMap::new();
-        let mut cursors: HashMap<&str, (i64, Option<&str>)> = HashMap::new();
-        for ev in events {
-            for change in &ev.changes {
-                match change {
-                    Change::Resync { did, reason } => resyncs.push((did, Some(reason), "")),
-                    Change::HandleChecked { did, handle, valid } => {
-                        handle_checks.push((did, handle, *valid))
-                    }
-                    Change::Snapshot { did, rev, keep } => {
-                        if keep.is_some() {
-                            let deletes = snapshots.next().expect("one list per snapshot");
-                            for d in deletes {
-                                changes.push((d.record_uri().expect("a delete"), d));
-                            }
-                            stats.deletes_by_snapshot += deletes.len();
-                        }
-                        resyncs.push((did, None, rev));
-                    }
-                    Change::Identity { did, handle } => {
-                        actors.entry(did).or_default().0 = Some(handle.as_deref())
-                    }
-                    Change::Account {
-                        did,
-                        active,
-                        status,
-                    } => actors.entry(did).or_default().1 = Some((*active, status.as_deref())),
-                    other => changes.push((other.record_uri().expect("record change"), other)),
-                }
-            }
-            if let Some(c) = ev.cursor {
-                cursors.insert(&ev.source, (c, ev.time.as_deref()));
-            }
-        }
-        let mut last: FastMap<&str, usize> = FastMap::default();
-        last.reserve(changes.len());
-        for (i, (uri, _)) in changes.iter().enumerate() {
-            last.insert(uri, i);
-        }
-        let finals: Vec<(&str, &Change)> = changes
-            .iter()
-            .enumerate()
-            .filter(|(i, (uri, _))| last[uri.as_ref()] == *i)
-            .map(|(_, (uri, change))| (uri.as_ref(), *change))
-            .collect();
+        let sorted = Sorted::of(events, &snapshot_deletes, &mut stats);
+        let finals = sorted.finals();
         stats.indexed_us = chrono::Utc::now().timestamp_micros();
         let now = DbValue::Timestamp(TimeUnit::Microsecond, stats.indexed_us);
         let mut timing = [0u128; 5];
         timing[0] = clock.elapsed().as_millis();
         if !finals.is_empty() {
-            // Only URIs the store may hold need their old version removed.
-            let mut removable = 0;
-            {
-                let mut app = self.conn.appender("batch_uris")?;
-                for (uri, _) in &finals {
-                    if self.seen.may_hold([uri]) {
-                        app.append_row(params![uri])?;
-                        removable += 1;
-                    }
-                }
-            }
             // Old versions go; their links come back from the DELETE, so the
             // count deltas are computed here rather than by joining `links` again.
-            let mut removed: Vec<(String, String, String)> = Vec::new();
-            if removable > 0 {
-                let mut stmt = self.conn.prepare(
-                    "DELETE FROM links WHERE source_uri IN (SELECT uri FROM batch_uris)
-                     RETURNING target, source_collection, path",
-                )?;
-                let mut rows = stmt.query([])?;
-                while let Some(r) = rows.next()? {
-                    removed.push((r.get(0)?, r.get(1)?, r.get(2)?));
-                }
-            }
-            if removable > 0 {
-                self.conn.execute_batch(
-                    "DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
-                     DELETE FROM batch_uris;",
-                )?;
-            }
+            let removed = self.remove_old_versions(&finals)?;
             timing[1] = clock.elapsed().as_millis();
             let mut deltas: FastMap<(&str, &str, &str), i64> = FastMap::default();
             for (target, collection, path) in &removed {
                 *deltas.entry((target, collection, path)).or_default() -= 1;
             }
-            let mut records = self.conn.appender("records")?;
-            let mut links = self.conn.appender("links")?;
-            let mut quarantine = self.conn.appender("quarantine")?;
-            for (uri, change) in &finals {
-                match change {
-                    Change::Put(w) => {
-                        // Before the commit: if it fails, "maybe held" is still true enough.
-                        self.seen.insert([uri]);
-                        append_record(&mut records, w, &now)?;
-                        for link in &w.links {
-                            append_link(&mut links, w, link)?;
-                            *deltas
-                                .entry((&link.target, &w.collection, &link.path))
-                                .or_default() += 1;
-                        }
-                        stats.puts += 1;
-                        stats.links += w.links.len();
-                    }
-                    Change::Delete { .. } => stats.deletes += 1,
-                    Change::Invalid(q) => {
-                        append_quarantine(&mut quarantine, uri, q, &now)?;
-                        stats.invalid += 1;
-                    }
-                    _ => unreachable!("only record changes are in finals"),
-                }
-            }
-            records.flush()?;
-            links.flush()?;
-            quarantine.flush()?;
-            drop((records, links, quarantine));
+            self.append_finals(&finals, &now, &mut deltas, &mut stats)?;
             timing[2] = clock.elapsed().as_millis();
-            deltas.retain(|_, n| *n != 0);
-            if !deltas.is_empty() {
-                // Keys the table certainly lacks are appended; the rest upserted.
-                let mut upserts = 0;
-                {
-                    let mut fresh = self.conn.appender("link_counts")?;
-                    let mut app = self.conn.appender("count_deltas")?;
-                    for ((target, collection, path), n) in &deltas {
-                        let key = [*target, *collection, *path];
-                        if *n > 0 && !self.count_keys.may_hold(key) {
-                            fresh.append_row(params![target, collection, path, n])?;
-                            // Before the commit: if it fails, "maybe held" is still true enough.
-                            self.count_keys.insert(key);
-                        } else {
-                            // Held already (a negative delta's key has links counted).
-                            app.append_row(params![target, collection, path, n])?;
-                            upserts += 1;
-                        }
-                    }
-                    // Explicitly: an appender's flush on drop drops its error.
-                    fresh.flush()?;
-                    app.flush()?;
-                }
-                if upserts > 0 {
-                    self.conn.execute_batch(
-                        "INSERT INTO link_counts (target, collection, path, n)
-                           SELECT target, collection, path, n FROM count_deltas
-                           ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n;
-                         DELETE FROM count_deltas;",
-                    )?;
-                }
-                if deltas.values().any(|n| *n < 0) {
-                    self.conn
-                        .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
-                }
-            }
+            self.apply_count_deltas(deltas)?;
             timing[3] = clock.elapsed().as_millis();
         }
-        for (did, (identity, account)) in &actors {
-            let was_active: Option<bool> = self
-                .conn
-                .query_row(
-                    "SELECT active FROM actors WHERE did = ?",
-                    params![did],
-                    |r| r.get(0),
-                )
-                .map(Some)
-                .or_else(|e| match e {
-                    duckdb::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })?;
-            self.conn.execute(
-                "INSERT INTO actors (did, handle, active, status, updated_at) VALUES (?, ?, true, NULL, ?)
-                 ON CONFLICT DO NOTHING",
-                params![did, identity.flatten(), now],
-            )?;
-            if let Some(handle) = identity {
-                // Shown as claimed until the handle is checked (if it is).
-                self.conn.execute(
-                    "UPDATE actors SET handle = ?, claimed_handle = ?, handle_checked_at = NULL,
-                       updated_at = ? WHERE did = ?",
-                    params![handle, handle, now, did],
-                )?;
-            }
-            if let Some((active, status)) = account {
-                self.conn.execute(
-                    "UPDATE actors SET active = ?, status = ?, updated_at = ? WHERE did = ?",
-                    params![active, status, now, did],
-                )?;
-                let was_active = was_active.unwrap_or(true);
-                if *status == Some("deleted") {
-                    stats.purged += self.purge_account(did)?;
-                    stats.accounts_moved.push((did.to_string(), false));
-                } else if was_active && !active {
-                    stats.hidden += self.move_account(did, Move::Hide)?;
-                    stats.accounts_moved.push((did.to_string(), false));
-                } else if !was_active && *active {
-                    stats.restored += self.move_account(did, Move::Restore)?;
-                    stats.accounts_moved.push((did.to_string(), true));
+        for (did, update) in &sorted.actors {
+            self.apply_actor(did, update, &now, &mut stats)?;
+        }
+        self.apply_bookkeeping(&sorted, &now)?;
+        timing[4] = clock.elapsed().as_millis();
+        tracing::debug!(
+            records = finals.len(),
+            prepare_ms = timing[0],
+            remove_ms = timing[1],
+            append_ms = timing[2],
+            counts_ms = timing[3],
+            total_ms = timing[4],
+            "batch applied"
+        );
+        Ok(stats)
+    }
+
+    /// Removes the stored versions of `finals`' records and their links;
+    /// returns the removed links as (target, collection, path).
+    fn remove_old_versions(
+        &mut self,
+        finals: &[(&str, &Change)],
+    ) -> Result<Vec<(String, String, String)>> {
+        // Only URIs the store may hold need their old version removed.
+        let mut removable = 0;
+        {
+            let mut app = self.conn.appender("batch_uris")?;
+            for (uri, _) in finals {
+                if self.seen.may_hold([uri]) {
+                    app.append_row(params![uri])?;
+                    removable += 1;
                 }
             }
         }
+        let mut removed: Vec<(String, String, String)> = Vec::new();
+        if removable > 0 {
+            let mut stmt = self.conn.prepare(
+                "DELETE FROM links WHERE source_uri IN (SELECT uri FROM batch_uris)
+                 RETURNING target, source_collection, path",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                removed.push((r.get(0)?, r.get(1)?, r.get(2)?));
+            }
+            self.conn.execute_batch(
+                "DELETE FROM records WHERE uri IN (SELECT uri FROM batch_uris);
+                 DELETE FROM batch_uris;",
+            )?;
+        }
+        Ok(removed)
+    }
+
+    /// Appends the new versions (records, links, quarantine) of `finals`,
+    /// adding their links to `deltas`.
+    fn append_finals<'a>(
+        &mut self,
+        finals: &[(&'a str, &'a Change)],
+        now: &DbValue,
+        deltas: &mut FastMap<(&'a str, &'a str, &'a str), i64>,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        let mut records = self.conn.appender("records")?;
+        let mut links = self.conn.appender("links")?;
+        let mut quarantine = self.conn.appender("quarantine")?;
+        for (uri, change) in finals {
+            match change {
+                Change::Put(w) => {
+                    // Before the commit: if it fails, "maybe held" is still true enough.
+                    self.seen.insert([uri]);
+                    append_record(&mut records, w, now)?;
+                    for link in &w.links {
+                        append_link(&mut links, w, link)?;
+                        *deltas
+                            .entry((&link.target, &w.collection, &link.path))
+                            .or_default() += 1;
+                    }
+                    stats.puts += 1;
+                    stats.links += w.links.len();
+                }
+                Change::Delete { .. } => stats.deletes += 1,
+                Change::Invalid(q) => {
+                    append_quarantine(&mut quarantine, uri, q, now)?;
+                    stats.invalid += 1;
+                }
+                _ => unreachable!("only record changes are in finals"),
+            }
+        }
+        // Explicitly: an appender's flush on drop drops its error.
+        records.flush()?;
+        links.flush()?;
+        quarantine.flush()?;
+        Ok(())
+    }
+
+    /// Applies the link count changes of a batch.
+    fn apply_count_deltas(&mut self, mut deltas: FastMap<(&str, &str, &str), i64>) -> Result<()> {
+        deltas.retain(|_, n| *n != 0);
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        // Keys the table certainly lacks are appended; the rest upserted.
+        let mut upserts = 0;
+        {
+            let mut fresh = self.conn.appender("link_counts")?;
+            let mut app = self.conn.appender("count_deltas")?;
+            for ((target, collection, path), n) in &deltas {
+                let key = [*target, *collection, *path];
+                if *n > 0 && !self.count_keys.may_hold(key) {
+                    fresh.append_row(params![target, collection, path, n])?;
+                    // Before the commit: if it fails, "maybe held" is still true enough.
+                    self.count_keys.insert(key);
+                } else {
+                    // Held already (a negative delta's key has links counted).
+                    app.append_row(params![target, collection, path, n])?;
+                    upserts += 1;
+                }
+            }
+            fresh.flush()?;
+            app.flush()?;
+        }
+        if upserts > 0 {
+            self.conn.execute_batch(
+                "INSERT INTO link_counts (target, collection, path, n)
+                   SELECT target, collection, path, n FROM count_deltas
+                   ON CONFLICT DO UPDATE SET n = link_counts.n + excluded.n;
+                 DELETE FROM count_deltas;",
+            )?;
+        }
+        if deltas.values().any(|n| *n < 0) {
+            self.conn
+                .execute_batch("DELETE FROM link_counts WHERE n <= 0")?;
+        }
+        Ok(())
+    }
+
+    /// An account's new handle and status; a status change moves its
+    /// records out of view (or back), and a deletion purges them.
+    fn apply_actor(
+        &mut self,
+        did: &str,
+        (identity, account): &ActorUpdate,
+        now: &DbValue,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        let was_active: Option<bool> = self
+            .conn
+            .query_row(
+                "SELECT active FROM actors WHERE did = ?",
+                params![did],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                duckdb::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        self.conn.execute(
+            "INSERT INTO actors (did, handle, active, status, updated_at) VALUES (?, ?, true, NULL, ?)
+             ON CONFLICT DO NOTHING",
+            params![did, identity.flatten(), now],
+        )?;
+        if let Some(handle) = identity {
+            // Shown as claimed until the handle is checked (if it is).
+            self.conn.execute(
+                "UPDATE actors SET handle = ?, claimed_handle = ?, handle_checked_at = NULL,
+                   updated_at = ? WHERE did = ?",
+                params![handle, handle, now, did],
+            )?;
+        }
+        if let Some((active, status)) = account {
+            self.conn.execute(
+                "UPDATE actors SET active = ?, status = ?, updated_at = ? WHERE did = ?",
+                params![active, status, now, did],
+            )?;
+            let was_active = was_active.unwrap_or(true);
+            if *status == Some("deleted") {
+                stats.purged += self.purge_account(did)?;
+                stats.accounts_moved.push((did.to_string(), false));
+            } else if was_active && !active {
+                stats.hidden += self.move_account(did, Move::Hide)?;
+                stats.accounts_moved.push((did.to_string(), false));
+            } else if !was_active && *active {
+                stats.restored += self.move_account(did, Move::Restore)?;
+                stats.accounts_moved.push((did.to_string(), true));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle checks, resync requests and snapshots done, and the sources'
+    /// cursors.
+    fn apply_bookkeeping(&mut self, sorted: &Sorted<'_>, now: &DbValue) -> Result<()> {
         // A check of a handle the DID has since replaced changes nothing.
-        for (did, handle, valid) in handle_checks {
+        for (did, handle, valid) in &sorted.handle_checks {
             self.conn.execute(
                 "UPDATE actors SET handle = CASE WHEN ? THEN claimed_handle ELSE 'handle.invalid' END,
                    handle_checked_at = ? WHERE did = ? AND claimed_handle = ?",
                 params![valid, now, did, handle],
             )?;
         }
-        for (did, reason, rev) in resyncs {
+        for (did, reason, rev) in &sorted.resyncs {
             match reason {
                 Some(reason) => self.conn.execute(
                     "INSERT INTO resyncs (did, reason, requested_at) VALUES (?, ?, ?)
@@ -673,7 +773,7 @@ impl Store {
                 }
             };
         }
-        for (source, (cursor, time)) in cursors {
+        for (source, (cursor, time)) in &sorted.cursors {
             self.conn.execute(
                 "INSERT INTO cursors (source, cursor, event_time, updated_at) VALUES (?, ?, ?, ?)
                  ON CONFLICT DO UPDATE SET cursor = excluded.cursor, event_time = excluded.event_time,
@@ -681,17 +781,7 @@ impl Store {
                 params![source, cursor, time, now],
             )?;
         }
-        timing[4] = clock.elapsed().as_millis();
-        tracing::debug!(
-            records = finals.len(),
-            prepare_ms = timing[0],
-            remove_ms = timing[1],
-            append_ms = timing[2],
-            counts_ms = timing[3],
-            total_ms = timing[4],
-            "batch applied"
-        );
-        Ok(stats)
+        Ok(())
     }
 }
 

@@ -6,12 +6,15 @@
 use std::sync::Arc;
 
 use crate::decode::car::{read_car, verify_block};
-use crate::decode::frame::{decode_frame, Commit, Frame, FrameError};
+use crate::decode::frame::{decode_frame, Commit, Frame, FrameError, RepoOp};
 use crate::decode::value::dagcbor_to_json;
 use crate::index::event::{Change, IndexEvent, Quarantined, RecordWrite};
 use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::syntax::{is_valid_did, is_valid_record_key};
+
+/// A commit's CAR blocks by CID.
+type BlockMap<'a> = std::collections::HashMap<cid::Cid, &'a [u8], foldhash::fast::RandomState>;
 
 /// Whether any op of `c` is in a collection with a loaded record lexicon.
 fn touches(catalog: &Catalog, c: &Commit<'_>) -> bool {
@@ -535,139 +538,158 @@ impl Ingestor {
         };
         // Only commits that touch a loaded collection get here: a signature
         // check costs ~70 us.
-        let mut resync = None;
-        if let Some(verifier) = &self.verifier {
-            let checked = blocks
-                .get(&c.commit)
-                .ok_or_else(|| {
-                    crate::verify::VerifyError::CommitBlock("missing from the frame".into())
-                })
-                .and_then(|block| {
-                    verify_block(&c.commit, block)
-                        .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
-                    verifier.verify(&crate::verify::commit_key(c), block, c.repo, c.rev)
-                })
-                .and_then(|v| {
-                    if v.proven {
-                        return Ok(v);
-                    }
-                    crate::verify::proof::check_proof(c, &blocks, &v.data).map(|()| v)
-                });
-            match checked {
-                Ok(v) => {
-                    Metrics::inc(&m.commits_verified_total);
-                    let chain = verifier.accepted(c.repo, c.rev, v.data, c.prev_data);
-                    if chain == crate::verify::Chain::Broken {
-                        // Applied (it is authentic), and the repo is fetched
-                        // whole, since something between was missed.
-                        Metrics::inc(&m.resyncs_requested_total);
-                        tracing::warn!(
-                            repo = c.repo,
-                            rev = c.rev,
-                            "prevData does not follow the last commit seen: resync"
-                        );
-                        resync = Some(Change::Resync {
-                            did: c.repo.to_string(),
-                            reason: format!("broken chain at rev {}", c.rev),
-                        });
-                    }
-                }
-                Err(e) => {
-                    use crate::keys::KeyError as K;
-                    use crate::verify::VerifyError as V;
-                    Metrics::inc(match e {
-                        V::Key(K::BadSignature | K::HighS | K::SignatureFormat) => {
-                            &m.verify_rejected_signature_total
-                        }
-                        V::DidMismatch { .. } => &m.verify_rejected_identity_total,
-                        V::RevMismatch { .. } | V::RevNotNewer { .. } => {
-                            &m.verify_rejected_rev_total
-                        }
-                        V::Proof(_) => &m.verify_rejected_proof_total,
-                        _ => &m.verify_rejected_other_total,
-                    });
-                    return Err(reject(format!("verification failed ({}): {e}", e.reason())));
-                }
-            }
-        }
+        let resync = match &self.verifier {
+            Some(verifier) => self.verify_commit(verifier, c, &blocks)?,
+            None => None,
+        };
         let mut changes = Vec::with_capacity(wanted.len());
         for (op, collection, rkey) in wanted {
-            // An invalid record: counted here, kept aside by the writer.
-            let quarantine = |cid: Option<String>, reason: String, record| {
-                Metrics::inc(&m.records_invalid_total);
-                Change::Invalid(Quarantined {
-                    did: c.repo.to_string(),
-                    collection: collection.to_string(),
-                    rkey: rkey.to_string(),
-                    cid,
-                    rev: c.rev.to_string(),
-                    reason,
-                    record,
-                })
-            };
-            if !is_valid_record_key(rkey) {
-                changes.push(quarantine(
-                    None,
-                    format!("invalid record key {rkey:?}"),
-                    None,
-                ));
-                continue;
-            }
-            match op.action {
-                "delete" => {
-                    Metrics::inc(&m.records_deleted_total);
-                    changes.push(Change::Delete {
-                        did: c.repo.to_string(),
-                        collection: collection.to_string(),
-                        rkey: rkey.to_string(),
-                        rev: c.rev.to_string(),
-                    });
-                }
-                "create" | "update" => {
-                    let Some(cid) = op.cid else {
-                        changes.push(quarantine(
-                            None,
-                            format!("{} op without a cid", op.action),
-                            None,
-                        ));
-                        continue;
-                    };
-                    let Some(block) = blocks.get(&cid) else {
-                        if c.too_big {
-                            Metrics::inc(&m.commits_too_big_total);
-                            tracing::warn!(
-                                repo = c.repo,
-                                path = op.path,
-                                "tooBig commit: record not in frame"
-                            );
-                        } else {
-                            return Err(reject(format!(
-                                "record block {cid} for {} missing from the commit",
-                                op.path
-                            )));
-                        }
-                        continue;
-                    };
-                    // The record's bytes must be what its CID says.
-                    verify_block(&cid, block).map_err(|e| reject(e.to_string()))?;
-                    let mut change =
-                        self.record_from_block(c.repo, collection, rkey, &cid, c.rev, block);
-                    if let Change::Put(w) = &mut change {
-                        w.update = op.action == "update";
-                    }
-                    changes.push(change);
-                }
-                other => {
-                    changes.push(quarantine(
-                        None,
-                        format!("unknown op action {other:?}"),
-                        None,
-                    ));
-                }
-            }
+            changes.extend(self.op_change(c, op, collection, rkey, &blocks)?);
         }
         changes.extend(resync);
         Ok(changes)
+    }
+
+    /// Verifies a commit that touches a loaded collection (a signature
+    /// check costs ~70 us): its signature, DID, rev order and Sync 1.1
+    /// proof. Returns the resync to ask for when its `prevData` breaks the
+    /// chain the verifier knows (it is applied: it is authentic).
+    fn verify_commit(
+        &self,
+        verifier: &crate::verify::Verifier,
+        c: &Commit<'_>,
+        blocks: &BlockMap<'_>,
+    ) -> Result<Option<Change>, IngestError> {
+        let m = &self.metrics;
+        let reject = |reason: String| IngestError::CommitRejected {
+            seq: c.seq,
+            repo: c.repo.to_string(),
+            reason,
+        };
+        let mut resync = None;
+        let checked = blocks
+            .get(&c.commit)
+            .ok_or_else(|| crate::verify::VerifyError::CommitBlock("missing from the frame".into()))
+            .and_then(|block| {
+                verify_block(&c.commit, block)
+                    .map_err(|e| crate::verify::VerifyError::CommitBlock(e.to_string()))?;
+                verifier.verify(&crate::verify::commit_key(c), block, c.repo, c.rev)
+            })
+            .and_then(|v| {
+                if v.proven {
+                    return Ok(v);
+                }
+                crate::verify::proof::check_proof(c, blocks, &v.data).map(|()| v)
+            });
+        match checked {
+            Ok(v) => {
+                Metrics::inc(&m.commits_verified_total);
+                let chain = verifier.accepted(c.repo, c.rev, v.data, c.prev_data);
+                if chain == crate::verify::Chain::Broken {
+                    // Applied (it is authentic), and the repo is fetched
+                    // whole, since something between was missed.
+                    Metrics::inc(&m.resyncs_requested_total);
+                    tracing::warn!(
+                        repo = c.repo,
+                        rev = c.rev,
+                        "prevData does not follow the last commit seen: resync"
+                    );
+                    resync = Some(Change::Resync {
+                        did: c.repo.to_string(),
+                        reason: format!("broken chain at rev {}", c.rev),
+                    });
+                }
+            }
+            Err(e) => {
+                use crate::keys::KeyError as K;
+                use crate::verify::VerifyError as V;
+                Metrics::inc(match e {
+                    V::Key(K::BadSignature | K::HighS | K::SignatureFormat) => {
+                        &m.verify_rejected_signature_total
+                    }
+                    V::DidMismatch { .. } => &m.verify_rejected_identity_total,
+                    V::RevMismatch { .. } | V::RevNotNewer { .. } => &m.verify_rejected_rev_total,
+                    V::Proof(_) => &m.verify_rejected_proof_total,
+                    _ => &m.verify_rejected_other_total,
+                });
+                return Err(reject(format!("verification failed ({}): {e}", e.reason())));
+            }
+        }
+        Ok(resync)
+    }
+
+    /// The change one op of a commit makes (None for a record of a tooBig
+    /// commit that the frame does not carry).
+    fn op_change(
+        &self,
+        c: &Commit<'_>,
+        op: &RepoOp<'_>,
+        collection: &str,
+        rkey: &str,
+        blocks: &BlockMap<'_>,
+    ) -> Result<Option<Change>, IngestError> {
+        let m = &self.metrics;
+        let reject = |reason: String| IngestError::CommitRejected {
+            seq: c.seq,
+            repo: c.repo.to_string(),
+            reason,
+        };
+        // An invalid record: counted here, kept aside by the writer.
+        let quarantine = |reason: String| {
+            Metrics::inc(&m.records_invalid_total);
+            Some(Change::Invalid(Quarantined {
+                did: c.repo.to_string(),
+                collection: collection.to_string(),
+                rkey: rkey.to_string(),
+                cid: None,
+                rev: c.rev.to_string(),
+                reason,
+                record: None,
+            }))
+        };
+        if !is_valid_record_key(rkey) {
+            return Ok(quarantine(format!("invalid record key {rkey:?}")));
+        }
+        match op.action {
+            "delete" => {
+                Metrics::inc(&m.records_deleted_total);
+                Ok(Some(Change::Delete {
+                    did: c.repo.to_string(),
+                    collection: collection.to_string(),
+                    rkey: rkey.to_string(),
+                    rev: c.rev.to_string(),
+                }))
+            }
+            "create" | "update" => {
+                let Some(cid) = op.cid else {
+                    return Ok(quarantine(format!("{} op without a cid", op.action)));
+                };
+                let Some(block) = blocks.get(&cid) else {
+                    if !c.too_big {
+                        return Err(reject(format!(
+                            "record block {cid} for {} missing from the commit",
+                            op.path
+                        )));
+                    }
+                    Metrics::inc(&m.commits_too_big_total);
+                    tracing::warn!(
+                        repo = c.repo,
+                        path = op.path,
+                        "tooBig commit: record not in frame"
+                    );
+                    return Ok(None);
+                };
+                // The record's bytes must be what its CID says.
+                verify_block(&cid, block).map_err(|e| reject(e.to_string()))?;
+                let mut change =
+                    self.record_from_block(c.repo, collection, rkey, &cid, c.rev, block);
+                if let Change::Put(w) = &mut change {
+                    w.update = op.action == "update";
+                }
+                Ok(Some(change))
+            }
+            other => Ok(quarantine(format!("unknown op action {other:?}"))),
+        }
     }
 
     /// A `#sync` event: the repo's state changed without the commits on the

@@ -156,6 +156,155 @@ async fn post_views_at(
     // Read before the store is (cache.rs).
     let replies_epoch = state.views.hot.replies.epoch();
     let likes_epoch = state.views.hot.root_likes.epoch();
+    let PostParts {
+        found,
+        counted,
+        mut replies,
+        root_likes,
+    } = read_post_parts(state, uris, thread).await?;
+    if let Some(root_author) = thread {
+        for list in replies.values_mut() {
+            oldest_first(list);
+        }
+        state.views.hot.replies.put_all(replies_epoch, replies);
+        state.views.hot.root_likes.put_all(
+            likes_epoch,
+            found.iter().map(|(uri, _)| {
+                let like = root_likes.get(uri).cloned();
+                ((root_author.to_string(), uri.clone()), like)
+            }),
+        );
+    }
+    // [replies, reposts, likes, quotes] by post.
+    let mut tallies: HashMap<String, [i64; 4]> = HashMap::new();
+    for (target, (collection, path, n)) in counted {
+        let slot = match (collection.as_str(), path.as_str()) {
+            (POST, ".reply.parent.uri") => 0,
+            ("app.bsky.feed.repost", ".subject.uri") => 1,
+            ("app.bsky.feed.like", ".subject.uri") => 2,
+            (POST, ".embed.record.uri" | ".embed.record.record.uri") => 3,
+            _ => continue,
+        };
+        tallies.entry(target).or_default()[slot] += n;
+    }
+    let rows: Vec<_> = found
+        .into_iter()
+        .map(|(uri, row)| {
+            let counts = tallies.get(&uri).copied().unwrap_or_default();
+            (uri, row.cid, row.did, row.record, row.indexed_at, counts)
+        })
+        .collect();
+    let authors: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+    let profiles = profile_views(state, &authors).await?;
+    let mut parsed: Vec<ParsedPost> = Vec::with_capacity(rows.len());
+    for (uri, cid, did, record, indexed_at, counts) in rows {
+        let record: Value = serde_json::from_str(&record)
+            .map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))?;
+        parsed.push((uri, cid, did, record, indexed_at, counts));
+    }
+    // Derived once per post: the record its embed quotes (when embeds are
+    // shown at this depth) and the root of its thread.
+    let show_embeds = depth < 2;
+    let embedded: Vec<Option<&str>> = parsed
+        .iter()
+        .map(|p| {
+            p.3.get("embed")
+                .filter(|_| show_embeds)
+                .and_then(super::embeds::embedded_record)
+        })
+        .collect();
+    let roots: HashMap<&str, &str> = parsed
+        .iter()
+        .map(|p| (p.0.as_str(), gates::root_of(&p.0, &p.3)))
+        .collect();
+    // The posts that these posts' embeds quote, one level deeper.
+    let wanted: Vec<String> = parsed
+        .iter()
+        .filter(|_| show_embeds)
+        .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
+        .map(str::to_string)
+        .collect();
+    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1, None)).await?;
+    // Blocks and post gates between the quoting posts and what they quote.
+    let quoting: Vec<(&Value, &str, &str)> = parsed
+        .iter()
+        .zip(&embedded)
+        .filter_map(|(p, e)| Some((&p.3, p.0.as_str(), (*e)?)))
+        .collect();
+    let (blocks, detached) = if quoting.is_empty() {
+        Default::default()
+    } else {
+        let pairs: Vec<(String, String)> = quoting
+            .iter()
+            .map(|(_, uri, quoted)| (uri.to_string(), quoted.to_string()))
+            .collect();
+        (
+            gates::post_blocks(
+                state,
+                quoting.iter().map(|(record, uri, _)| (*uri, *record)),
+            )
+            .await?,
+            gates::detached_quotes(state, &pairs).await?,
+        )
+    };
+    let (threadgates, gated_counts) = reply_gates(state, &parsed, &roots).await?;
+    let mut out = HashMap::new();
+    for (uri, cid, did, record, indexed_at, [replies, reposts, likes, quotes]) in parsed {
+        let replies = replies - gated_counts.get(&uri).copied().unwrap_or(0);
+        let threadgate = threadgates
+            .get(&uri)
+            .filter(|_| record.get("reply").is_none())
+            .map(gates::Threadgate::view);
+        let gate = super::embeds::QuoteState {
+            blocked: blocks.get(&uri).is_some_and(|b| b.embed),
+            detached: detached.get(&uri).copied(),
+        };
+        let embed = record.get("embed").filter(|_| show_embeds).and_then(|e| {
+            super::embeds::embed_view(&state.views.media, &did, e, &quoted, depth + 1, gate)
+        });
+        let mut view = json!({
+            "uri": uri,
+            "cid": cid,
+            "author": basic(&profiles[&did]),
+            "record": record,
+            "replyCount": replies,
+            "repostCount": reposts,
+            "likeCount": likes,
+            "quoteCount": quotes,
+            "indexedAt": indexed_at,
+            "labels": [],
+        });
+        if let Some(embed) = embed {
+            view["embed"] = embed;
+        }
+        if let Some(threadgate) = threadgate {
+            view["threadgate"] = threadgate;
+        }
+        out.insert(uri, view);
+    }
+    Ok(out)
+}
+
+/// A post being viewed: URI, CID, author DID, record, indexing time and
+/// [replies, reposts, likes, quotes].
+type ParsedPost = (String, String, String, Value, String, [i64; 4]);
+
+/// What the lookups give for a set of posts: their rows, their
+/// `link_counts` rows, and with a thread root's author, their direct replies
+/// (whole for the posts the store read) and that author's likes of them.
+struct PostParts {
+    found: Vec<(String, super::lookups::PostRow)>,
+    counted: Vec<(String, super::lookups::CountRow)>,
+    replies: HashMap<String, Vec<String>>,
+    root_likes: HashMap<String, String>,
+}
+
+/// Reads the parts of `uris`' post views (see [`PostParts`]).
+async fn read_post_parts(
+    state: &Bsky,
+    uris: &[String],
+    thread: Option<&str>,
+) -> Result<PostParts, XrpcError> {
     // Rows the search index holds leave only their counts (and the root
     // author's likes) to the store: a point lookup in the index each, and a
     // statement without the records branch, whose planning and compressed
@@ -240,91 +389,21 @@ async fn post_views_at(
             PostPart::Like { .. } => {}
         }
     }
-    if let Some(root_author) = thread {
-        for list in replies.values_mut() {
-            oldest_first(list);
-        }
-        state.views.hot.replies.put_all(replies_epoch, replies);
-        state.views.hot.root_likes.put_all(
-            likes_epoch,
-            found.iter().map(|(uri, _)| {
-                let like = root_likes.get(uri).cloned();
-                ((root_author.to_string(), uri.clone()), like)
-            }),
-        );
-    }
-    // [replies, reposts, likes, quotes] by post.
-    let mut tallies: HashMap<String, [i64; 4]> = HashMap::new();
-    for (target, (collection, path, n)) in counted {
-        let slot = match (collection.as_str(), path.as_str()) {
-            (POST, ".reply.parent.uri") => 0,
-            ("app.bsky.feed.repost", ".subject.uri") => 1,
-            ("app.bsky.feed.like", ".subject.uri") => 2,
-            (POST, ".embed.record.uri" | ".embed.record.record.uri") => 3,
-            _ => continue,
-        };
-        tallies.entry(target).or_default()[slot] += n;
-    }
-    let rows: Vec<_> = found
-        .into_iter()
-        .map(|(uri, row)| {
-            let counts = tallies.get(&uri).copied().unwrap_or_default();
-            (uri, row.cid, row.did, row.record, row.indexed_at, counts)
-        })
-        .collect();
-    let authors: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-    let profiles = profile_views(state, &authors).await?;
-    let mut parsed = Vec::with_capacity(rows.len());
-    for (uri, cid, did, record, indexed_at, counts) in rows {
-        let record: Value = serde_json::from_str(&record)
-            .map_err(|e| XrpcError::internal(format!("stored record is not JSON: {e}")))?;
-        parsed.push((uri, cid, did, record, indexed_at, counts));
-    }
-    // Derived once per post: the record its embed quotes (when embeds are
-    // shown at this depth) and the root of its thread.
-    let show_embeds = depth < 2;
-    let embedded: Vec<Option<&str>> = parsed
-        .iter()
-        .map(|p| {
-            p.3.get("embed")
-                .filter(|_| show_embeds)
-                .and_then(super::embeds::embedded_record)
-        })
-        .collect();
-    let roots: HashMap<&str, &str> = parsed
-        .iter()
-        .map(|p| (p.0.as_str(), gates::root_of(&p.0, &p.3)))
-        .collect();
-    // The posts that these posts' embeds quote, one level deeper.
-    let wanted: Vec<String> = parsed
-        .iter()
-        .filter(|_| show_embeds)
-        .filter_map(|p| super::embeds::quoted_post(p.3.get("embed")?))
-        .map(str::to_string)
-        .collect();
-    let quoted = Box::pin(post_views_at(state, &wanted, depth + 1, None)).await?;
-    // Blocks and post gates between the quoting posts and what they quote.
-    let quoting: Vec<(&Value, &str, &str)> = parsed
-        .iter()
-        .zip(&embedded)
-        .filter_map(|(p, e)| Some((&p.3, p.0.as_str(), (*e)?)))
-        .collect();
-    let (blocks, detached) = if quoting.is_empty() {
-        Default::default()
-    } else {
-        let pairs: Vec<(String, String)> = quoting
-            .iter()
-            .map(|(_, uri, quoted)| (uri.to_string(), quoted.to_string()))
-            .collect();
-        (
-            gates::post_blocks(
-                state,
-                quoting.iter().map(|(record, uri, _)| (*uri, *record)),
-            )
-            .await?,
-            gates::detached_quotes(state, &pairs).await?,
-        )
-    };
+    Ok(PostParts {
+        found,
+        counted,
+        replies,
+        root_likes,
+    })
+}
+
+/// Thread gates of the posts' roots, and per post the direct replies its
+/// root's gate does not allow (not counted, as the AppView counts them).
+async fn reply_gates(
+    state: &Bsky,
+    parsed: &[ParsedPost],
+    roots: &HashMap<&str, &str>,
+) -> Result<(HashMap<String, gates::Threadgate>, HashMap<String, i64>), XrpcError> {
     // Thread gates: shown on root posts; replies a gate does not allow are
     // not counted (as the AppView counts them).
     let threadgates = gates::threadgates(state, roots.values().copied()).await?;
@@ -345,41 +424,7 @@ async fn post_views_at(
             *gated_counts.entry(l.target.clone()).or_default() += 1;
         }
     }
-    let mut out = HashMap::new();
-    for (uri, cid, did, record, indexed_at, [replies, reposts, likes, quotes]) in parsed {
-        let replies = replies - gated_counts.get(&uri).copied().unwrap_or(0);
-        let threadgate = threadgates
-            .get(&uri)
-            .filter(|_| record.get("reply").is_none())
-            .map(gates::Threadgate::view);
-        let gate = super::embeds::QuoteState {
-            blocked: blocks.get(&uri).is_some_and(|b| b.embed),
-            detached: detached.get(&uri).copied(),
-        };
-        let embed = record.get("embed").filter(|_| show_embeds).and_then(|e| {
-            super::embeds::embed_view(&state.views.media, &did, e, &quoted, depth + 1, gate)
-        });
-        let mut view = json!({
-            "uri": uri,
-            "cid": cid,
-            "author": basic(&profiles[&did]),
-            "record": record,
-            "replyCount": replies,
-            "repostCount": reposts,
-            "likeCount": likes,
-            "quoteCount": quotes,
-            "indexedAt": indexed_at,
-            "labels": [],
-        });
-        if let Some(embed) = embed {
-            view["embed"] = embed;
-        }
-        if let Some(threadgate) = threadgate {
-            view["threadgate"] = threadgate;
-        }
-        out.insert(uri, view);
-    }
-    Ok(out)
+    Ok((threadgates, gated_counts))
 }
 
 fn not_found(uri: &str) -> Value {
@@ -497,16 +542,84 @@ pub async fn get_post_thread(
         .remove(&uri)
         .ok_or_else(|| XrpcError::named("NotFound", format!("Post not found: {uri}")))?;
 
-    // Replies, level by level, down to `depth`; only posts whose (exact)
-    // reply count says they have replies are looked up, which saves the
-    // query of the last, empty level.
+    let ThreadBelow {
+        children,
+        views,
+        prefetched,
+    } = replies_below(state, &uri, &anchor, depth, parent_height).await?;
+    // Replies whose author and their parent's author block each other are
+    // left out (with what hangs below them).
+    let blocks =
+        gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
+    // Replies their thread's gate does not allow are left out; an anchor
+    // that is one is shown alone. The thread root's gate, shown beside the
+    // thread, comes from the same lookup.
+    let replies = gates::reply_roots(
+        views
+            .iter()
+            .map(|(u, v)| (u.as_str(), &v["record"]))
+            .chain([(uri.as_str(), &anchor["record"])]),
+    );
+    let root = gates::root_of(&uri, &anchor["record"]);
+    let threadgates =
+        gates::threadgates(state, replies.iter().map(|(_, r)| r.as_str()).chain([root])).await?;
+    let gated = gates::gated_replies(state, &replies, &threadgates).await?;
+    let threadgate = threadgates.get(root).map(gates::Threadgate::view);
+    let answer = |thread: Value| match &threadgate {
+        Some(gate) => json!({ "thread": thread, "threadgate": gate }),
+        None => json!({ "thread": thread }),
+    };
+    if gated.contains(&uri) {
+        let mut thread =
+            json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": anchor.clone()});
+        add_thread_context(state, &anchor, &mut thread).await?;
+        return Ok(answer(thread));
+    }
+    let mut thread = reply_tree(
+        &uri,
+        anchor.clone(),
+        depth,
+        &children,
+        &views,
+        &blocks,
+        &gated,
+    );
+
+    let parent = parent_chain(state, &anchor, parent_height, prefetched).await?;
+    if let Some(parent) = parent {
+        thread["parent"] = parent;
+    }
+    add_thread_context(state, &anchor, &mut thread).await?;
+    Ok(answer(thread))
+}
+
+/// A thread's replies below the anchor, level by level down to `depth`
+/// (each post's direct replies in `children`, their views in `views`), and
+/// the anchor's parent and root (up to `parent_height`) read along.
+struct ThreadBelow {
+    children: HashMap<String, Vec<String>>,
+    views: HashMap<String, Value>,
+    /// Views of the anchor's ancestors, read with the replies.
+    prefetched: HashMap<String, Value>,
+}
+
+/// Reads [`ThreadBelow`] for the thread view of `uri` (whose view is
+/// `anchor`). Only posts whose (exact) reply count says they have replies
+/// are looked up, which saves the query of the last, empty level.
+async fn replies_below(
+    state: &Bsky,
+    uri: &str,
+    anchor: &Value,
+    depth: i64,
+    parent_height: i64,
+) -> Result<ThreadBelow, XrpcError> {
     let has_replies = |view: &Value| view["replyCount"].as_i64().unwrap_or(0) > 0;
     let root_author =
-        crate::index::event::did_of(gates::root_of(&uri, &anchor["record"])).to_string();
+        crate::index::event::did_of(gates::root_of(uri, &anchor["record"])).to_string();
     let mut children: HashMap<String, Vec<String>> = HashMap::new();
     let mut views: HashMap<String, Value> = HashMap::new();
-    let mut level: Vec<String> = if has_replies(&anchor) {
-        vec![uri.clone()]
+    let mut level: Vec<String> = if has_replies(anchor) {
+        vec![uri.to_string()]
     } else {
         Vec::new()
     };
@@ -516,7 +629,7 @@ pub async fn get_post_thread(
     // store queries instead of three.
     let mut ancestors: Vec<String> = Vec::new();
     if parent_height > 0 {
-        if let Some(parent) = parent_of(&anchor) {
+        if let Some(parent) = parent_of(anchor) {
             let root = anchor
                 .pointer("/record/reply/root/uri")
                 .and_then(Value::as_str)
@@ -564,80 +677,59 @@ pub async fn get_post_thread(
         // No replies were read: the parent and the root in one round.
         prefetched.extend(post_views(state, &ancestors).await?);
     }
-    // Replies whose author and their parent's author block each other are
-    // left out (with what hangs below them).
-    let blocks =
-        gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
-    // Replies their thread's gate does not allow are left out; an anchor
-    // that is one is shown alone. The thread root's gate, shown beside the
-    // thread, comes from the same lookup.
-    let replies = gates::reply_roots(
-        views
-            .iter()
-            .map(|(u, v)| (u.as_str(), &v["record"]))
-            .chain([(uri.as_str(), &anchor["record"])]),
-    );
-    let root = gates::root_of(&uri, &anchor["record"]);
-    let threadgates =
-        gates::threadgates(state, replies.iter().map(|(_, r)| r.as_str()).chain([root])).await?;
-    let gated = gates::gated_replies(state, &replies, &threadgates).await?;
-    let threadgate = threadgates.get(root).map(gates::Threadgate::view);
-    let answer = |thread: Value| match &threadgate {
-        Some(gate) => json!({ "thread": thread, "threadgate": gate }),
-        None => json!({ "thread": thread }),
-    };
-    if gated.contains(&uri) {
-        let mut thread =
-            json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": anchor.clone()});
-        add_thread_context(state, &anchor, &mut thread).await?;
-        return Ok(answer(thread));
-    }
-    fn build(
-        uri: &str,
-        view: Value,
-        left: i64,
-        children: &HashMap<String, Vec<String>>,
-        views: &HashMap<String, Value>,
-        blocks: &HashMap<String, gates::PostBlocks>,
-        gated: &std::collections::HashSet<String>,
-    ) -> Value {
-        let mut node = json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": view});
-        if left > 0 {
-            let replies: Vec<Value> = children
-                .get(uri)
-                .into_iter()
-                .flatten()
-                .filter(|c| !blocks.get(*c).is_some_and(|b| b.parent) && !gated.contains(*c))
-                .filter_map(|c| {
-                    // A reply listed under a parent it no longer names (an
-                    // update since the search index's snapshot) is left out.
-                    views
-                        .get(c)
-                        .filter(|v| {
-                            v.pointer("/record/reply/parent/uri")
-                                .and_then(Value::as_str)
-                                == Some(uri)
-                        })
-                        .map(|v| build(c, v.clone(), left - 1, children, views, blocks, gated))
-                })
-                .collect();
-            node["replies"] = Value::Array(replies);
-        }
-        node
-    }
-    let mut thread = build(
-        &uri,
-        anchor.clone(),
-        depth,
-        &children,
-        &views,
-        &blocks,
-        &gated,
-    );
+    Ok(ThreadBelow {
+        children,
+        views,
+        prefetched,
+    })
+}
 
-    // Parents, up to `parentHeight`; a missing one is a notFoundPost, one
-    // whose author and its child's block each other a blockedPost (and the
-    // chain ends there).
+/// A reply tree node: `view` and, while `left` levels remain, its replies
+/// (minus those blocked from their parent or not allowed by their gate).
+fn reply_tree(
+    uri: &str,
+    view: Value,
+    left: i64,
+    children: &HashMap<String, Vec<String>>,
+    views: &HashMap<String, Value>,
+    blocks: &HashMap<String, gates::PostBlocks>,
+    gated: &std::collections::HashSet<String>,
+) -> Value {
+    let mut node = json!({"$type": "app.bsky.feed.defs#threadViewPost", "post": view});
+    if left > 0 {
+        let replies: Vec<Value> = children
+            .get(uri)
+            .into_iter()
+            .flatten()
+            .filter(|c| !blocks.get(*c).is_some_and(|b| b.parent) && !gated.contains(*c))
+            .filter_map(|c| {
+                // A reply listed under a parent it no longer names (an
+                // update since the search index's snapshot) is left out.
+                views
+                    .get(c)
+                    .filter(|v| {
+                        v.pointer("/record/reply/parent/uri")
+                            .and_then(Value::as_str)
+                            == Some(uri)
+                    })
+                    .map(|v| reply_tree(c, v.clone(), left - 1, children, views, blocks, gated))
+            })
+            .collect();
+        node["replies"] = Value::Array(replies);
+    }
+    node
+}
+
+/// The anchor's parents, up to `parent_height`, nested (the nearest parent
+/// holds the next one up): a missing one is a notFoundPost, one whose
+/// author and its child's block each other a blockedPost (and the chain
+/// ends there).
+async fn parent_chain(
+    state: &Bsky,
+    anchor: &Value,
+    parent_height: i64,
+    mut prefetched: HashMap<String, Value>,
+) -> Result<Option<Value>, XrpcError> {
     let mut chain = Vec::new();
     let mut child = anchor.clone();
     while let Some(parent) = parent_of(&child) {
@@ -673,16 +765,10 @@ pub async fn get_post_thread(
             }
         }
     }
-    // Nest them: the nearest parent holds the next one up.
-    let parent = chain.into_iter().rev().reduce(|upper, mut lower| {
+    Ok(chain.into_iter().rev().reduce(|upper, mut lower| {
         lower["parent"] = upper;
         lower
-    });
-    if let Some(parent) = parent {
-        thread["parent"] = parent;
-    }
-    add_thread_context(state, &anchor, &mut thread).await?;
-    Ok(answer(thread))
+    }))
 }
 
 /// At most this many posts of a thread are read ahead by [`prefetch_thread`].
@@ -950,9 +1036,96 @@ pub async fn get_author_feed(
     } else {
         None
     };
-    let key = did.clone();
     // The author's posts and reposts, newest first by record key.
-    let mut rows = state
+    let mut rows = author_rows(state, &did, filter, after, limit).await?;
+    let next = cut_page(&mut rows, limit, |(_, _, rkey, _, _, _)| {
+        encode_cursor(rkey, &did)
+    });
+    // Hydrate the posts, the reposted posts and every reply's root and parent.
+    let mut wanted: Vec<String> = pinned.iter().cloned().collect();
+    for (uri, collection, _, subject, _, _) in &rows {
+        match (collection.as_str(), subject) {
+            ("app.bsky.feed.repost", Some(s)) => wanted.push(s.clone()),
+            _ => wanted.push(uri.clone()),
+        }
+    }
+    let mut views = post_views(state, &wanted).await?;
+    let mut refs = Vec::new();
+    for v in views.values() {
+        for key in ["/record/reply/root/uri", "/record/reply/parent/uri"] {
+            if let Some(u) = v.pointer(key).and_then(Value::as_str) {
+                refs.push(u.to_string());
+            }
+        }
+    }
+    views.extend(post_views(state, &refs).await?);
+    let blocks =
+        gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
+    // A reply its thread's gate does not allow is shown without its context.
+    let gated =
+        gates::gated_posts(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
+    let reposter = profile_views(state, std::slice::from_ref(&did)).await?;
+    let mut feed = Vec::new();
+    // Each item: the post shown, and why (pinned, reposted, or none).
+    let pin = pinned.as_ref().map(|uri| {
+        let reason = json!({ "$type": "app.bsky.feed.defs#reasonPin" });
+        (uri, Some(reason))
+    });
+    let listed = rows
+        .iter()
+        .filter_map(|(uri, collection, _, subject, indexed_at, cid)| {
+            if collection != "app.bsky.feed.repost" {
+                return Some((uri, None));
+            }
+            let reason = json!({
+                "$type": "app.bsky.feed.defs#reasonRepost",
+                "by": basic(&reposter[&did]),
+                "uri": uri,
+                "cid": cid,
+                "indexedAt": indexed_at,
+            });
+            Some((subject.as_ref()?, Some(reason)))
+        })
+        // The pinned post is not shown again below it (nor reposts of it).
+        .filter(|(post_uri, _)| pinned.as_ref() != Some(*post_uri));
+    for (post_uri, reason) in pin.into_iter().chain(listed) {
+        let Some(post) = views.get(post_uri).cloned() else {
+            continue;
+        };
+        let mut item = json!({ "post": post });
+        if !gated.contains(post_uri) {
+            if let Some(reply) = reply_context(&post, post_uri, &views, &blocks) {
+                item["reply"] = reply;
+            }
+        }
+        if let Some(reason) = reason {
+            item["reason"] = reason;
+        }
+        feed.push(item);
+    }
+    let mut out = json!({ "feed": feed });
+    if let Some(c) = next {
+        out["cursor"] = json!(c);
+    }
+    Ok(out)
+}
+
+/// A row of an author feed: URI, collection, rkey, the reposted post's URI
+/// (for a repost), indexing time and CID.
+type AuthorRow = (String, String, String, Option<String>, String, String);
+
+/// The author's posts and reposts that `filter` keeps, newest first by
+/// record key, after `after`: `limit` + 1 of them (the one more says
+/// whether there is a next page).
+async fn author_rows(
+    state: &Bsky,
+    did: &str,
+    filter: String,
+    after: Option<(String, String)>,
+    limit: i64,
+) -> Result<Vec<AuthorRow>, XrpcError> {
+    let key = did.to_string();
+    Ok(state
         .readers
         .with(move |c| {
             let (ck, _) = after.unzip();
@@ -1019,104 +1192,45 @@ pub async fn get_author_feed(
             })?;
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
-        .await?;
-    let next = cut_page(&mut rows, limit, |(_, _, rkey, _, _, _)| {
-        encode_cursor(rkey, &did)
-    });
-    // Hydrate the posts, the reposted posts and every reply's root and parent.
-    let mut wanted: Vec<String> = pinned.iter().cloned().collect();
-    for (uri, collection, _, subject, _, _) in &rows {
-        match (collection.as_str(), subject) {
-            ("app.bsky.feed.repost", Some(s)) => wanted.push(s.clone()),
-            _ => wanted.push(uri.clone()),
-        }
-    }
-    let mut views = post_views(state, &wanted).await?;
-    let mut refs = Vec::new();
-    for v in views.values() {
-        for key in ["/record/reply/root/uri", "/record/reply/parent/uri"] {
-            if let Some(u) = v.pointer(key).and_then(Value::as_str) {
-                refs.push(u.to_string());
-            }
-        }
-    }
-    views.extend(post_views(state, &refs).await?);
-    let blocks =
-        gates::post_blocks(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
+        .await?)
+}
+
+/// The reply context of a feed item whose post is a reply: its root and
+/// parent (a blockedPost where blocks stand between them and the post, for
+/// the root also between it and the parent), and the grandparent's author.
+fn reply_context(
+    post: &Value,
+    post_uri: &str,
+    views: &HashMap<String, Value>,
+    blocks: &HashMap<String, gates::PostBlocks>,
+) -> Option<Value> {
     let blocked =
         |uri: &str, pick: fn(&gates::PostBlocks) -> bool| blocks.get(uri).is_some_and(pick);
-    // A reply its thread's gate does not allow is shown without its context.
-    let gated =
-        gates::gated_posts(state, views.iter().map(|(u, v)| (u.as_str(), &v["record"]))).await?;
-    let reposter = profile_views(state, std::slice::from_ref(&did)).await?;
-    let mut feed = Vec::new();
-    // Each item: the post shown, and why (pinned, reposted, or none).
-    let pin = pinned.as_ref().map(|uri| {
-        let reason = json!({ "$type": "app.bsky.feed.defs#reasonPin" });
-        (uri, Some(reason))
+    let root = post
+        .pointer("/record/reply/root/uri")
+        .and_then(Value::as_str)?;
+    let parent = post
+        .pointer("/record/reply/parent/uri")
+        .and_then(Value::as_str)?;
+    let view = |u: &str, is_blocked: bool| match views.get(u) {
+        Some(_) if is_blocked => gates::blocked_post(u),
+        Some(v) => typed(v.clone(), "app.bsky.feed.defs#postView"),
+        None => not_found(u),
+    };
+    let parent_blocked = blocked(post_uri, |b| b.parent);
+    let root_blocked = blocked(post_uri, |b| b.root) || blocked(parent, |b| b.root);
+    let mut reply = json!({
+        "root": view(root, root_blocked),
+        "parent": view(parent, parent_blocked),
     });
-    let listed = rows
-        .iter()
-        .filter_map(|(uri, collection, _, subject, indexed_at, cid)| {
-            if collection != "app.bsky.feed.repost" {
-                return Some((uri, None));
-            }
-            let reason = json!({
-                "$type": "app.bsky.feed.defs#reasonRepost",
-                "by": basic(&reposter[&did]),
-                "uri": uri,
-                "cid": cid,
-                "indexedAt": indexed_at,
-            });
-            Some((subject.as_ref()?, Some(reason)))
-        })
-        // The pinned post is not shown again below it (nor reposts of it).
-        .filter(|(post_uri, _)| pinned.as_ref() != Some(*post_uri));
-    for (post_uri, reason) in pin.into_iter().chain(listed) {
-        let Some(post) = views.get(post_uri).cloned() else {
-            continue;
-        };
-        let mut item = json!({ "post": post });
-        let reply = (!gated.contains(post_uri)).then(|| {
-            (
-                post.pointer("/record/reply/root/uri")
-                    .and_then(Value::as_str),
-                post.pointer("/record/reply/parent/uri")
-                    .and_then(Value::as_str),
-            )
-        });
-        if let Some((Some(root), Some(parent))) = reply {
-            // A shown parent or root is a blockedPost when blocks stand
-            // between it and the post (for the root: or the parent).
-            let view = |u: &str, is_blocked: bool| match views.get(u) {
-                Some(_) if is_blocked => gates::blocked_post(u),
-                Some(v) => typed(v.clone(), "app.bsky.feed.defs#postView"),
-                None => not_found(u),
-            };
-            let parent_blocked = blocked(post_uri, |b| b.parent);
-            let root_blocked = blocked(post_uri, |b| b.root) || blocked(parent, |b| b.root);
-            item["reply"] = json!({
-                "root": view(root, root_blocked),
-                "parent": view(parent, parent_blocked),
-            });
-            if let Some(gp) = views
-                .get(parent)
-                .filter(|_| !parent_blocked)
-                .and_then(|pv| pv.pointer("/record/reply/parent/uri"))
-                .and_then(Value::as_str)
-                .and_then(|gp| views.get(gp))
-            {
-                item["reply"]["grandparentAuthor"] = gp["author"].clone();
-            }
-        }
-        if let Some(reason) = reason {
-            item["reason"] = reason;
-        }
-        feed.push(item);
+    if let Some(gp) = views
+        .get(parent)
+        .filter(|_| !parent_blocked)
+        .and_then(|pv| pv.pointer("/record/reply/parent/uri"))
+        .and_then(Value::as_str)
+        .and_then(|gp| views.get(gp))
+    {
+        reply["grandparentAuthor"] = gp["author"].clone();
     }
-    let mut out = json!({ "feed": feed });
-    if let Some(c) = next {
-        out["cursor"] = json!(c);
-    }
-    Ok(out)
+    Some(reply)
 }
