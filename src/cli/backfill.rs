@@ -175,6 +175,9 @@ impl Progress {
 }
 
 /// Runs `lexview backfill`.
+/// Long on purpose: the two ways in (local files, a host) share the
+/// progress and the summary; the fetching threads are inline to keep their
+/// hand-off to the applying thread in view.
 pub fn run(args: BackfillConfig) -> anyhow::Result<()> {
     purge_memory_promptly();
     let catalog = Arc::new(crate::cli::load_catalog(&args.lexicons)?);

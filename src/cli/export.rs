@@ -69,6 +69,8 @@ pub fn run(data: &Path, out: &Path, format: Format, collections: &[String]) -> a
 }
 
 /// Exports the store under `data` into `out`.
+/// Long on purpose: one read transaction, one `COPY` per table in order;
+/// keeping them together keeps the transaction's extent in view.
 pub fn export(
     data: &Path,
     out: &Path,

@@ -76,6 +76,9 @@ struct Resume {
 }
 
 /// Runs until SIGINT or SIGTERM, then drains the writer and returns.
+/// Long on purpose: the one place where every subsystem starts, in the order
+/// their dependencies need (each step is a function of its own); split
+/// further, the order would be spread over several functions.
 pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&cfg.lexicons)?);
     if catalog.records().next().is_none() {
@@ -187,8 +190,6 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         metrics.clone(),
         on_commit(&search, &views, &api_handles, handles, &events),
     ));
-    let mut methods = api::xrpc::generic_methods();
-    views.methods(&mut methods);
     let state = AppState::new(api::StateParts {
         generation: generation(&cfg, &catalog, &readers, &events, &search)?,
         readers,
@@ -198,28 +199,11 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         events,
         search: Some(search.clone()),
         handles: api_handles,
-        methods,
+        methods: methods(&views),
         extensions: vec![views],
     });
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!("serving on http://{}", listener.local_addr()?);
     reload_on_hangup(cfg.clone(), state.clone(), ingest_catalog);
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: stopping sources and draining the writer");
-        token.cancel();
-    });
-    let server = {
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, api::app(state))
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-        })
-    };
+    let server = start_http(&cfg, state, &shutdown).await?;
 
     // Shutdown: sources stop, the ingest thread and the resync workers
     // finish, and the writer commits everything it was handed.
@@ -236,6 +220,38 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || search.close()).await;
     let _ = server.await;
     Ok(())
+}
+
+/// The XRPC methods: the generic ones and the app.bsky room's.
+fn methods(views: &Arc<api::bsky::Views>) -> api::xrpc::Methods {
+    let mut methods = api::xrpc::generic_methods();
+    views.methods(&mut methods);
+    methods
+}
+
+/// Binds `--listen` and serves the API until shutdown, which SIGINT or
+/// SIGTERM starts.
+async fn start_http(
+    cfg: &ServeConfig,
+    state: AppState,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!("serving on http://{}", listener.local_addr()?);
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: stopping sources and draining the writer");
+        token.cancel();
+    });
+    let token = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, api::app(state))
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    }))
 }
 
 /// What the ingest thread's ingestor is made from.

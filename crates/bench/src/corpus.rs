@@ -199,6 +199,7 @@ impl Corpus {
         format!("{} {i}", text.join(" "))
     }
 
+    /// Long on purpose: the workload mix, one arm per kind of event.
     fn frame(&mut self, i: usize) -> anyhow::Result<Vec<u8>> {
         let author = i % self.dids.len();
         let did = &self.dids[author];

@@ -168,6 +168,7 @@ fn xrpc(base: &str, nsid: &str, params: &[(&str, &str)]) -> Request {
 
 const GRAPHQL_PAGE: &str = "query Page($author: String!) { appBskyFeedPost(where: {author: $author}, sortBy: indexedAt, order: DESC, first: 50) { nodes { uri cid text createdAt appBskyFeedLikeBySubjectCount author { did handle } } } }";
 
+/// Long on purpose: the list of load cases, one entry each.
 async fn drive_all(
     args: &BenchArgs,
     port: u16,

@@ -144,6 +144,8 @@ async fn post_views_with(
 /// With `thread` (a thread root's author), the posts' direct replies and
 /// that author's likes of them are read in the same statement and stored
 /// in the hot caches ([`thread_post_views`]).
+/// Long on purpose: one pass that reads a set of posts and everything their
+/// views show, batched per kind; the reads are functions of their own.
 async fn post_views_at(
     state: &Bsky,
     uris: &[String],

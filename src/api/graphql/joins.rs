@@ -153,7 +153,7 @@ pub(super) fn add_reverse_joins(
                         let n = loader
                             .load_one(key)
                             .await
-                            .map_err(|e| async_graphql::Error::new(e.to_string()))?
+                            .map_err(loaded_error)?
                             .unwrap_or(0);
                         Ok(Some(FieldValue::value(n)))
                     })
@@ -248,43 +248,58 @@ impl async_graphql::dataloader::Loader<ActorCountKey> for ActorCounts {
                 Ok(out)
             })
             .await
-            .map_err(|e| Arc::new(e.to_string()))
+            .map_err(loader_error)
     }
 }
 
-/// Everything of a reverse-join connection request but its parent.
+/// Everything of a reverse-join connection request but its parent. Two
+/// requests are the same when their fields are (`after` by its cursor).
 #[derive(Debug)]
 pub(super) struct ConnSpec {
     pub(super) collection: String,
     pub(super) join: Join,
     pub(super) query: Query,
-    pub(super) after: Option<(Value, String)>,
+    /// The cursor as given, and `after` decoded from it.
+    pub(super) cursor: Option<String>,
+    pub(super) after: Option<(Bound, String)>,
     pub(super) first: i64,
     pub(super) backward: bool,
 }
 
+impl ConnSpec {
+    /// What makes two requests the same (`after` is decoded from `cursor`).
+    fn identity(&self) -> impl PartialEq + std::hash::Hash + '_ {
+        (
+            &self.collection,
+            &self.join,
+            &self.query,
+            &self.cursor,
+            self.first,
+            self.backward,
+        )
+    }
+}
+
+impl PartialEq for ConnSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for ConnSpec {}
+
+impl std::hash::Hash for ConnSpec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+
 /// One parent's page of a reverse-join connection; requests with the same
-/// fingerprint (the same field and arguments) are loaded together.
-#[derive(Clone)]
+/// spec (the same field and arguments) are loaded together.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) struct ConnKey {
-    pub(super) fingerprint: Arc<str>,
     pub(super) spec: Arc<ConnSpec>,
     pub(super) parent: String,
-}
-
-impl PartialEq for ConnKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.fingerprint == other.fingerprint && self.parent == other.parent
-    }
-}
-
-impl Eq for ConnKey {}
-
-impl std::hash::Hash for ConnKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.fingerprint.hash(state);
-        self.parent.hash(state);
-    }
 }
 
 /// Loads the pages of a reverse-join connection for all its parents in a
@@ -301,13 +316,10 @@ impl async_graphql::dataloader::Loader<ConnKey> for Connections {
         &self,
         keys: &[ConnKey],
     ) -> Result<std::collections::HashMap<ConnKey, Page>, Self::Error> {
-        let mut groups: std::collections::HashMap<Arc<str>, Vec<ConnKey>> =
+        let mut groups: std::collections::HashMap<Arc<ConnSpec>, Vec<ConnKey>> =
             std::collections::HashMap::new();
         for k in keys {
-            groups
-                .entry(k.fingerprint.clone())
-                .or_default()
-                .push(k.clone());
+            groups.entry(k.spec.clone()).or_default().push(k.clone());
         }
         self.0
             .with(move |c| {
@@ -324,7 +336,7 @@ impl async_graphql::dataloader::Loader<ConnKey> for Connections {
                 Ok(out)
             })
             .await
-            .map_err(|e| Arc::new(e.to_string()))
+            .map_err(loader_error)
     }
 }
 
@@ -332,14 +344,12 @@ impl async_graphql::dataloader::Loader<ConnKey> for Connections {
 /// rows after the cursor `after` in the order of `key` then URI, and returns
 /// that order's SQL direction.
 pub(super) fn seek(
-    after: &Option<(Value, String)>,
+    after: &Option<(Bound, String)>,
     key: &str,
-    key_is_int: bool,
     descending: bool,
     filter: &mut String,
     values: &mut Vec<duckdb::types::Value>,
-) -> duckdb::Result<&'static str> {
-    use duckdb::types::Value as V;
+) -> &'static str {
     let (cmp, order) = if descending {
         ("<", "DESC")
     } else {
@@ -349,19 +359,16 @@ pub(super) fn seek(
         filter.push_str(&format!(
             " AND ({key} {cmp} ? OR ({key} = ? AND r.uri {cmp} ?))"
         ));
-        let kv = match (k, key_is_int) {
-            (Value::Number(n), true) => V::BigInt(n.as_i64().unwrap_or_default()),
-            (Value::String(s), false) => V::Text(s.clone()),
-            _ => return Err(duckdb::Error::InvalidParameterName("after".into())),
-        };
-        values.push(kv.clone());
-        values.push(kv);
-        values.push(V::Text(uri.clone()));
+        values.push(k.clone().into());
+        values.push(k.clone().into());
+        values.push(duckdb::types::Value::Text(uri.clone()));
     }
-    Ok(order)
+    order
 }
 
 /// The pages of `spec` for each of `parents` (URIs or DIDs, no spaces).
+/// Long on purpose: one statement for many pages (a window per parent),
+/// with its SQL built and its rows split in one place.
 pub(super) fn batch_pages(
     c: &duckdb::Connection,
     spec: &ConnSpec,
@@ -392,7 +399,7 @@ pub(super) fn batch_pages(
         filter.push_str(" AND ");
         filter.push_str(cond);
     }
-    values.extend(spec.query.values.iter().cloned());
+    values.extend(spec.query.values.iter().cloned().map(Into::into));
     let mut totals: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     {
         let mut stmt = c.prepare_cached(&format!(
@@ -412,14 +419,7 @@ pub(super) fn batch_pages(
         .sort
         .clone()
         .unwrap_or(("r.uri".to_string(), false));
-    let order = seek(
-        &spec.after,
-        &key,
-        key_is_int,
-        descending,
-        &mut filter,
-        &mut values,
-    )?;
+    let order = seek(&spec.after, &key, descending, &mut filter, &mut values);
     values.push(V::BigInt(spec.first + 1));
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {RECORD_COLUMNS}, {key} AS sort_key, j.parent,
@@ -493,7 +493,7 @@ pub(super) fn batch_pages(
 }
 
 /// How a connection of records relates to the object it hangs from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Join {
     /// A root field: all records of the collection.
     None,
@@ -539,8 +539,8 @@ impl Join {
             Join::LinksHere { path } => {
                 q.conditions
                     .push("r.uri IN (SELECT source_uri FROM links_to(?) WHERE path = ?)".into());
-                q.values.push(duckdb::types::Value::Text(parent()?));
-                q.values.push(duckdb::types::Value::Text(path.clone()));
+                q.values.push(Bound::Text(parent()?));
+                q.values.push(Bound::Text(path.clone()));
             }
             Join::AuthoredBy => {
                 q.by_author(parent()?);
@@ -597,16 +597,20 @@ pub(super) fn connection_field(
                 if let Some(parent) = join.parent(&ctx)? {
                     // A reverse join: batched with the same field of every
                     // other parent in the response.
+                    let after = after_position(
+                        cursor.as_deref().map(decode_gql_cursor).transpose()?,
+                        query.sort.as_ref().is_some_and(|(_, int)| *int),
+                    )?;
                     let spec = ConnSpec {
                         collection,
                         join,
                         query,
-                        after: cursor.as_deref().map(decode_gql_cursor).transpose()?,
+                        after,
+                        cursor: cursor.clone(),
                         first: n,
                         backward,
                     };
                     let key = ConnKey {
-                        fingerprint: Arc::from(format!("{spec:?}")),
                         spec: Arc::new(spec),
                         parent,
                     };
@@ -614,12 +618,7 @@ pub(super) fn connection_field(
                     let page = loader
                         .load_one(key)
                         .await
-                        .map_err(|e| match e.to_string() {
-                            m if m.contains("after") => {
-                                async_graphql::Error::new("after does not fit this sortBy")
-                            }
-                            m => async_graphql::Error::new(m),
-                        })?
+                        .map_err(loaded_error)?
                         .unwrap_or_default();
                     return Ok(Some(FieldValue::owned_any(page)));
                 }

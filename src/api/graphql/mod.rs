@@ -46,6 +46,36 @@ pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// Largest page a connection returns.
 pub const MAX_PAGE: i64 = 100;
 
+/// A store failure while resolving a field: logged with its cause; the
+/// client sees the class XRPC answers with (`InternalServerError`), never
+/// the store's own text.
+fn store_error(e: crate::index::store::StoreError) -> async_graphql::Error {
+    tracing::error!(error = %e, "store error while resolving a GraphQL field");
+    coded("Internal Server Error", "InternalServerError")
+}
+
+/// A data loader's store failure: logged here; what the loader hands on.
+fn loader_error(e: crate::index::store::StoreError) -> Arc<String> {
+    tracing::error!(error = %e, "store error while loading GraphQL fields");
+    Arc::new("Internal Server Error".to_string())
+}
+
+/// The field error of a data loader's failure ([`loader_error`]).
+fn loaded_error(_: Arc<String>) -> async_graphql::Error {
+    coded("Internal Server Error", "InternalServerError")
+}
+
+/// The client's mistake, in XRPC's class (`InvalidRequest`).
+fn bad_request(message: &str) -> async_graphql::Error {
+    coded(message, "InvalidRequest")
+}
+
+/// An error with `extensions.code`, the XRPC error name of its class.
+fn coded(message: &str, code: &'static str) -> async_graphql::Error {
+    use async_graphql::ErrorExtensions;
+    async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", code))
+}
+
 /// The author of a record, as GraphQL's `Actor`.
 struct Actor {
     did: String,

@@ -43,11 +43,11 @@ pub(super) fn field_expr(prop: &str, kind: Kind) -> String {
 }
 
 /// The filters and order of one connection request.
-#[derive(Default, Clone, Debug)]
+#[derive(Default, Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Query {
     /// SQL conditions with `?` placeholders, and their values in order.
     pub(super) conditions: Vec<String>,
-    pub(super) values: Vec<duckdb::types::Value>,
+    pub(super) values: Vec<Bound>,
     /// Only records of this author (a DID or a handle): looked up through
     /// the DID index (`records_by`, schema/006), not as a condition, which
     /// would scan the table.
@@ -64,7 +64,7 @@ impl Query {
             self.author = Some(did);
         } else {
             self.conditions.push("r.did = ?".into());
-            self.values.push(duckdb::types::Value::Text(did));
+            self.values.push(Bound::Text(did));
         }
     }
 
@@ -98,12 +98,31 @@ impl Query {
 pub(super) fn db_value(
     v: &async_graphql::dynamic::ValueAccessor<'_>,
     kind: Kind,
-) -> async_graphql::Result<duckdb::types::Value> {
+) -> async_graphql::Result<Bound> {
     Ok(match kind {
-        Kind::Str | Kind::Datetime => duckdb::types::Value::Text(v.string()?.to_string()),
-        Kind::Int => duckdb::types::Value::BigInt(v.i64()?),
-        Kind::Bool => duckdb::types::Value::Boolean(v.boolean()?),
+        Kind::Str | Kind::Datetime => Bound::Text(v.string()?.to_string()),
+        Kind::Int => Bound::Int(v.i64()?),
+        Kind::Bool => Bound::Bool(v.boolean()?),
     })
+}
+
+/// A value bound to a `?` of a GraphQL read: comparable and hashable, so
+/// that requests that bind the same values are known to be the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Bound {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<Bound> for duckdb::types::Value {
+    fn from(b: Bound) -> duckdb::types::Value {
+        match b {
+            Bound::Text(s) => duckdb::types::Value::Text(s),
+            Bound::Int(n) => duckdb::types::Value::BigInt(n),
+            Bound::Bool(b) => duckdb::types::Value::Boolean(b),
+        }
+    }
 }
 
 /// Reads `where`, `sortBy` and `order` into SQL with bound values.
@@ -153,8 +172,7 @@ pub(super) fn read_query(
         if let Some(target) = w.get("linksTo") {
             q.conditions
                 .push("r.uri IN (SELECT source_uri FROM links_to(?))".into());
-            q.values
-                .push(duckdb::types::Value::Text(target.string()?.to_string()));
+            q.values.push(Bound::Text(target.string()?.to_string()));
         }
         if let Some(author) = w.get("author") {
             q.author = Some(author.string()?.to_string());
@@ -278,7 +296,7 @@ pub(super) async fn aggregate(
                 filter.push_str(" AND ");
                 filter.push_str(cond);
             }
-            values.extend(query.values.iter().cloned());
+            values.extend(query.values.iter().cloned().map(Into::into));
             values.push(duckdb::types::Value::BigInt(first));
             let cols: Vec<String> = keys
                 .iter()
@@ -307,8 +325,28 @@ pub(super) async fn aggregate(
             rows.collect::<duckdb::Result<Vec<_>>>()
         })
         .await
-        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+        .map_err(store_error)?;
     Ok(groups)
+}
+
+/// The position after which a page starts, typed for the sort (an integer
+/// or a string key): a cursor of another sort is the client's error.
+pub(super) fn after_position(
+    after: Option<(Value, String)>,
+    key_is_int: bool,
+) -> async_graphql::Result<Option<(Bound, String)>> {
+    let Some((key, uri)) = after else {
+        return Ok(None);
+    };
+    let key = match (key, key_is_int) {
+        (Value::Number(n), true) => n.as_i64().map(Bound::Int),
+        (Value::String(s), false) => Some(Bound::Text(s)),
+        _ => None,
+    };
+    match key {
+        Some(k) => Ok(Some((k, uri))),
+        None => Err(bad_request("after does not fit this sortBy")),
+    }
 }
 
 /// An opaque page position: the sort key and URI of the last row.
@@ -317,7 +355,7 @@ pub(super) fn encode_gql_cursor(key: &Value, uri: &str) -> String {
 }
 
 pub(super) fn decode_gql_cursor(raw: &str) -> async_graphql::Result<(Value, String)> {
-    let bad = || async_graphql::Error::new("after is not a cursor this server issued");
+    let bad = || bad_request("after is not a cursor this server issued");
     let bytes = data_encoding::BASE64URL_NOPAD
         .decode(raw.as_bytes())
         .map_err(|_| bad())?;
@@ -353,7 +391,7 @@ impl async_graphql::dataloader::Loader<String> for TargetRows {
                 Ok(rows.into_iter().map(|r| (r.uri.clone(), r)).collect())
             })
             .await
-            .map_err(|e| Arc::new(e.to_string()))
+            .map_err(loader_error)
     }
 }
 
@@ -433,11 +471,14 @@ pub(super) async fn fetch_page(
     first: i64,
     backward: bool,
 ) -> async_graphql::Result<Page> {
-    let after = cursor.as_deref().map(decode_gql_cursor).transpose()?;
+    let (key, key_is_int) = query.sort.clone().unwrap_or(("r.uri".to_string(), false));
+    let after = after_position(
+        cursor.as_deref().map(decode_gql_cursor).transpose()?,
+        key_is_int,
+    )?;
     let had_cursor = after.is_some();
     // Going backward reads in the opposite order and turns the page around.
     let descending = query.descending != backward;
-    let (key, key_is_int) = query.sort.clone().unwrap_or(("r.uri".to_string(), false));
     let page = pool
         .with(move |c| {
             use duckdb::types::Value as V;
@@ -448,20 +489,13 @@ pub(super) async fn fetch_page(
                 filter.push_str(" AND ");
                 filter.push_str(cond);
             }
-            values.extend(query.values.iter().cloned());
+            values.extend(query.values.iter().cloned().map(Into::into));
             let total: i64 = c.query_row(
                 &format!("SELECT count(*) FROM {from} WHERE {filter}"),
                 duckdb::params_from_iter(values.iter()),
                 |r| r.get(0),
             )?;
-            let order = seek(
-                &after,
-                &key,
-                key_is_int,
-                descending,
-                &mut filter,
-                &mut values,
-            )?;
+            let order = seek(&after, &key, descending, &mut filter, &mut values);
             values.push(V::BigInt(first + 1));
             // Two steps: the page's URIs and sort keys, then the wide
             // columns of that page only (the record JSON is the costly part
@@ -508,10 +542,7 @@ pub(super) async fn fetch_page(
             Ok(Page { rows, total, info })
         })
         .await
-        .map_err(|e| match e.to_string() {
-            m if m.contains("after") => async_graphql::Error::new("after does not fit this sortBy"),
-            m => async_graphql::Error::new(m),
-        })?;
+        .map_err(store_error)?;
     Ok(page)
 }
 
@@ -532,5 +563,5 @@ pub(super) async fn fetch_one(
         Ok(rows.pop())
     })
     .await
-    .map_err(|e| async_graphql::Error::new(e.to_string()))
+    .map_err(store_error)
 }

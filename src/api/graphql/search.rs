@@ -10,6 +10,8 @@ pub(super) struct SearchPage {
 
 /// `search(...)`: full-text search over every searched record type, and the
 /// types it returns.
+/// Long on purpose: the field, its arguments and its result types are
+/// declared together, as the schema shows them.
 pub(super) fn search_field(search: Arc<crate::index::search::Search>) -> (GqlField, Vec<Object>) {
     type Hit = (f32, RecordRow);
     let hit = Object::new("SearchHit")
@@ -110,7 +112,7 @@ pub(super) fn search_field(search: Arc<crate::index::search::Search>) -> (GqlFie
                     Ok(SearchPage { total, hits })
                 })
                 .await
-                .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+                .map_err(store_error)?;
             Ok(Some(FieldValue::owned_any(page)))
         })
     })

@@ -106,6 +106,7 @@ impl Catalog {
         Ok(())
     }
 
+    /// Long on purpose: one arm per lexicon type, the table of the spec's rules.
     fn check_field(&self, field: &Field, value: &Value) -> Check {
         match field {
             Field::Null => match value {
