@@ -6,7 +6,7 @@
 //! index) -> `api` (XRPC, GraphQL). `cli` wires them into commands. See
 //! ARCHITECTURE.md.
 
-pub use lexview_atproto::{decode, encode, identity, keys, lexicon, repo, syntax, verify};
+pub use lexview_atproto::{decode, encode, identity, keys, lexicon, net, repo, syntax, verify};
 
 pub mod api;
 pub mod cli;

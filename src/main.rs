@@ -11,7 +11,7 @@ use lexview::index::writer::WriterConfig;
 
 /// mimalloc instead of glibc malloc: the ingest thread allocates every record
 /// and the writer frees it, and glibc's arena locks made cross-thread frees the
-/// top cost in profiles (see ARCHITECTURE.md, "Performance").
+/// top cost in profiles (see BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -203,6 +203,11 @@ struct ServeArgs {
     /// app.bsky.* records or accounts; 0 disables them.
     #[arg(long, env = "LEXVIEW_POST_CACHE", default_value_t = 20_000)]
     post_cache: usize,
+    /// Unsafe, for tests: hosts that DID documents and handles name may be
+    /// plain HTTP on loopback and private addresses (by default only HTTPS to
+    /// public addresses is fetched from them).
+    #[arg(long, env = "LEXVIEW_UNSAFE_ALLOW_PRIVATE_HOSTS")]
+    unsafe_allow_private_hosts: bool,
 }
 
 impl Default for ServeArgs {
@@ -246,6 +251,7 @@ impl ServeArgs {
             memory_limit: self.memory_limit,
             handle_resolver: self.handle_resolver,
             post_cache: self.post_cache,
+            allow_private_hosts: self.unsafe_allow_private_hosts,
             writer: WriterConfig {
                 max_events: self.batch_events,
                 max_delay: std::time::Duration::from_millis(self.batch_ms),
@@ -286,6 +292,11 @@ struct BackfillArgs {
     /// DuckDB's memory limit, e.g. 256MB (default: DuckDB's, 80% of RAM).
     #[arg(long, env = "LEXVIEW_MEMORY_LIMIT")]
     memory_limit: Option<String>,
+    /// Unsafe, for tests: hosts that DID documents and handles name may be
+    /// plain HTTP on loopback and private addresses (by default only HTTPS to
+    /// public addresses is fetched from them).
+    #[arg(long, env = "LEXVIEW_UNSAFE_ALLOW_PRIVATE_HOSTS")]
+    unsafe_allow_private_hosts: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -302,6 +313,11 @@ struct AuditArgs {
     /// PLC directory, to find the PDS of a did:plc.
     #[arg(long, env = "LEXVIEW_PLC", default_value = "https://plc.directory")]
     plc: String,
+    /// Unsafe, for tests: hosts that DID documents and handles name may be
+    /// plain HTTP on loopback and private addresses (by default only HTTPS to
+    /// public addresses is fetched from them).
+    #[arg(long, env = "LEXVIEW_UNSAFE_ALLOW_PRIVATE_HOSTS")]
+    unsafe_allow_private_hosts: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -376,6 +392,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency: a.concurrency,
                 max_repos_per_second: a.max_repos_per_second,
                 memory_limit: a.memory_limit,
+                allow_private_hosts: a.unsafe_allow_private_hosts,
             })
         }
         Command::Audit(a) => lexview::cli::audit::run(lexview::cli::audit::AuditConfig {
@@ -384,6 +401,7 @@ fn main() -> anyhow::Result<()> {
             data: a.data,
             lexicons: a.lexicons,
             plc: a.plc,
+            allow_private_hosts: a.unsafe_allow_private_hosts,
         }),
         Command::Export(a) => {
             let format = match a.format {

@@ -9,9 +9,10 @@ use anyhow::bail;
 use duckdb::params;
 
 use crate::identity::{HttpResolver, Resolve};
-use crate::ingest::resync::get_with_retries;
+use crate::ingest::resync::{with_retries, REPO_DEADLINE, REPO_LIMIT};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
+use crate::net::{Http, Trust};
 use crate::repo::read_repo;
 
 /// What `lexview audit` is asked to compare.
@@ -25,6 +26,9 @@ pub struct AuditConfig {
     pub lexicons: PathBuf,
     /// PLC directory, to find the PDS of a did:plc.
     pub plc: String,
+    /// Hosts that DID documents name may be plain HTTP on private
+    /// addresses (tests only; see `net`).
+    pub allow_private_hosts: bool,
 }
 
 /// One difference between the index and the repository.
@@ -107,17 +111,19 @@ pub fn audit_repo(
 pub fn run(args: AuditConfig) -> anyhow::Result<()> {
     let catalog = Arc::new(crate::cli::load_catalog(&args.lexicons)?);
     let ingestor = Ingestor::new(catalog, Arc::new(Metrics::default()));
-    let host = match &args.host {
-        Some(h) => h.trim_end_matches('/').to_string(),
-        None => HttpResolver::new(&args.plc, Duration::from_secs(60)).pds_endpoint(&args.did)?,
+    let http = Http::new(args.allow_private_hosts)?;
+    // A host the operator gives is fetched as given; the PDS a DID document
+    // names is a host the network names.
+    let (host, trust) = match &args.host {
+        Some(h) => (h.trim_end_matches('/').to_string(), Trust::Configured),
+        None => (
+            HttpResolver::new(&args.plc, Duration::from_secs(60), http.clone())
+                .pds_endpoint(&args.did)?,
+            Trust::Named,
+        ),
     };
     let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={}", args.did);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()?;
-    let car = get_with_retries(&client, &url)?
-        .error_for_status()?
-        .bytes()?;
+    let car = with_retries(|| http.get_bytes(&url, trust, REPO_DEADLINE, REPO_LIMIT))?;
     let conn = crate::index::store::open_for_query(&args.data)?;
     let diffs = audit_repo(&conn, &ingestor, &car)?;
     for d in &diffs {

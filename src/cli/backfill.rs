@@ -15,9 +15,10 @@ use super::Verify;
 use crate::identity::Resolve;
 use crate::index::store::Store;
 use crate::ingest::backfill::{apply_repo_file, list_repos, RepoStats};
-use crate::ingest::resync::get_with_retries;
+use crate::ingest::resync::{with_retries, REPO_DEADLINE, REPO_LIMIT};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
+use crate::net::{Http, Trust};
 
 /// What `lexview backfill` is asked to do.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct BackfillConfig {
     pub max_repos_per_second: Option<f64>,
     /// DuckDB's memory limit, e.g. 256MB.
     pub memory_limit: Option<String>,
+    /// Hosts that DID documents name may be plain HTTP on private
+    /// addresses (tests only; see `net`).
+    pub allow_private_hosts: bool,
 }
 
 /// Makes mimalloc return freed memory to the OS at once (mimalloc v3, which
@@ -189,12 +193,14 @@ pub fn run(args: BackfillConfig) -> anyhow::Result<()> {
         store.set_memory_limit(limit)?;
     }
     use crate::cli::Verify;
+    let http = Http::new(args.allow_private_hosts)?;
     let resolver: Option<Arc<dyn Resolve>> = match args.verify {
         Verify::None => None,
         Verify::Auto if args.host.is_none() => None,
         Verify::Full | Verify::Auto => Some(crate::identity::resolver(
             &args.plc,
             args.did_docs.as_deref(),
+            &http,
         )?),
     };
     let started = Instant::now();
@@ -209,13 +215,9 @@ pub fn run(args: BackfillConfig) -> anyhow::Result<()> {
         }
     } else if let Some(host) = &args.host {
         let host = host.trim_end_matches('/').to_string();
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         // Every repository first (the listing is small next to the CARs).
         let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
-        let (listed, how) = list_repos(&client, &host, &collections)?;
+        let (listed, how) = list_repos(&http, &host, &collections)?;
         let done: std::collections::HashMap<String, String> =
             store.readers().with_blocking(|c| {
                 let mut stmt = c.prepare("SELECT did, rev FROM backfill_repos")?;
@@ -254,10 +256,10 @@ pub fn run(args: BackfillConfig) -> anyhow::Result<()> {
             .map(|r| Arc::new(Pace::new(r)));
         std::thread::scope(|scope| -> anyhow::Result<()> {
             for _ in 0..concurrency {
-                let (queue, car_tx, client, host, pace, tmp) = (
+                let (queue, car_tx, http, host, pace, tmp) = (
                     queue.clone(),
                     car_tx.clone(),
-                    client.clone(),
+                    http.clone(),
                     host.clone(),
                     pace.clone(),
                     tmp.clone(),
@@ -271,12 +273,11 @@ pub fn run(args: BackfillConfig) -> anyhow::Result<()> {
                     }
                     let url = format!("{host}/xrpc/com.atproto.sync.getRepo?did={did}");
                     let path = tmp.join(format!("{}.car", did.replace(':', "_")));
-                    let car = get_with_retries(&client, &url).and_then(|resp| {
-                        let mut resp = resp.error_for_status()?;
-                        let mut file = std::fs::File::create(&path)?;
-                        resp.copy_to(&mut file)?;
-                        Ok(path)
-                    });
+                    let car = with_retries(|| {
+                        http.get_to_file(&url, Trust::Configured, REPO_DEADLINE, REPO_LIMIT, &path)
+                    })
+                    .map(|_| path)
+                    .map_err(anyhow::Error::from);
                     if car_tx.send((did, car)).is_err() {
                         return;
                     }

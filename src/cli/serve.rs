@@ -20,11 +20,12 @@ use crate::index::event::IndexEvent;
 use crate::index::search::Search;
 use crate::index::store::{ReadPool, Store};
 use crate::index::writer::{self, Positions, WriterConfig};
-use crate::ingest::resync::{Router, Workers};
+use crate::ingest::resync::{Router, WorkerSetup, Workers};
 use crate::ingest::run::{ingest_loop, IngestContext, BACKFILL_WINDOW};
 use crate::ingest::Ingestor;
 use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
+use crate::net::Http;
 use crate::source::{firehose, jetstream, replay, LinkState, Links, RawFrame, SourceSpec};
 
 /// Everything `serve` needs.
@@ -64,6 +65,9 @@ pub struct ServeConfig {
     pub handle_resolver: Option<String>,
     /// Entries of each hot view cache (`api::bsky::cache::HotViews`); 0: none.
     pub post_cache: usize,
+    /// Hosts that DID documents and handles name may be plain HTTP on
+    /// private addresses (tests only; see `net`).
+    pub allow_private_hosts: bool,
     pub writer: WriterConfig,
 }
 
@@ -131,29 +135,34 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
     // The catalog the ingest side reads; a reload swaps it with the API's.
     let ingest_catalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
-    // One resolver (and its cache) for verification, resyncs and handles.
-    let resolver = crate::identity::resolver(&cfg.plc, cfg.did_docs.as_deref())?;
+    // One HTTP client and one resolver (and its cache) for verification,
+    // resyncs, backfill listing and handles.
+    let http = Http::new(cfg.allow_private_hosts)?;
+    let resolver = crate::identity::resolver(&cfg.plc, cfg.did_docs.as_deref(), &http)?;
     let (request_tx, request_rx) = mpsc::channel::<String>(BACKFILL_WINDOW);
     if cfg.backfill {
-        start_backfill_listing(&cfg, &catalog, store.readers(), request_tx, &metrics)?;
+        start_backfill_listing(&cfg, &http, &catalog, store.readers(), request_tx, &metrics)?;
     } else {
         drop(request_tx);
     }
     let (fetched_tx, fetched_rx) = mpsc::unbounded_channel();
     let workers = if cfg.resync_concurrency > 0 {
         Some(Arc::new(Workers::start(
-            cfg.resync_concurrency,
-            cfg.resync_per_host,
-            resolver.clone(),
-            Arc::new(Ingestor::shared(ingest_catalog.clone(), metrics.clone())),
-            verify == Verify::Full,
-            cfg.data.join("resync-tmp"),
+            WorkerSetup {
+                threads: cfg.resync_concurrency,
+                per_host: cfg.resync_per_host,
+                resolver: resolver.clone(),
+                ingestor: Arc::new(Ingestor::shared(ingest_catalog.clone(), metrics.clone())),
+                verify: verify == Verify::Full,
+                tmp: cfg.data.join("resync-tmp"),
+                http: http.clone(),
+            },
             fetched_tx,
         )?))
     } else {
         None
     };
-    let handles = start_handle_checks(&cfg, verify, &resolver, &ev_tx, &metrics, &shutdown)?;
+    let handles = start_handle_checks(&cfg, verify, &resolver, &http, &ev_tx, &metrics, &shutdown)?;
     let ingest = start_ingest(
         &cfg,
         verify,
@@ -440,6 +449,7 @@ fn start_sources(
 /// so a relay's listing is never held whole.
 fn start_backfill_listing(
     cfg: &ServeConfig,
+    http: &Http,
     catalog: &Catalog,
     readers: Arc<ReadPool>,
     requests: mpsc::Sender<String>,
@@ -451,9 +461,10 @@ fn start_backfill_listing(
     );
     let host = backfill_host(cfg)?;
     let collections: Vec<String> = catalog.records().map(|r| r.nsid.clone()).collect();
-    let m = metrics.clone();
+    let (m, http) = (metrics.clone(), http.clone());
     tokio::task::spawn_blocking(move || {
-        match crate::ingest::backfill::discover(&host, &collections, &readers, &requests, &m) {
+        match crate::ingest::backfill::discover(&http, &host, &collections, &readers, &requests, &m)
+        {
             Ok((todo, done)) => tracing::info!(
                 host,
                 to_backfill = todo,
@@ -468,10 +479,12 @@ fn start_backfill_listing(
 
 /// Handles are checked both ways when commits are verified (unless
 /// `--handle-resolver off`).
+#[allow(clippy::too_many_arguments)]
 fn start_handle_checks(
     cfg: &ServeConfig,
     verify: Verify,
     resolver: &Arc<dyn Resolve>,
+    http: &Http,
     ev_tx: &mpsc::Sender<IndexEvent>,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
@@ -486,7 +499,7 @@ fn start_handle_checks(
     };
     tracing::info!(?via, "verifying handles");
     Ok(Some(crate::ingest::handles::start(
-        HandleChecker::new(resolver.clone(), via)?,
+        HandleChecker::new(resolver.clone(), via, http.clone()),
         ev_tx.clone(),
         metrics.clone(),
         shutdown.clone(),

@@ -5,11 +5,12 @@
 use anyhow::{bail, Context};
 
 use super::ingestor::Ingestor;
-use super::resync::{get_with_retries, snapshot_chunks};
+use super::resync::{snapshot_chunks, with_retries};
 use crate::identity::Resolve;
 use crate::index::event::{Change, IndexEvent};
 use crate::index::store::Store;
 use crate::metrics::Metrics;
+use crate::net::{Http, NetError, Trust};
 use tokio::sync::mpsc;
 
 /// What one repository contributed.
@@ -33,7 +34,7 @@ pub fn apply_repo_file(
 
 /// Records per backfill transaction. Measured on a generated 2M-record
 /// repository: 25k batches were as fast as 130k (the writer's live batch)
-/// or faster, with a lower peak RSS (README, "Benchmarks").
+/// or faster, with a lower peak RSS (BENCHMARKS.md).
 pub const BATCH_RECORDS: usize = 25_000;
 
 /// Indexes one repository as a snapshot of its DID, in transactions of
@@ -85,6 +86,16 @@ pub fn apply_repo<S: crate::repo::BlockStore>(
     })
 }
 
+/// One page of a host's listing (a host the operator named).
+fn list_page(http: &Http, url: &str) -> Result<serde_json::Value, NetError> {
+    http.get_json(
+        url,
+        Trust::Configured,
+        std::time::Duration::from_secs(60),
+        64 << 20,
+    )
+}
+
 /// A repository a host lists: its DID and, from `listRepos`, its rev.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -97,12 +108,12 @@ pub struct Listed {
 /// or every active repository through `listRepos` where the host does not
 /// offer it (a PDS). Returns them and the method that listed them.
 pub fn list_repos(
-    client: &reqwest::blocking::Client,
+    http: &Http,
     host: &str,
     collections: &[String],
 ) -> anyhow::Result<(Vec<Listed>, &'static str)> {
     let mut listed = Vec::new();
-    let (_, how) = list_repos_paged(client, host, collections, |page| {
+    let (_, how) = list_repos_paged(http, host, collections, |page| {
         listed.extend(page);
         Ok(())
     })?;
@@ -113,7 +124,7 @@ pub fn list_repos(
 /// (each repository once), so a relay's whole listing is never held. Returns
 /// how many were listed and the method.
 pub fn list_repos_paged(
-    client: &reqwest::blocking::Client,
+    http: &Http,
     host: &str,
     collections: &[String],
     mut each: impl FnMut(Vec<Listed>) -> anyhow::Result<()>,
@@ -141,19 +152,18 @@ pub fn list_repos_paged(
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let resp = get_with_retries(client, &url)?;
-            if !resp.status().is_success() {
-                if total == 0 && cursor.is_none() {
+            let page: serde_json::Value = match with_retries(|| list_page(http, &url)) {
+                Ok(page) => page,
+                Err(NetError::Status { status, .. }) if total == 0 && cursor.is_none() => {
                     tracing::info!(
                         host,
-                        status = %resp.status(),
+                        status,
                         "no listReposByCollection here; listing every repository (listRepos)"
                     );
                     break 'collections;
                 }
-                bail!("{url}: HTTP {}", resp.status());
-            }
-            let page: serde_json::Value = resp.json()?;
+                Err(e) => bail!(e),
+            };
             let mut out = Vec::new();
             for r in page["repos"].as_array().into_iter().flatten() {
                 if let Some(did) = r["did"].as_str() {
@@ -182,7 +192,7 @@ pub fn list_repos_paged(
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: serde_json::Value = get_with_retries(client, &url)?.error_for_status()?.json()?;
+        let page: serde_json::Value = with_retries(|| list_page(http, &url))?;
         let mut out = Vec::new();
         for r in page["repos"].as_array().into_iter().flatten() {
             let active = r["active"].as_bool().unwrap_or(true);
@@ -206,18 +216,15 @@ pub fn list_repos_paged(
 /// The repositories `host` lists that the store has not backfilled yet,
 /// and how many it has.
 pub fn discover(
+    http: &Http,
     host: &str,
     collections: &[String],
     readers: &crate::index::store::ReadPool,
     requests: &mpsc::Sender<String>,
     metrics: &Metrics,
 ) -> anyhow::Result<(usize, usize)> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
-        .build()?;
     let (mut todo, mut skipped) = (0, 0);
-    let (listed, how) = list_repos_paged(&client, host, collections, |page| {
+    let (listed, how) = list_repos_paged(http, host, collections, |page| {
         // Repositories a backfill finished before are skipped, a page at a
         // time (DIDs contain no spaces).
         let list = page

@@ -1,6 +1,6 @@
 //! Resync: a repository fetched whole from its PDS (`getRepo`) and applied
 //! as a snapshot, after a `#sync` event, a broken commit chain or a
-//! reactivation (see `pipeline`), with the live events of that repository
+//! reactivation (see `ingestor`), with the live events of that repository
 //! held back meanwhile and applied after the snapshot, by rev, so the
 //! cut-over has no gap and no double count.
 //!
@@ -27,6 +27,7 @@ use crate::identity::Resolve;
 use crate::index::event::{Change, IndexEvent};
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
+use crate::net::{Http, NetError, Trust};
 use crate::repo::{BlockStore, Repo};
 
 /// A repository read whole, as changes: a `Put` (or `Invalid`) per record
@@ -103,26 +104,27 @@ pub fn snapshot_chunks<S: BlockStore>(
     Ok((repo.did.clone(), rev))
 }
 
-/// GET with retries: 429 and 5xx answers and connection errors are retried
-/// with backoff (1, 2, 4, 8 s), other answers returned.
-pub fn get_with_retries(
-    client: &reqwest::blocking::Client,
-    url: &str,
-) -> anyhow::Result<reqwest::blocking::Response> {
+/// Runs a fetch, trying a transient failure (a connection error, a
+/// timeout, 429, 5xx) again after 1, 2, 4 and 8 s; other failures, and the
+/// fifth transient one, are returned.
+pub fn with_retries<T>(mut fetch: impl FnMut() -> Result<T, NetError>) -> Result<T, NetError> {
     let mut wait = Duration::from_secs(1);
-    for attempt in 0..5 {
-        match client.get(url).send() {
-            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-                tracing::warn!(url, status = %r.status(), attempt, "retrying");
+    for attempt in 0.. {
+        match fetch() {
+            Err(e) if e.is_transient() && attempt < 4 => {
+                tracing::warn!(error = %e, attempt, "retrying");
             }
-            Ok(r) => return Ok(r),
-            Err(e) => tracing::warn!(url, error = %e, attempt, "retrying"),
+            other => return other,
         }
         std::thread::sleep(wait);
         wait *= 2;
     }
-    bail!("{url}: gave up after 5 attempts")
+    unreachable!("the loop returns")
 }
+
+/// How long fetching one repository may take, and how large it may be.
+pub const REPO_DEADLINE: Duration = Duration::from_secs(600);
+pub const REPO_LIMIT: u64 = 4 << 30;
 
 /// Threads that fetch repositories from their PDS.
 pub struct Workers {
@@ -130,37 +132,51 @@ pub struct Workers {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
+/// What resync workers fetch with and where.
+pub struct WorkerSetup {
+    /// Fetching threads.
+    pub threads: usize,
+    /// Of those, at most this many on one PDS host.
+    pub per_host: usize,
+    /// Finds each repository's PDS (and key, to verify).
+    pub resolver: Arc<dyn Resolve>,
+    pub ingestor: Arc<Ingestor>,
+    /// Check each repository's commit signature.
+    pub verify: bool,
+    /// Where fetched CARs are written (one file per thread).
+    pub tmp: std::path::PathBuf,
+    pub http: Http,
+}
+
 impl Workers {
-    /// `n` fetching threads, at most `per_host` of them on one PDS host;
-    /// results go to `results`. `verify` checks each repository's commit
-    /// signature.
+    /// Starts the fetching threads; results go to `results`.
     pub fn start(
-        n: usize,
-        per_host: usize,
-        resolver: Arc<dyn Resolve>,
-        ingestor: Arc<Ingestor>,
-        verify: bool,
-        tmp: std::path::PathBuf,
+        setup: WorkerSetup,
         results: mpsc::UnboundedSender<Fetched>,
     ) -> anyhow::Result<Workers> {
+        let WorkerSetup {
+            threads: n,
+            per_host,
+            resolver,
+            ingestor,
+            verify,
+            tmp,
+            http,
+        } = setup;
         std::fs::create_dir_all(&tmp)?;
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let rx = Arc::new(Mutex::new(rx));
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let mut threads = Vec::new();
         let gate = Arc::new(HostGate::new(per_host));
         for i in 0..n.max(1) {
             let car = tmp.join(format!("fetch-{i}.car"));
-            let (gate, rx, resolver, ingestor, results, client) = (
+            let (gate, rx, resolver, ingestor, results, http) = (
                 gate.clone(),
                 rx.clone(),
                 resolver.clone(),
                 ingestor.clone(),
                 results.clone(),
-                client.clone(),
+                http.clone(),
             );
             threads.push(
                 std::thread::Builder::new()
@@ -170,7 +186,7 @@ impl Workers {
                             return;
                         };
                         let job = Job {
-                            client: &client,
+                            http: &http,
                             gate: &gate,
                             resolver: resolver.as_ref(),
                             ingestor: &ingestor,
@@ -258,7 +274,7 @@ impl HostGate {
 
 /// One worker's fetch of one repository.
 struct Job<'a> {
-    client: &'a reqwest::blocking::Client,
+    http: &'a Http,
     gate: &'a HostGate,
     resolver: &'a dyn Resolve,
     ingestor: &'a Ingestor,
@@ -277,11 +293,11 @@ impl Job<'_> {
         let pds = self.resolver.pds_endpoint(did)?;
         let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}");
         self.gate.with(&pds, || -> anyhow::Result<()> {
-            let mut resp = get_with_retries(self.client, &url)?
-                .error_for_status()
-                .with_context(|| format!("getRepo {did}"))?;
-            let mut file = std::fs::File::create(self.car)?;
-            resp.copy_to(&mut file)?;
+            with_retries(|| {
+                self.http
+                    .get_to_file(&url, Trust::Named, REPO_DEADLINE, REPO_LIMIT, self.car)
+            })
+            .with_context(|| format!("getRepo {did}"))?;
             Ok(())
         })?;
         let result = (|| {

@@ -74,6 +74,9 @@ impl Server {
             // Nothing leaves loopback: a DID lookup (for a resync) that a
             // test does not point at its own PLC fails at once.
             .env("LEXVIEW_PLC", "http://127.0.0.1:9")
+            // The tests' PDSes (named by their DID documents) are plain
+            // HTTP on loopback.
+            .env("LEXVIEW_UNSAFE_ALLOW_PRIVATE_HOSTS", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for s in sources {
@@ -206,7 +209,8 @@ pub fn command(args: &[&str], data: &Path, lexicons: &Path) -> Command {
         .arg(data)
         .arg("--lexicons")
         .arg(lexicons)
-        .env("LEXVIEW_LOG", "warn");
+        .env("LEXVIEW_LOG", "warn")
+        .env("LEXVIEW_UNSAFE_ALLOW_PRIVATE_HOSTS", "true");
     cmd
 }
 

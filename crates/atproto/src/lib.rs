@@ -2,7 +2,7 @@
 //! or serving: protocol strings (`syntax`), firehose frames, CAR slices and
 //! DAG-CBOR records (`decode`, and `encode` for the way back), whole
 //! repositories (`repo`), signing keys (`keys`), DID documents and handles
-//! (`identity`), commit signatures and Sync 1.1 proofs (`verify`), and
+//! (`identity`, fetched through `net`), commit signatures and Sync 1.1 proofs (`verify`), and
 //! lexicon loading and validation (`lexicon`).
 
 pub mod decode;
@@ -10,6 +10,7 @@ pub mod encode;
 pub mod identity;
 pub mod keys;
 pub mod lexicon;
+pub mod net;
 pub mod repo;
 pub mod syntax;
 pub mod verify;

@@ -1,8 +1,8 @@
-//! `lexview bench --load N`: the query side under load, over loopback.
+//! `lexview-bench --load N`: the query side under load, over loopback.
 //!
 //! Builds (once; reused while it exists) a store of at least N records from
 //! the generated corpus with varied post texts, starts the real server
-//! (`lexview serve`, this executable, as a child process) on it, and drives
+//! (`lexview serve`, the `lexview` binary beside this one, as a child process) on it, and drives
 //! each kind of request open-loop: requests are due at a fixed rate, at most
 //! `--concurrency` are in flight, and a request's latency counts from the
 //! moment it was due, not from when a slot freed up, so a server that falls

@@ -9,7 +9,7 @@
 //! time) and paged with the same opaque cursor as the backlinks.
 //!
 //! Not yet: viewer state (no auth), labels (always empty), `associated`,
-//! verification; hiding inactive accounts (issue 4).
+//! verification.
 
 use std::collections::HashMap;
 

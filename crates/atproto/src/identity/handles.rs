@@ -15,6 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Resolve;
+use crate::net::Trust;
+
+/// How long one lookup may take, and how large its answer may be.
+const DEADLINE: Duration = Duration::from_secs(5);
+const LIMIT: u64 = 8 * 1024;
 
 /// How a handle is resolved to a DID.
 #[derive(Debug, Clone)]
@@ -29,7 +34,7 @@ pub enum Via {
 pub struct HandleChecker {
     resolver: Arc<dyn Resolve>,
     via: Via,
-    client: reqwest::blocking::Client,
+    http: crate::net::Http,
     /// DNS lookups, built on first use: on the checking thread, outside any
     /// async runtime. Building it in `new` (called from `serve`'s runtime)
     /// made `block_on` panic with "Cannot start a runtime from within a
@@ -58,17 +63,13 @@ impl Dns {
 
 impl HandleChecker {
     /// Safe to call from inside an async runtime: nothing here blocks.
-    pub fn new(resolver: Arc<dyn Resolve>, via: Via) -> Result<HandleChecker, reqwest::Error> {
-        Ok(HandleChecker {
+    pub fn new(resolver: Arc<dyn Resolve>, via: Via, http: crate::net::Http) -> HandleChecker {
+        HandleChecker {
             resolver,
             via,
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
-                .build()?,
+            http,
             dns: std::sync::OnceLock::new(),
-        })
+        }
     }
 
     /// Whether `handle` is `did`'s, both ways.
@@ -91,15 +92,13 @@ impl HandleChecker {
         match &self.via {
             Via::Service(url) => {
                 let v: serde_json::Value = self
-                    .client
-                    .get(format!(
-                        "{url}/xrpc/com.atproto.identity.resolveHandle?handle={handle}"
-                    ))
-                    .send()
-                    .ok()?
-                    .error_for_status()
-                    .ok()?
-                    .json()
+                    .http
+                    .get_json(
+                        &format!("{url}/xrpc/com.atproto.identity.resolveHandle?handle={handle}"),
+                        Trust::Configured,
+                        DEADLINE,
+                        LIMIT,
+                    )
                     .ok()?;
                 v["did"].as_str().map(str::to_string)
             }
@@ -135,16 +134,16 @@ impl HandleChecker {
     }
 
     fn well_known(&self, handle: &str) -> Option<String> {
-        let text = self
-            .client
-            .get(format!("https://{handle}/.well-known/atproto-did"))
-            .send()
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .text()
+        let body = self
+            .http
+            .get_bytes(
+                &format!("https://{handle}/.well-known/atproto-did"),
+                Trust::Named,
+                DEADLINE,
+                LIMIT,
+            )
             .ok()?;
-        let did = text.trim();
+        let did = std::str::from_utf8(&body).ok()?.trim();
         crate::syntax::is_valid_did(did).then(|| did.to_string())
     }
 }
@@ -158,6 +157,10 @@ mod tests {
         Arc::new(crate::identity::StaticResolver::from_documents(&json!({
             "did:plc:alice": {"id": "did:plc:alice", "alsoKnownAs": aka}
         })))
+    }
+
+    fn http() -> crate::net::Http {
+        crate::net::Http::new(false).unwrap()
     }
 
     /// A `resolveHandle` service on loopback that knows one handle.
@@ -197,14 +200,14 @@ mod tests {
     fn a_handle_must_be_claimed_by_the_did_and_point_back_at_it() {
         let url = service();
         let via = Via::Service(url);
-        let ok = HandleChecker::new(resolver(&["at://alice.test"]), via.clone()).unwrap();
+        let ok = HandleChecker::new(resolver(&["at://alice.test"]), via.clone(), http());
         assert!(ok.check("did:plc:alice", "alice.test"));
         assert!(ok.check("did:plc:alice", "Alice.Test"), "case-insensitive");
         // The document does not claim it.
-        let unclaimed = HandleChecker::new(resolver(&["at://other.test"]), via.clone()).unwrap();
+        let unclaimed = HandleChecker::new(resolver(&["at://other.test"]), via.clone(), http());
         assert!(!unclaimed.check("did:plc:alice", "alice.test"));
         // Claimed, but the handle does not point back (or not at this DID).
-        let wrong = HandleChecker::new(resolver(&["at://bob.test"]), via).unwrap();
+        let wrong = HandleChecker::new(resolver(&["at://bob.test"]), via, http());
         assert!(!wrong.check("did:plc:alice", "bob.test"));
         assert!(!ok.check("did:plc:unknown", "alice.test"));
         assert!(!ok.check("did:plc:alice", "not a handle"));

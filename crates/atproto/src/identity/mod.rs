@@ -12,10 +12,17 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::keys::{KeyError, PublicKey};
+use crate::net::Trust;
 
 /// Why a DID's document could not be had or used.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum IdentityError {
+    /// The document cannot be had now (a timeout, a refused connection, a
+    /// 5xx or 429 answer): asking again later may succeed.
+    #[error("DID resolution (unavailable for now): {0}")]
+    Unavailable(String),
+    /// The document does not exist, is not for the DID, or the DID cannot
+    /// be resolved at all.
     #[error("DID resolution: {0}")]
     Resolve(String),
     #[error(transparent)]
@@ -113,10 +120,15 @@ impl StaticResolver {
 pub fn resolver(
     plc: &str,
     did_docs: Option<&std::path::Path>,
+    http: &crate::net::Http,
 ) -> Result<Arc<dyn Resolve>, IdentityError> {
     Ok(match did_docs {
         Some(path) => Arc::new(StaticResolver::from_file(path)?),
-        None => Arc::new(HttpResolver::new(plc, Duration::from_secs(3600))),
+        None => Arc::new(HttpResolver::new(
+            plc,
+            Duration::from_secs(3600),
+            http.clone(),
+        )),
     })
 }
 
@@ -148,22 +160,19 @@ impl Resolve for StaticResolver {
 /// thread `prefetch`es a round's unseen DIDs 16 at a time first.
 pub struct HttpResolver {
     plc: String,
-    client: reqwest::blocking::Client,
+    http: crate::net::Http,
     cache: Mutex<lru::LruCache<String, (Instant, Resolved)>>,
-    /// DIDs that failed to resolve, not asked again for [`FAILURE_TTL`].
-    failed: Mutex<lru::LruCache<String, Instant>>,
+    /// DIDs that failed to resolve, with the error, not asked again for
+    /// [`failure_ttl`].
+    failed: Mutex<lru::LruCache<String, (Instant, IdentityError)>>,
     ttl: Duration,
 }
 
 impl HttpResolver {
-    pub fn new(plc: &str, ttl: Duration) -> HttpResolver {
+    pub fn new(plc: &str, ttl: Duration, http: crate::net::Http) -> HttpResolver {
         HttpResolver {
             plc: plc.trim_end_matches('/').to_string(),
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .user_agent(concat!("lexview/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("HTTP client"),
+            http,
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(100_000).expect("non-zero"),
             )),
@@ -174,16 +183,17 @@ impl HttpResolver {
         }
     }
 
-    /// The URL of a DID's document.
-    pub fn document_url(&self, did: &str) -> Result<String, IdentityError> {
+    /// The URL of a DID's document, and whom it belongs to: the configured
+    /// PLC directory, or a did:web host the DID names.
+    pub fn document_url(&self, did: &str) -> Result<(String, Trust), IdentityError> {
         if did.starts_with("did:plc:") {
-            Ok(format!("{}/{did}", self.plc))
+            Ok((format!("{}/{did}", self.plc), Trust::Configured))
         } else if let Some(host) = did.strip_prefix("did:web:") {
-            if host.contains(':') {
+            if host.contains(':') || host.contains('/') || host.is_empty() {
                 // A port or a path: not allowed for atproto's did:web.
                 return Err(IdentityError::Resolve(format!("unsupported did:web {did}")));
             }
-            Ok(format!("https://{host}/.well-known/did.json"))
+            Ok((format!("https://{host}/.well-known/did.json"), Trust::Named))
         } else {
             Err(IdentityError::Resolve(format!(
                 "unsupported DID method: {did}"
@@ -192,21 +202,14 @@ impl HttpResolver {
     }
 
     fn fetch(&self, did: &str) -> Result<Resolved, IdentityError> {
-        let url = self.document_url(did)?;
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .map_err(|e| IdentityError::Resolve(format!("{url}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(IdentityError::Resolve(format!(
-                "{url}: HTTP {}",
-                resp.status()
-            )));
-        }
-        let doc: Value = resp
-            .json()
-            .map_err(|e| IdentityError::Resolve(format!("{url}: {e}")))?;
+        let (url, trust) = self.document_url(did)?;
+        let doc: Value = self
+            .http
+            .get_json(&url, trust, DOCUMENT_DEADLINE, DOCUMENT_LIMIT)
+            .map_err(|e| match e.is_transient() {
+                true => IdentityError::Unavailable(e.to_string()),
+                false => IdentityError::Resolve(e.to_string()),
+            })?;
         if doc.get("id").and_then(Value::as_str) != Some(did) {
             return Err(IdentityError::Resolve(format!(
                 "{url}: document is not for {did}"
@@ -225,19 +228,16 @@ impl HttpResolver {
                 return Ok(r.clone());
             }
         }
-        if let Some(at) = self.failed.lock().expect("resolver failures").get(did) {
-            if at.elapsed() < FAILURE_TTL {
-                return Err(IdentityError::Resolve(format!(
-                    "{did}: failed to resolve less than {} s ago",
-                    FAILURE_TTL.as_secs()
-                )));
+        if let Some((at, e)) = self.failed.lock().expect("resolver failures").get(did) {
+            if at.elapsed() < failure_ttl(e) {
+                return Err(e.clone());
             }
         }
-        let r = self.fetch(did).inspect_err(|_| {
+        let r = self.fetch(did).inspect_err(|e| {
             self.failed
                 .lock()
                 .expect("resolver failures")
-                .put(did.to_string(), Instant::now());
+                .put(did.to_string(), (Instant::now(), e.clone()));
         })?;
         self.cache
             .lock()
@@ -247,8 +247,19 @@ impl HttpResolver {
     }
 }
 
-/// How long a DID that failed to resolve is not asked again.
-const FAILURE_TTL: Duration = Duration::from_secs(60);
+/// How long a DID whose resolution failed is not asked again: a minute
+/// after a definite answer, a few seconds after an outage (so that work
+/// waiting for it resumes soon after the directory is back).
+fn failure_ttl(e: &IdentityError) -> Duration {
+    match e {
+        IdentityError::Unavailable(_) => Duration::from_secs(5),
+        _ => Duration::from_secs(60),
+    }
+}
+
+/// How long a DID document may take, and how large it may be.
+const DOCUMENT_DEADLINE: Duration = Duration::from_secs(10);
+const DOCUMENT_LIMIT: u64 = 256 * 1024;
 
 /// What a DID document says that lexview uses.
 #[derive(Debug, Clone)]
@@ -283,7 +294,9 @@ impl Resolve for HttpResolver {
                     cache
                         .peek(*d)
                         .is_none_or(|(at, _)| at.elapsed() >= self.ttl)
-                        && failed.peek(*d).is_none_or(|at| at.elapsed() >= FAILURE_TTL)
+                        && failed
+                            .peek(*d)
+                            .is_none_or(|(at, e)| at.elapsed() >= failure_ttl(e))
                 })
                 .collect()
         };
@@ -316,7 +329,11 @@ mod tests {
     #[test]
     fn failed_lookups_are_not_repeated_for_a_while() {
         // Nothing listens on port 9 of loopback: every lookup fails at once.
-        let r = HttpResolver::new("http://127.0.0.1:9", Duration::from_secs(3600));
+        let r = HttpResolver::new(
+            "http://127.0.0.1:9",
+            Duration::from_secs(3600),
+            crate::net::Http::new(false).unwrap(),
+        );
         r.prefetch(&[
             "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
             "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb",
@@ -324,7 +341,12 @@ mod tests {
         let e = r
             .signing_key("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")
             .unwrap_err();
-        assert!(e.to_string().contains("failed to resolve less than"), "{e}");
+        // Remembered: the same error again (for a few seconds: an outage).
+        assert!(matches!(e, IdentityError::Unavailable(_)), "{e}");
+        let again = r
+            .signing_key("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")
+            .unwrap_err();
+        assert_eq!(again, e);
         // An #identity event clears it: the next lookup goes out again.
         r.invalidate("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa");
         let e = r

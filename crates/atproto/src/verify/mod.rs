@@ -53,6 +53,7 @@ impl VerifyError {
             VerifyError::Key(k) => k.reason(),
             VerifyError::Identity(IdentityError::Key(k)) => k.reason(),
             VerifyError::Identity(IdentityError::Resolve(_)) => "resolve",
+            VerifyError::Identity(IdentityError::Unavailable(_)) => "unavailable",
             VerifyError::Proof(_) => "proof",
         }
     }
