@@ -3,20 +3,29 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($( $name:ident : $help:literal ),* $(,)?) => {
-        /// Ingest and API counters.
+macro_rules! metrics {
+    (counters { $( $name:ident : $help:literal ),* $(,)? }
+     gauges { $( $gauge:ident : $ghelp:literal ),* $(,)? }) => {
+        /// Ingest and API counters, and gauges of what is waiting.
         #[derive(Debug, Default)]
-        pub struct Metrics { $( pub $name: AtomicU64, )* }
+        pub struct Metrics {
+            $( pub $name: AtomicU64, )*
+            $( pub $gauge: AtomicU64, )*
+        }
 
         impl Metrics {
-            /// Prometheus text exposition of every counter.
+            /// Prometheus text exposition of every counter and gauge.
             pub fn render(&self) -> String {
                 let mut out = String::new();
                 $(
                     out.push_str(concat!("# HELP lexview_", stringify!($name), " ", $help, "\n"));
                     out.push_str(concat!("# TYPE lexview_", stringify!($name), " counter\n"));
                     out.push_str(&format!(concat!("lexview_", stringify!($name), " {}\n"), self.$name.load(Ordering::Relaxed)));
+                )*
+                $(
+                    out.push_str(concat!("# HELP lexview_", stringify!($gauge), " ", $ghelp, "\n"));
+                    out.push_str(concat!("# TYPE lexview_", stringify!($gauge), " gauge\n"));
+                    out.push_str(&format!(concat!("lexview_", stringify!($gauge), " {}\n"), self.$gauge.load(Ordering::Relaxed)));
                 )*
                 out
             }
@@ -29,7 +38,8 @@ macro_rules! counters {
     };
 }
 
-counters! {
+metrics! {
+counters {
     frames_total: "Frames received from all sources.",
     frames_malformed_total: "Frames that could not be decoded (truncated, not DAG-CBOR, wrong shape).",
     commits_total: "#commit events decoded.",
@@ -69,6 +79,14 @@ counters! {
     xrpc_requests_total: "XRPC requests served.",
     xrpc_errors_total: "XRPC requests answered with an error.",
     graphql_requests_total: "GraphQL requests served.",
+    handle_checks_dropped_total: "Handle checks not queued because the queue was full (checked again at the next start).",
+}
+gauges {
+    queue_frames: "Frames received and waiting for the ingest thread (at most 1024).",
+    queue_events: "Index events waiting for the writer.",
+    queue_handle_checks: "Handles waiting to be checked (at most 10,000).",
+    queue_resync_results: "Resync results (parts of repositories) waiting for the ingest thread (at most 16).",
+}
 }
 
 impl Metrics {
@@ -77,5 +95,13 @@ impl Metrics {
     }
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Sets a gauge.
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
+    }
+    /// Lowers a gauge by one (not below zero).
+    pub fn dec(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }

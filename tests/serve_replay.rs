@@ -76,48 +76,6 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         "at://did:plc:r2zybk6op3ymzpz6jhqpkoy5/app.bsky.feed.post/3mpsjbtci2c2o"
     );
 
-    let (status, body) = server.get(&format!(
-        "/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like&limit=1"
-    ));
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["records"].as_array().unwrap().len(), 1);
-
-    // Errors use the XRPC envelope.
-    let (status, body) = server.get(&format!(
-        "/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.like&rkey=nope"
-    ));
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("RecordNotFound")),
-        "{body}"
-    );
-    let (status, body) =
-        server.get("/xrpc/com.atproto.repo.getRecord?collection=app.bsky.feed.like&rkey=x");
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("InvalidRequest")),
-        "{body}"
-    );
-    assert!(body["message"].as_str().unwrap().contains("repo"), "{body}");
-    let (status, body) = server.get(&format!(
-        "/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.like&limit=1000"
-    ));
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("InvalidRequest")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("limit"),
-        "{body}"
-    );
-    let (status, body) = server.get("/xrpc/com.example.nothing");
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (501, Some("MethodNotImplemented")),
-        "{body}"
-    );
-
     // GraphQL: list and by-URI.
     let data = server.graphql(
         r#"{ appBskyFeedLike(first: 2) { totalCount nodes { uri did createdAt subject { uri cid } } pageInfo { hasNextPage endCursor } } }"#,
@@ -162,27 +120,6 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
-    let data = server.graphql("{ appBskyFeedLike(first: 1000) { totalCount } }");
-    assert!(
-        data["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("first"),
-        "{data}"
-    );
-
-    // The same post asked twice: the second answer comes from the hot view
-    // cache, as /metrics counts (the liked post is not in the recording:
-    // its absence is what is cached).
-    let liked = "at://did:plc:r2zybk6op3ymzpz6jhqpkoy5/app.bsky.feed.post/3mpsjbtci2c2o";
-    for _ in 0..2 {
-        let (status, body) = server.get(&format!("/xrpc/app.bsky.feed.getPosts?uris={liked}"));
-        assert_eq!(
-            (status, &body["posts"]),
-            (200, &serde_json::json!([])),
-            "{body}"
-        );
-    }
     // A search (committed to the index on a timer): its count walks the
     // matches of the index's small segments, as /metrics counts.
     let start = std::time::Instant::now();
@@ -221,37 +158,6 @@ fn serves_xrpc_and_graphql_from_a_replay() {
         0
     );
     assert_eq!(value("lexview_search_term_bitset_bytes"), 0);
-    for line in [
-        "# TYPE lexview_view_cache_hits_total counter",
-        "lexview_view_cache_hits_total{cache=\"posts\"} 1",
-        "lexview_view_cache_misses_total{cache=\"posts\"} 1",
-        "lexview_view_cache_entries{cache=\"posts\"} 1",
-        "# TYPE lexview_view_cache_entries gauge",
-        "# TYPE lexview_lookup_statements_total counter",
-        "# TYPE lexview_lookup_requests_total counter",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
-    }
-    // The cache's miss went to the shared posts lookup: one request at least,
-    // answered by no more statements than requests.
-    let value = |name: &str| -> u64 {
-        let prefix = format!("{name}{{lookup=\"posts\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("{prefix}: {metrics}"))
-            .parse()
-            .unwrap()
-    };
-    let (statements, requests) = (
-        value("lexview_lookup_statements_total"),
-        value("lexview_lookup_requests_total"),
-    );
-    assert!(
-        requests >= 1 && statements >= 1 && statements <= requests,
-        "{metrics}"
-    );
-
     // The store is held by the running server: `sql` says so clearly.
     let (ok, _, stderr) = sql(dir.path(), "SELECT 1");
     assert!(!ok);

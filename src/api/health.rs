@@ -132,6 +132,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 index.segments() as u64,
             ),
             (
+                "queue_search_batches",
+                "Committed batches waiting for the search indexer (at most 64).",
+                index.queued(),
+            ),
+            (
                 "search_term_bitsets",
                 "Term bitsets held for counting the matches of common terms.",
                 c.bitsets as u64,

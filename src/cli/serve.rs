@@ -145,7 +145,8 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     } else {
         drop(request_tx);
     }
-    let (fetched_tx, fetched_rx) = mpsc::unbounded_channel();
+    // Repositories arrive in parts of up to 25,000 records: a few may wait.
+    let (fetched_tx, fetched_rx) = mpsc::channel(16);
     let workers = if cfg.resync_concurrency > 0 {
         Some(Arc::new(Workers::start(
             WorkerSetup {
@@ -162,7 +163,16 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     } else {
         None
     };
-    let handles = start_handle_checks(&cfg, verify, &resolver, &http, &ev_tx, &metrics, &shutdown)?;
+    let handles = start_handle_checks(
+        &cfg,
+        verify,
+        &resolver,
+        &http,
+        &store.readers(),
+        &ev_tx,
+        &metrics,
+        &shutdown,
+    )?;
     let ingest = start_ingest(
         &cfg,
         verify,
@@ -180,37 +190,26 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             fetched: fetched_rx,
             requests: request_rx,
             shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
         },
     )?;
 
     // The writer owns the store; the API reads through the store's read pool.
     let readers = store.readers();
-    // Search catches up with the store before the writer moves it on.
-    let search = start_search(&cfg, &catalog, &readers)?;
-    // Loaded before the writer starts, so no committed gate or block is missed.
-    let views = Arc::new(load_views(&cfg, &readers)?);
-    let api_handles = Arc::new(api::actors::Handles::default());
-    let (events, _) = tokio::sync::broadcast::channel(4096);
+    // Search catches up with the store, and the API's caches and filters
+    // load, before the writer moves it on (so no committed gate or block is
+    // missed).
+    let api = Api::load(&cfg, &catalog, &readers)?;
     let writer = tokio::spawn(writer::run(
         store,
         ev_rx,
         cfg.writer,
         positions.clone(),
         metrics.clone(),
-        on_commit(&search, &views, &api_handles, handles, &events),
+        api.on_commit(handles),
     ));
-    let state = AppState::new(api::StateParts {
-        generation: generation(&cfg, &catalog, &readers, &events, &search)?,
-        readers,
-        metrics: metrics.clone(),
-        positions,
-        links,
-        events,
-        search: Some(search.clone()),
-        handles: api_handles,
-        methods: methods(&views),
-        extensions: vec![views],
-    });
+    let search = api.search.clone();
+    let state = api.state(&cfg, &catalog, metrics.clone(), positions, links)?;
     reload_on_hangup(cfg.clone(), state.clone(), ingest_catalog);
     let server = start_http(&cfg, state, &shutdown).await?;
 
@@ -303,31 +302,84 @@ fn start_ingest(
         .spawn(move || ingest_loop(ingestor, raw_rx, ev_tx, router, ctx))?)
 }
 
-/// What follows each committed batch: caches dropped, the search index and
-/// the handle checks told, and GraphQL subscribers sent the changes.
-fn on_commit(
-    search: &Arc<Search>,
-    views: &Arc<api::bsky::Views>,
-    api_handles: &Arc<api::actors::Handles>,
-    handles: Option<Arc<crate::ingest::handles::HandleQueue>>,
-    events: &api::graphql::Events,
-) -> writer::OnCommit {
-    let (search, views, api_handles) = (search.clone(), views.clone(), api_handles.clone());
-    let publish = events.clone();
-    Arc::new(move |batch, stats| {
-        api_handles.invalidate(batch);
-        views.on_commit(batch);
-        search.on_commit(batch, stats.indexed_us, &stats.accounts_moved);
-        if let Some(h) = &handles {
-            h.on_commit(batch);
-        }
-        // Built only while someone is subscribed.
-        if publish.receiver_count() > 0 {
-            for ev in api::graphql::record_events(batch) {
-                let _ = publish.send(Arc::new(ev));
+/// The API's parts that live beside the writer: the search index, the
+/// app.bsky room's caches and filters, the verified-handle cache and the
+/// GraphQL subscription feed.
+pub struct Api {
+    pub search: Arc<Search>,
+    pub views: Arc<api::bsky::Views>,
+    pub handles: Arc<api::actors::Handles>,
+    pub events: api::graphql::Events,
+    readers: Arc<ReadPool>,
+}
+
+impl Api {
+    /// Opens the search index (filled from the store where it lags) and
+    /// loads the app.bsky room's filters: before the writer starts.
+    pub fn load(
+        cfg: &ServeConfig,
+        catalog: &Catalog,
+        readers: &Arc<ReadPool>,
+    ) -> anyhow::Result<Api> {
+        Ok(Api {
+            search: start_search(cfg, catalog, readers)?,
+            views: Arc::new(load_views(cfg, readers)?),
+            handles: Arc::new(api::actors::Handles::default()),
+            events: tokio::sync::broadcast::channel(4096).0,
+            readers: readers.clone(),
+        })
+    }
+
+    /// What follows each committed batch: caches dropped, the search index
+    /// and the handle checks told, and GraphQL subscribers sent the changes.
+    pub fn on_commit(
+        &self,
+        handle_checks: Option<Arc<crate::ingest::handles::HandleQueue>>,
+    ) -> writer::OnCommit {
+        let (search, views, handles) = (
+            self.search.clone(),
+            self.views.clone(),
+            self.handles.clone(),
+        );
+        let publish = self.events.clone();
+        Arc::new(move |batch, stats| {
+            handles.invalidate(batch);
+            views.on_commit(batch);
+            search.on_commit(batch, stats.indexed_us, &stats.accounts_moved);
+            if let Some(h) = &handle_checks {
+                h.on_commit(batch);
             }
-        }
-    })
+            // Built only while someone is subscribed.
+            if publish.receiver_count() > 0 {
+                for ev in api::graphql::record_events(batch) {
+                    let _ = publish.send(Arc::new(ev));
+                }
+            }
+        })
+    }
+
+    /// The state the HTTP API serves from (`api::app`), for `catalog`.
+    pub fn state(
+        &self,
+        cfg: &ServeConfig,
+        catalog: &Arc<Catalog>,
+        metrics: Arc<Metrics>,
+        positions: Arc<Positions>,
+        links: Arc<Links>,
+    ) -> anyhow::Result<AppState> {
+        Ok(AppState::new(api::StateParts {
+            generation: generation(cfg, catalog, &self.readers, &self.events, &self.search)?,
+            readers: self.readers.clone(),
+            metrics,
+            positions,
+            links,
+            events: self.events.clone(),
+            search: Some(self.search.clone()),
+            handles: self.handles.clone(),
+            methods: methods(&self.views),
+            extensions: vec![self.views.clone()],
+        }))
+    }
 }
 
 /// `auto` is full for firehose sources, none for recordings and Jetstream.
@@ -485,6 +537,7 @@ fn start_handle_checks(
     verify: Verify,
     resolver: &Arc<dyn Resolve>,
     http: &Http,
+    readers: &ReadPool,
     ev_tx: &mpsc::Sender<IndexEvent>,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
@@ -502,6 +555,7 @@ fn start_handle_checks(
         HandleChecker::new(resolver.clone(), via, http.clone()),
         ev_tx.clone(),
         metrics.clone(),
+        readers.with_blocking(crate::ingest::handles::pending)?,
         shutdown.clone(),
     )?))
 }

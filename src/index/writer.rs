@@ -99,6 +99,7 @@ pub async fn run(
             None => true,
         };
         if !pending.is_empty() {
+            Metrics::set(&metrics.queue_events, rx.len() as u64);
             let batch = std::mem::take(&mut pending);
             store = commit(store, batch, &positions, &metrics, &on_commit).await;
         }
@@ -118,12 +119,20 @@ async fn commit(
 ) -> Store {
     let mut attempt = 0u32;
     loop {
+        let hook = on_commit.clone();
         let (s, b, result) = tokio::task::spawn_blocking(move || {
             // Snapshots become explicit deletes first, so that `on_commit`
             // (search, subscriptions, caches) sees every removed record.
             let r = store
                 .expand_snapshots(&mut batch)
                 .and_then(|_| store.apply(&batch));
+            // Caches are invalidated before the cursor moves on, so a client
+            // that saw the new cursor never reads a view cached from before
+            // the batch. Here, on a blocking thread: the hook may wait for
+            // room in the search indexer's queue.
+            if let Ok(stats) = &r {
+                hook(&batch, stats);
+            }
             (store, batch, r)
         })
         .await
@@ -134,10 +143,7 @@ async fn commit(
             Ok(stats) => {
                 Metrics::inc(&metrics.batches_committed_total);
                 tracing::debug!(?stats, "batch committed");
-                // Caches are invalidated before the cursor moves on, so a
-                // client that saw the new cursor never reads a view cached
-                // from before the batch.
-                on_commit(&batch, &stats);
+
                 let mut last: BTreeMap<&str, (i64, Option<&String>)> = BTreeMap::new();
                 for ev in &batch {
                     if let Some(c) = ev.cursor {

@@ -13,15 +13,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::handles::HandleChecker;
 use crate::index::event::{Change, IndexEvent};
+use crate::metrics::Metrics;
+
+/// Handles that may wait to be checked. One that finds the queue full is
+/// left unchecked (shown as claimed, as every handle is until its check)
+/// and counted; unchecked handles are queued again at the next start
+/// ([`pending`]).
+const QUEUE: usize = 10_000;
 
 /// The checking thread's inbox: `(did, handle)` of committed `#identity`
 /// events.
-pub struct HandleQueue(std::sync::Mutex<std::sync::mpsc::Sender<(String, String)>>);
+pub struct HandleQueue {
+    tx: std::sync::mpsc::SyncSender<(String, String)>,
+    metrics: Arc<Metrics>,
+}
 
 impl HandleQueue {
     /// Queues the handles a committed batch asserted.
     pub fn on_commit(&self, batch: &[IndexEvent]) {
-        let tx = self.0.lock().expect("handle queue");
         for ev in batch {
             for c in &ev.changes {
                 if let Change::Identity {
@@ -29,22 +38,60 @@ impl HandleQueue {
                     handle: Some(handle),
                 } = c
                 {
-                    let _ = tx.send((did.clone(), handle.clone()));
+                    self.push(did.clone(), handle.clone());
                 }
             }
         }
     }
+
+    fn push(&self, did: String, handle: String) {
+        match self.tx.try_send((did, handle)) {
+            Ok(()) => Metrics::add(&self.metrics.queue_handle_checks, 1),
+            Err(std::sync::mpsc::TrySendError::Full((did, handle))) => {
+                Metrics::inc(&self.metrics.handle_checks_dropped_total);
+                tracing::debug!(
+                    did,
+                    handle,
+                    "handle check queue full: checked at the next start"
+                );
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// The handles of `actors` that were claimed and never checked (a check
+/// dropped from a full queue, or cut short by a stop), up to [`QUEUE`].
+pub fn pending(c: &duckdb::Connection) -> duckdb::Result<Vec<(String, String)>> {
+    let mut stmt = c.prepare(
+        "SELECT did, claimed_handle FROM actors
+         WHERE claimed_handle IS NOT NULL AND handle_checked_at IS NULL LIMIT ?",
+    )?;
+    let rows = stmt.query_map([QUEUE as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// Starts the checking thread; results go to the writer through `tx`. It
 /// stops at `shutdown` (so the writer can drain).
+/// `unchecked` ([`pending`]) are queued first.
 pub fn start(
     checker: HandleChecker,
     tx: mpsc::Sender<IndexEvent>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
+    unchecked: Vec<(String, String)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<HandleQueue>> {
-    let (in_tx, in_rx) = std::sync::mpsc::channel::<(String, String)>();
+    let (in_tx, in_rx) = std::sync::mpsc::sync_channel::<(String, String)>(QUEUE);
+    let queue = Arc::new(HandleQueue {
+        tx: in_tx,
+        metrics: metrics.clone(),
+    });
+    if !unchecked.is_empty() {
+        tracing::info!(handles = unchecked.len(), "checking handles left unchecked");
+    }
+    for (did, handle) in unchecked {
+        queue.push(did, handle);
+    }
     std::thread::Builder::new()
         .name("lexview-handles".into())
         .spawn(move || loop {
@@ -52,12 +99,15 @@ pub fn start(
                 return;
             }
             let (did, handle) = match in_rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(job) => job,
+                Ok(job) => {
+                    Metrics::dec(&metrics.queue_handle_checks);
+                    job
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             };
             let valid = checker.check(&did, &handle);
-            crate::metrics::Metrics::inc(if valid {
+            Metrics::inc(if valid {
                 &metrics.handles_verified_total
             } else {
                 &metrics.handles_invalid_total
@@ -78,5 +128,5 @@ pub fn start(
                 return;
             }
         })?;
-    Ok(Arc::new(HandleQueue(std::sync::Mutex::new(in_tx))))
+    Ok(queue)
 }

@@ -150,10 +150,7 @@ pub struct WorkerSetup {
 
 impl Workers {
     /// Starts the fetching threads; results go to `results`.
-    pub fn start(
-        setup: WorkerSetup,
-        results: mpsc::UnboundedSender<Fetched>,
-    ) -> anyhow::Result<Workers> {
+    pub fn start(setup: WorkerSetup, results: mpsc::Sender<Fetched>) -> anyhow::Result<Workers> {
         let WorkerSetup {
             threads: n,
             per_host,
@@ -194,7 +191,7 @@ impl Workers {
                             car: &car,
                         };
                         let fetched = match job.run(&did, |changes| {
-                            let _ = results.send(Fetched::Part {
+                            let _ = results.blocking_send(Fetched::Part {
                                 did: did.clone(),
                                 changes,
                             });
@@ -205,7 +202,7 @@ impl Workers {
                                 error: format!("{e:#}"),
                             },
                         };
-                        if results.send(fetched).is_err() {
+                        if results.blocking_send(fetched).is_err() {
                             return;
                         }
                     })?,

@@ -22,10 +22,12 @@ pub const BACKFILL_WINDOW: usize = 1024;
 pub struct IngestContext {
     pub handle: tokio::runtime::Handle,
     pub workers: Option<Arc<Workers>>,
-    pub fetched: mpsc::UnboundedReceiver<Fetched>,
+    pub fetched: mpsc::Receiver<Fetched>,
     /// Repositories to backfill (`--backfill`).
     pub requests: mpsc::Receiver<String>,
     pub shutdown: CancellationToken,
+    /// For the queue gauges.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the ingest thread waits for.
@@ -63,6 +65,8 @@ pub fn ingest_loop(
             return;
         }
         router.requeue_due(std::time::Instant::now());
+        crate::metrics::Metrics::set(&ctx.metrics.queue_frames, rx.len() as u64);
+        crate::metrics::Metrics::set(&ctx.metrics.queue_resync_results, ctx.fetched.len() as u64);
         let retry = router.next_retry();
         let input = ctx.handle.block_on(async {
             let retry_at = tokio::time::Instant::from_std(retry.unwrap_or_else(|| {

@@ -15,6 +15,30 @@ use super::{LinkState, Links, RawFrame, Wire};
 use crate::decode::frame::{peek, Peek};
 use crate::metrics::Metrics;
 
+/// How long opening a connection (DNS, TCP, TLS, the WebSocket handshake)
+/// may take before it counts as failed and is retried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may stay silent before it is dropped and opened
+/// again (a relay that stalls without closing). The live network sends
+/// many events a second; a quiet PDS may not, and a reconnect resumes from
+/// the last seq, so nothing is lost by it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The largest message a source may send. A relay's frames carry a commit's
+/// changed blocks, which the sync spec caps well below this (a bigger commit
+/// is sent `tooBig`); a larger message is refused by the WebSocket layer and
+/// the connection reopened from the last seq.
+pub const MAX_MESSAGE: usize = 5 << 20;
+
+/// The WebSocket settings of every source: messages capped at
+/// [`MAX_MESSAGE`].
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
 /// The subscribeRepos endpoint for a `--source` URL: a bare host gets the
 /// XRPC path appended; a URL that already names it is used as is.
 pub fn endpoint(url: &str, cursor: Option<i64>) -> String {
@@ -86,7 +110,11 @@ pub async fn run(
         let ended: Option<String>;
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio_tungstenite::connect_async(&target) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(&target, Some(ws_config()), true)) => {
+                r.unwrap_or_else(|_| Err(tokio_tungstenite::tungstenite::Error::Io(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                )))
+            }
         };
         match connected {
             Ok((mut ws, _)) => {
@@ -95,7 +123,14 @@ pub async fn run(
                 loop {
                     let msg = tokio::select! {
                         _ = shutdown.cancelled() => { let _ = ws.close(None).await; return; }
-                        m = ws.next() => m,
+                        m = tokio::time::timeout(IDLE_TIMEOUT, ws.next()) => match m {
+                            Ok(m) => m,
+                            Err(_) => {
+                                tracing::warn!(%target, "no message for {} s: reconnecting", IDLE_TIMEOUT.as_secs());
+                                ended = Some("idle: no message within the idle timeout".into());
+                                break;
+                            }
+                        },
                     };
                     match msg {
                         Some(Ok(Message::Binary(bytes))) => {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::firehose::{backoff, split_cursor};
+use super::firehose::{backoff, split_cursor, ws_config, CONNECT_TIMEOUT, IDLE_TIMEOUT};
 use super::{LinkState, Links, RawFrame, Wire};
 use crate::metrics::Metrics;
 
@@ -171,7 +171,11 @@ pub async fn run(
         let ended: Option<String>;
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio_tungstenite::connect_async(&target) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(&target, Some(ws_config()), true)) => {
+                r.unwrap_or_else(|_| Err(tokio_tungstenite::tungstenite::Error::Io(
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                )))
+            }
         };
         match connected {
             Ok((mut ws, _)) => {
@@ -187,7 +191,14 @@ pub async fn run(
                 loop {
                     let msg = tokio::select! {
                         _ = shutdown.cancelled() => { let _ = ws.close(None).await; return; }
-                        m = ws.next() => m,
+                        m = tokio::time::timeout(IDLE_TIMEOUT, ws.next()) => match m {
+                            Ok(m) => m,
+                            Err(_) => {
+                                tracing::warn!(%target, "no message for {} s: reconnecting", IDLE_TIMEOUT.as_secs());
+                                ended = Some("idle: no message within the idle timeout".into());
+                                break;
+                            }
+                        },
                     };
                     let bytes: Vec<u8> = match msg {
                         Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),

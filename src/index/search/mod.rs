@@ -485,7 +485,13 @@ pub struct SearchIndex {
     /// Recorded with each commit; a start that covers a collection not in
     /// it rebuilds the index.
     complete: Mutex<BTreeSet<String>>,
+    /// Committed batches waiting for the indexer thread.
+    queued: std::sync::atomic::AtomicU64,
 }
+
+/// Committed batches that may wait for the indexer thread; the writer
+/// waits for room beyond them (backpressure instead of memory).
+const QUEUE: usize = 64;
 
 /// What a commit records about the store: every record indexed in DuckDB
 /// before `covered_us` is in this index.
@@ -590,9 +596,15 @@ impl SearchIndex {
                 counter: count::Counter::new(),
                 lookups: LookupCounts::default(),
                 complete: Mutex::new(complete),
+                queued: Default::default(),
             },
             covered,
         ))
+    }
+
+    /// Committed batches waiting for the indexer thread (at most `QUEUE`).
+    pub fn queued(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where the index lives.
@@ -1190,6 +1202,11 @@ pub fn spawn_indexer(
                 };
                 let done = match rx.recv_timeout(wait) {
                     Ok(c) => {
+                        let _ = index.queued.fetch_update(
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                            |n| n.checked_sub(1),
+                        );
                         let fields = fields.load();
                         let changes = changes_of(&fields, &c.batch, c.indexed_us);
                         let accounts = &c.accounts;
@@ -1407,7 +1424,7 @@ fn stage_from_store(
 pub struct Search {
     pub index: Arc<SearchIndex>,
     pub fields: Arc<arc_swap::ArcSwap<SearchFields>>,
-    tx: Mutex<Option<mpsc::Sender<Committed>>>,
+    tx: Mutex<Option<mpsc::SyncSender<Committed>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -1448,7 +1465,7 @@ impl Search {
         );
         let index = Arc::new(index);
         let fields = Arc::new(arc_swap::ArcSwap::from_pointee(fields));
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let started = chrono::Utc::now().timestamp_micros();
         let thread = spawn_indexer(index.clone(), fields.clone(), readers.clone(), rx, started)?;
         Ok(Arc::new(Search {
@@ -1495,6 +1512,10 @@ impl Search {
         let sent_us = chrono::Utc::now().timestamp_micros();
         if let Some(tx) = self.tx.lock().expect("search tx lock").as_ref() {
             // Sent even when empty: it moves the covered time forward.
+            // Waits while the indexer is `QUEUE` batches behind.
+            self.index
+                .queued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send(Committed {
                 sent_us,
                 indexed_us,
