@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::handles::HandleChecker;
+use crate::identity::handles::{HandleChecker, Verdict};
 use crate::index::event::{Change, IndexEvent};
 use crate::metrics::Metrics;
 
@@ -94,39 +94,82 @@ pub fn start(
     }
     std::thread::Builder::new()
         .name("lexview-handles".into())
-        .spawn(move || loop {
-            if shutdown.is_cancelled() {
-                return;
+        .spawn(move || check_loop(checker, in_rx, tx, metrics, shutdown))?;
+    Ok(queue)
+}
+
+/// Checks that could not be decided (an outage) are tried again after
+/// this, doubling up to [`RETRY_MAX`]; the handle is shown as claimed
+/// meanwhile.
+const RETRY_BASE: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+
+/// The checking thread: a check from the inbox, or one due again.
+fn check_loop(
+    checker: HandleChecker,
+    inbox: std::sync::mpsc::Receiver<(String, String)>,
+    tx: mpsc::Sender<IndexEvent>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    // Undecided checks: when each is due, and how many times it failed.
+    let mut later: Vec<(std::time::Instant, String, String, u32)> = Vec::new();
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let due = later.iter().position(|(at, ..)| *at <= now);
+        let (did, handle, failures) = match due {
+            Some(i) => {
+                let (_, did, handle, n) = later.swap_remove(i);
+                (did, handle, n)
             }
-            let (did, handle) = match in_rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(job) => {
+            None => match inbox.recv_timeout(Duration::from_millis(200)) {
+                Ok((did, handle)) => {
                     Metrics::dec(&metrics.queue_handle_checks);
-                    job
+                    (did, handle, 0)
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            };
-            let valid = checker.check(&did, &handle);
-            Metrics::inc(if valid {
-                &metrics.handles_verified_total
-            } else {
-                &metrics.handles_invalid_total
-            });
-            if !valid {
-                tracing::info!(
+            },
+        };
+        let valid = match checker.verdict(&did, &handle) {
+            Verdict::Valid => true,
+            Verdict::Invalid => false,
+            Verdict::Unknown(why) => {
+                let wait = (RETRY_BASE * 2u32.saturating_pow(failures.min(16))).min(RETRY_MAX);
+                tracing::debug!(
                     did,
                     handle,
-                    "handle does not verify: shown as handle.invalid"
+                    ?wait,
+                    "handle check undecided ({why}): tried again later"
                 );
+                if later.len() < QUEUE {
+                    later.push((now + wait, did, handle, failures + 1));
+                }
+                continue;
             }
-            let ev = IndexEvent {
-                source: "handles".into(),
-                changes: vec![Change::HandleChecked { did, handle, valid }],
-                ..Default::default()
-            };
-            if tx.blocking_send(ev).is_err() {
-                return;
-            }
-        })?;
-    Ok(queue)
+        };
+        Metrics::inc(if valid {
+            &metrics.handles_verified_total
+        } else {
+            &metrics.handles_invalid_total
+        });
+        if !valid {
+            tracing::info!(
+                did,
+                handle,
+                "handle does not verify: shown as handle.invalid"
+            );
+        }
+        let ev = IndexEvent {
+            source: "handles".into(),
+            changes: vec![Change::HandleChecked { did, handle, valid }],
+            ..Default::default()
+        };
+        if tx.blocking_send(ev).is_err() {
+            return;
+        }
+    }
 }

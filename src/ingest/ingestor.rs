@@ -13,6 +13,16 @@ use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::syntax::{is_valid_did, is_valid_record_key};
 
+/// What verifying a commit decided.
+enum Checked {
+    /// Authentic: its ops apply; with the resync to ask for when its
+    /// `prevData` breaks the chain the verifier knows.
+    Verified { resync: Option<Change> },
+    /// Its DID document cannot be had now: the repository is resynced
+    /// instead of the commit applied.
+    Deferred(Change),
+}
+
 /// A commit's CAR blocks by CID.
 type BlockMap<'a> = std::collections::HashMap<cid::Cid, &'a [u8], foldhash::fast::RandomState>;
 
@@ -539,7 +549,13 @@ impl Ingestor {
         // Only commits that touch a loaded collection get here: a signature
         // check costs ~70 us.
         let resync = match &self.verifier {
-            Some(verifier) => self.verify_commit(verifier, c, &blocks)?,
+            Some(verifier) => match self.verify_commit(verifier, c, &blocks)? {
+                Checked::Verified { resync } => resync,
+                // Nothing of the commit is applied; its repository is
+                // resynced (durably requested in the batch that moves the
+                // cursor past it), and its later events wait for that.
+                Checked::Deferred(resync) => return Ok(vec![resync]),
+            },
             None => None,
         };
         let mut changes = Vec::with_capacity(wanted.len());
@@ -552,14 +568,15 @@ impl Ingestor {
 
     /// Verifies a commit that touches a loaded collection (a signature
     /// check costs ~70 us): its signature, DID, rev order and Sync 1.1
-    /// proof. Returns the resync to ask for when its `prevData` breaks the
-    /// chain the verifier knows (it is applied: it is authentic).
+    /// proof. A commit whose DID document cannot be had now (the directory
+    /// or the did:web host is down or slow) is deferred to a resync of its
+    /// repository, never dropped: only a definite failure rejects it.
     fn verify_commit(
         &self,
         verifier: &crate::verify::Verifier,
         c: &Commit<'_>,
         blocks: &BlockMap<'_>,
-    ) -> Result<Option<Change>, IngestError> {
+    ) -> Result<Checked, IngestError> {
         let m = &self.metrics;
         let reject = |reason: String| IngestError::CommitRejected {
             seq: c.seq,
@@ -600,6 +617,21 @@ impl Ingestor {
                     });
                 }
             }
+            Err(crate::verify::VerifyError::Identity(
+                crate::identity::IdentityError::Unavailable(why),
+            )) => {
+                Metrics::inc(&m.commits_deferred_total);
+                Metrics::inc(&m.resyncs_requested_total);
+                tracing::warn!(
+                    repo = c.repo,
+                    rev = c.rev,
+                    "DID document unavailable now: the repository will be resynced ({why})"
+                );
+                return Ok(Checked::Deferred(Change::Resync {
+                    did: c.repo.to_string(),
+                    reason: format!("commit {} deferred: DID document unavailable", c.rev),
+                }));
+            }
             Err(e) => {
                 use crate::keys::KeyError as K;
                 use crate::verify::VerifyError as V;
@@ -615,7 +647,7 @@ impl Ingestor {
                 return Err(reject(format!("verification failed ({}): {e}", e.reason())));
             }
         }
-        Ok(resync)
+        Ok(Checked::Verified { resync })
     }
 
     /// The change one op of a commit makes (None for a record of a tooBig
@@ -720,13 +752,24 @@ impl Ingestor {
                 .get(root)
                 .ok_or_else(|| reject("#sync commit block missing".into()))?;
             verify_block(root, block).map_err(|e| reject(e.to_string()))?;
-            let v = verifier
-                .verify_sync(&crate::verify::frame_key(frame), block, s.did, s.rev)
-                .map_err(|e| reject(format!("#sync verification failed ({}): {e}", e.reason())))?;
-            let known = verifier.last_data(s.did);
-            verifier.accepted(s.did, s.rev, v.data, None);
-            if known == Some(v.data) {
-                return Ok(None);
+            match verifier.verify_sync(&crate::verify::frame_key(frame), block, s.did, s.rev) {
+                Ok(v) => {
+                    let known = verifier.last_data(s.did);
+                    verifier.accepted(s.did, s.rev, v.data, None);
+                    if known == Some(v.data) {
+                        return Ok(None);
+                    }
+                }
+                // Resynced anyway: the snapshot is verified when it is read.
+                Err(crate::verify::VerifyError::Identity(
+                    crate::identity::IdentityError::Unavailable(_),
+                )) => Metrics::inc(&self.metrics.commits_deferred_total),
+                Err(e) => {
+                    return Err(reject(format!(
+                        "#sync verification failed ({}): {e}",
+                        e.reason()
+                    )))
+                }
             }
         }
         Metrics::inc(&self.metrics.resyncs_requested_total);

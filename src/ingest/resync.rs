@@ -393,7 +393,7 @@ impl Router {
             started: std::time::Instant::now(),
             retries: Vec::new(),
             failures: HashMap::new(),
-            retry_base: Duration::from_secs(60),
+            retry_base: Duration::from_secs(10),
         }
     }
 

@@ -60,6 +60,7 @@ pub fn assert_lines_eq(expected: &str, got: &str) {
 }
 pub mod jetstream;
 pub mod pds;
+pub mod proxy;
 pub mod relay;
 pub mod server;
 

@@ -72,42 +72,66 @@ impl HandleChecker {
         }
     }
 
-    /// Whether `handle` is `did`'s, both ways.
+    /// Whether `handle` is `did`'s, both ways (an undecided check is false).
     pub fn check(&self, did: &str, handle: &str) -> bool {
+        matches!(self.verdict(did, handle), Verdict::Valid)
+    }
+
+    /// Whether `handle` is `did`'s, both ways, or undecided for now.
+    pub fn verdict(&self, did: &str, handle: &str) -> Verdict {
         let handle = handle.to_ascii_lowercase();
         if !crate::syntax::is_valid_handle(&handle) {
-            return false;
+            return Verdict::Invalid;
         }
-        let claimed = self.resolver.also_known_as(did).is_ok_and(|aka| {
-            aka.iter().any(|a| {
-                a.strip_prefix("at://")
-                    .is_some_and(|h| h.eq_ignore_ascii_case(&handle))
-            })
+        let aka = match self.resolver.also_known_as(did) {
+            Ok(aka) => aka,
+            Err(super::IdentityError::Unavailable(why)) => return Verdict::Unknown(why),
+            Err(_) => return Verdict::Invalid,
+        };
+        let claimed = aka.iter().any(|a| {
+            a.strip_prefix("at://")
+                .is_some_and(|h| h.eq_ignore_ascii_case(&handle))
         });
-        claimed && self.resolve_handle(&handle).as_deref() == Some(did)
+        if !claimed {
+            return Verdict::Invalid;
+        }
+        match self.resolve_handle(&handle) {
+            Ok(Some(found)) if found == did => Verdict::Valid,
+            Ok(_) => Verdict::Invalid,
+            Err(why) => Verdict::Unknown(why),
+        }
     }
 
-    /// The DID a handle names, if it can be found.
-    fn resolve_handle(&self, handle: &str) -> Option<String> {
+    /// The DID a handle names: `Ok(None)` when it names none (or not one),
+    /// `Err` when that cannot be told now (a lookup timed out or failed).
+    fn resolve_handle(&self, handle: &str) -> Lookup {
         match &self.via {
             Via::Service(url) => {
-                let v: serde_json::Value = self
-                    .http
-                    .get_json(
-                        &format!("{url}/xrpc/com.atproto.identity.resolveHandle?handle={handle}"),
-                        Trust::Configured,
-                        DEADLINE,
-                        LIMIT,
-                    )
-                    .ok()?;
-                v["did"].as_str().map(str::to_string)
+                let answer = self.http.get_json::<serde_json::Value>(
+                    &format!("{url}/xrpc/com.atproto.identity.resolveHandle?handle={handle}"),
+                    Trust::Configured,
+                    DEADLINE,
+                    LIMIT,
+                );
+                match answer {
+                    Ok(v) => Ok(v["did"].as_str().map(str::to_string)),
+                    Err(e) if e.is_transient() => Err(e.to_string()),
+                    Err(_) => Ok(None),
+                }
             }
-            Via::DnsAndHttps => self.dns_txt(handle).or_else(|| self.well_known(handle)),
+            Via::DnsAndHttps => match self.dns_txt(handle) {
+                Ok(Some(did)) => Ok(Some(did)),
+                dns => match (dns, self.well_known(handle)) {
+                    (_, Ok(Some(did))) => Ok(Some(did)),
+                    (Err(why), _) | (_, Err(why)) => Err(why),
+                    (Ok(_), Ok(None)) => Ok(None),
+                },
+            },
         }
     }
 
-    fn dns_txt(&self, handle: &str) -> Option<String> {
-        let dns = self
+    fn dns_txt(&self, handle: &str) -> Lookup {
+        let Some(dns) = self
             .dns
             .get_or_init(|| {
                 Dns::new()
@@ -116,36 +140,58 @@ impl HandleChecker {
                     })
                     .ok()
             })
-            .as_ref()?;
-        let lookup = dns
+            .as_ref()
+        else {
+            return Ok(None);
+        };
+        let lookup = match dns
             .rt
             .block_on(dns.resolver.txt_lookup(format!("_atproto.{handle}.")))
-            .ok()?;
+        {
+            Ok(lookup) => lookup,
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
+            Err(e) => return Err(format!("DNS: {e}")),
+        };
         // Exactly one `did=` record, as the handle spec asks.
         let dids: Vec<String> = lookup
             .iter()
             .map(|txt| txt.to_string())
             .filter_map(|t| t.strip_prefix("did=").map(str::to_string))
             .collect();
-        match dids.as_slice() {
+        Ok(match dids.as_slice() {
             [did] => Some(did.clone()),
             _ => None,
-        }
+        })
     }
 
-    fn well_known(&self, handle: &str) -> Option<String> {
-        let body = self
-            .http
-            .get_bytes(
-                &format!("https://{handle}/.well-known/atproto-did"),
-                Trust::Named,
-                DEADLINE,
-                LIMIT,
-            )
-            .ok()?;
-        let did = std::str::from_utf8(&body).ok()?.trim();
-        crate::syntax::is_valid_did(did).then(|| did.to_string())
+    fn well_known(&self, handle: &str) -> Lookup {
+        let body = match self.http.get_bytes(
+            &format!("https://{handle}/.well-known/atproto-did"),
+            Trust::Named,
+            DEADLINE,
+            LIMIT,
+        ) {
+            Ok(body) => body,
+            Err(e) if e.is_transient() => return Err(e.to_string()),
+            Err(_) => return Ok(None),
+        };
+        let did = std::str::from_utf8(&body).unwrap_or_default().trim();
+        Ok(crate::syntax::is_valid_did(did).then(|| did.to_string()))
     }
+}
+
+/// What a handle lookup found (see [`HandleChecker::resolve_handle`]).
+type Lookup = Result<Option<String>, String>;
+
+/// A handle check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The DID document claims the handle and the handle names the DID.
+    Valid,
+    /// One of the two does not hold.
+    Invalid,
+    /// Cannot be told now (a directory, DNS or host outage): ask again later.
+    Unknown(String),
 }
 
 #[cfg(test)]
@@ -195,6 +241,29 @@ mod tests {
     }
 
     use axum::response::IntoResponse;
+
+    /// A directory outage decides nothing: the check is asked again later,
+    /// not turned into `handle.invalid`.
+    #[test]
+    fn an_outage_leaves_the_check_undecided() {
+        // Nothing listens on port 9 of loopback.
+        let resolver = Arc::new(crate::identity::HttpResolver::new(
+            "http://127.0.0.1:9",
+            Duration::from_secs(3600),
+            http(),
+        ));
+        let checker =
+            HandleChecker::new(resolver, Via::Service("http://127.0.0.1:9".into()), http());
+        assert!(matches!(
+            checker.verdict("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "alice.test"),
+            Verdict::Unknown(_)
+        ));
+        // A handle that is not one is decided at once.
+        assert_eq!(
+            checker.verdict("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "not a handle"),
+            Verdict::Invalid
+        );
+    }
 
     #[test]
     fn a_handle_must_be_claimed_by_the_did_and_point_back_at_it() {
