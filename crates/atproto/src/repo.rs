@@ -120,8 +120,8 @@ impl CarFile {
             version: u64,
             roots: Vec<Cid>,
         }
-        let header: Header = serde_ipld_dagcbor::from_slice(&header)
-            .map_err(|e| malformed(format!("header: {e}")))?;
+        let header: Header =
+            crate::decode::from_dag_cbor(&header).map_err(|e| malformed(format!("header: {e}")))?;
         if header.version != 1 {
             return Err(malformed(format!(
                 "unsupported CAR version {}",
@@ -234,6 +234,8 @@ impl<S: BlockStore> Repo<S> {
         Walk {
             repo: self,
             stack: vec![Step::Node(self.data)],
+            last: None,
+            empty: std::collections::HashSet::new(),
         }
     }
 
@@ -241,7 +243,7 @@ impl<S: BlockStore> Repo<S> {
         let root = *roots.first().ok_or(RepoError::NoRoot)?;
         let commit_block = store.raw(&root)?.into_owned();
         verify_block(&root, &commit_block)?;
-        let commit: CommitFields = serde_ipld_dagcbor::from_slice(&commit_block)
+        let commit: CommitFields = crate::decode::from_dag_cbor(&commit_block)
             .map_err(|e| RepoError::Commit(e.to_string()))?;
         Ok(Repo {
             did: commit.did,
@@ -264,6 +266,13 @@ enum Step {
 pub struct Walk<'r, S> {
     repo: &'r Repo<S>,
     stack: Vec<Step>,
+    /// The last key returned: keys come in strictly increasing order, which
+    /// also stops a DAG whose shared nodes would be walked again and again
+    /// (their keys would come back).
+    last: Option<String>,
+    /// Nodes without keys expanded (only a root should be one): a cycle of
+    /// them would emit no key to catch.
+    empty: std::collections::HashSet<Cid>,
 }
 
 impl<S: BlockStore> Iterator for Walk<'_, S> {
@@ -272,9 +281,20 @@ impl<S: BlockStore> Iterator for Walk<'_, S> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let cid = match self.stack.pop()? {
-                Step::Record(key, v) => return Some(Ok((key, v))),
+                Step::Record(key, v) => {
+                    if self.last.as_ref().is_some_and(|l| *l >= key) {
+                        self.stack.clear();
+                        return Some(Err(RepoError::Node {
+                            cid: self.repo.commit.0,
+                            message: format!("key {key:?} out of order"),
+                        }));
+                    }
+                    self.last = Some(key.clone());
+                    return Some(Ok((key, v)));
+                }
                 Step::Node(cid) => cid,
             };
+
             if let Err(e) = self.expand(cid) {
                 self.stack.clear();
                 return Some(Err(e));
@@ -286,10 +306,16 @@ impl<S: BlockStore> Iterator for Walk<'_, S> {
 impl<S: BlockStore> Walk<'_, S> {
     fn expand(&mut self, cid: Cid) -> Result<(), RepoError> {
         let block = self.repo.block(&cid)?;
-        let node: Node = serde_ipld_dagcbor::from_slice(&block).map_err(|e| RepoError::Node {
+        let node: Node = crate::decode::from_dag_cbor(&block).map_err(|e| RepoError::Node {
             cid,
             message: e.to_string(),
         })?;
+        if node.e.is_empty() && !self.empty.insert(cid) {
+            return Err(RepoError::Node {
+                cid,
+                message: "an empty node appears twice: not a tree".into(),
+            });
+        }
         // In order: l, then each entry's key followed by its right subtree.
         let mut ordered = Vec::with_capacity(node.e.len() * 2 + 1);
         if let Some(l) = node.l {

@@ -50,7 +50,7 @@ struct Header {
 pub fn read_car(bytes: &[u8]) -> Result<Blocks<'_>, CarError> {
     let malformed = |what: &str| CarError::Malformed(what.to_string());
     let (header, mut rest) = split_section(bytes).ok_or_else(|| malformed("truncated header"))?;
-    let header: Header = serde_ipld_dagcbor::from_slice(header)
+    let header: Header = crate::decode::from_dag_cbor(header)
         .map_err(|e| CarError::Malformed(format!("header: {e}")))?;
     if header.version != 1 {
         return Err(CarError::Malformed(format!(

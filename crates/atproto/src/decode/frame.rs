@@ -158,7 +158,7 @@ struct SeqOnly {
 }
 
 fn body<'a, T: Deserialize<'a>>(kind: &str, bytes: &'a [u8]) -> Result<T, FrameError> {
-    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| FrameError::Body {
+    crate::decode::from_dag_cbor(bytes).map_err(|e| FrameError::Body {
         kind: kind.to_string(),
         message: e.to_string(),
     })
@@ -176,7 +176,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
             "#sync" => Ok(Frame::Sync(body("#sync", rest)?)),
             "#info" => Ok(Frame::Info(body("#info", rest)?)),
             other => {
-                let seq = serde_ipld_dagcbor::from_slice::<SeqOnly>(rest)
+                let seq = crate::decode::from_dag_cbor::<SeqOnly>(rest)
                     .ok()
                     .and_then(|s| s.seq);
                 Ok(Frame::Other {
@@ -214,10 +214,13 @@ pub fn peek(bytes: &[u8]) -> Result<Peek, FrameError> {
 fn split_header(bytes: &[u8]) -> Result<(Header<'_>, &[u8]), FrameError> {
     let header_len = cbor_item_len(bytes)
         .ok_or_else(|| FrameError::Header("truncated or not DAG-CBOR".into()))?;
-    let header: Header = serde_ipld_dagcbor::from_slice(&bytes[..header_len])
+    let header: Header = crate::decode::from_dag_cbor(&bytes[..header_len])
         .map_err(|e| FrameError::Header(e.to_string()))?;
     Ok((header, &bytes[header_len..]))
 }
+
+/// The deepest nesting [`cbor_item_len`] accepts (see `decode::MAX_DEPTH`).
+pub const MAX_DEPTH: usize = 64;
 
 /// The byte length of the first CBOR data item in `b` (definite lengths only,
 /// as DAG-CBOR requires). serde_ipld_dagcbor does not report how far it read,
@@ -240,7 +243,7 @@ pub fn cbor_item_len(b: &[u8]) -> Option<usize> {
         ))
     }
     fn item(b: &[u8], pos: usize, depth: usize) -> Option<usize> {
-        if depth > 64 {
+        if depth > MAX_DEPTH {
             return None;
         }
         let major = b.get(pos)? >> 5;

@@ -13,11 +13,18 @@ use serde_json::{Map, Number, Value};
 
 /// Decodes one DAG-CBOR object (a record block) into data-model JSON.
 pub fn dagcbor_to_json(bytes: &[u8]) -> Result<Value, String> {
+    // Bounded first: the visitor below recurses once per level.
+    if super::frame::cbor_item_len(bytes) != Some(bytes.len()) {
+        return Err(super::CborError::Shape.to_string());
+    }
     let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
     let value = DataModel.deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
 }
+
+/// The most elements reserved ahead from a length the input claims.
+const CAPACITY_HINT_MAX: usize = 256;
 
 struct DataModel;
 
@@ -106,14 +113,16 @@ impl<'de> Visitor<'de> for DataModelVisitor {
         Ok(Value::Object(m))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        // A length from the input is a hint, not a promise: capped, so a
+        // header claiming 2^60 elements allocates nothing large.
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(CAPACITY_HINT_MAX));
         while let Some(v) = seq.next_element_seed(DataModel)? {
             out.push(v);
         }
         Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::with_capacity(map.size_hint().unwrap_or(0));
+        let mut out = Map::with_capacity(map.size_hint().unwrap_or(0).min(CAPACITY_HINT_MAX));
         while let Some(k) = map.next_key::<String>()? {
             let v = map.next_value_seed(DataModel)?;
             out.insert(k, v);

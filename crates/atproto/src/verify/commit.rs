@@ -47,8 +47,8 @@ pub fn verify_commit(
     rev: &str,
     key: &PublicKey,
 ) -> Result<VerifiedCommit, VerifyError> {
-    let c: SignedCommit = serde_ipld_dagcbor::from_slice(block)
-        .map_err(|e| VerifyError::CommitBlock(e.to_string()))?;
+    let c: SignedCommit =
+        crate::decode::from_dag_cbor(block).map_err(|e| VerifyError::CommitBlock(e.to_string()))?;
     if c.version != 3 && c.version != 2 {
         return Err(VerifyError::Version(c.version));
     }
@@ -87,7 +87,7 @@ pub fn commit_data(block: &[u8]) -> Result<Cid, VerifyError> {
     struct Data {
         data: Cid,
     }
-    serde_ipld_dagcbor::from_slice::<Data>(block)
+    crate::decode::from_dag_cbor::<Data>(block)
         .map(|d| d.data)
         .map_err(|e| VerifyError::CommitBlock(e.to_string()))
 }

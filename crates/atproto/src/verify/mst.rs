@@ -202,20 +202,44 @@ impl<'a> From<&crate::decode::frame::RepoOp<'a>> for Op<'a> {
     }
 }
 
+/// What a flattening has seen: every node once, within a budget.
+struct Seen {
+    nodes: std::collections::HashSet<Cid>,
+}
+
+/// The most MST nodes one proof may hold (a commit's proof holds a few
+/// dozen; a whole repository is walked by `repo::Walk`, not here).
+const PROOF_NODE_BUDGET: usize = 10_000;
+
+/// Flattens the tree under `cid` (whose layer is `layer`, when known) into
+/// `out`, in key order. Recursive, but bounded: each level is one layer
+/// lower than its parent (checked), layers come from key hashes (at most
+/// 128), every node is visited once (a tree, not a DAG), and a proof holds
+/// at most [`PROOF_NODE_BUDGET`] nodes.
 fn flatten<'b>(
     cid: Cid,
     layer: Option<u32>,
     get: &Get<'b>,
     out: &mut Vec<Item>,
+    seen: &mut Seen,
 ) -> Result<(), ProofError> {
     let Some(bytes) = get(&cid) else {
         let layer = layer.ok_or_else(|| ProofError::Incomplete("the root".into()))?;
         out.push(Item::Opaque(cid, layer));
         return Ok(());
     };
+    if !seen.nodes.insert(cid) {
+        return Err(ProofError::Node(cid, "appears twice: not a tree".into()));
+    }
+    if seen.nodes.len() > PROOF_NODE_BUDGET {
+        return Err(ProofError::Node(
+            cid,
+            "more nodes than a proof holds".into(),
+        ));
+    }
     let node: NodeIn =
-        serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ProofError::Node(cid, e.to_string()))?;
-    let mut keys = Vec::with_capacity(node.e.len());
+        crate::decode::from_dag_cbor(bytes).map_err(|e| ProofError::Node(cid, e.to_string()))?;
+    let mut keys = Vec::with_capacity(node.e.len().min(1024));
     let mut key: Vec<u8> = Vec::new();
     for e in &node.e {
         if e.p > key.len() {
@@ -231,12 +255,18 @@ fn flatten<'b>(
     // child, and an empty root with no child is the empty tree (a commit
     // that deleted a repository's last record).
     let layer = match (keys.first(), layer) {
+        (Some((_, h)), Some(l)) if *h != l => {
+            return Err(ProofError::Node(
+                cid,
+                format!("keys of layer {h} below layer {}", l + 1),
+            ))
+        }
         (Some((_, h)), _) => *h,
         (None, Some(l)) => l,
         (None, None) if node.l.is_none() => 0,
         (None, None) => match node.l.and_then(|l| get(&l)) {
             Some(child) => {
-                let c: NodeIn = serde_ipld_dagcbor::from_slice(child)
+                let c: NodeIn = crate::decode::from_dag_cbor(child)
                     .map_err(|e| ProofError::Node(cid, e.to_string()))?;
                 match c.e.first() {
                     Some(e) if e.p == 0 => key_height(e.k) + 1,
@@ -247,13 +277,17 @@ fn flatten<'b>(
         },
     };
     let below = layer.checked_sub(1);
-    if let Some(l) = node.l {
-        flatten(l, below, get, out)?;
+    let subtree = |t: Option<Cid>| match (t, below) {
+        (Some(_), None) => Err(ProofError::Node(cid, "a subtree below layer 0".into())),
+        (t, _) => Ok(t),
+    };
+    if let Some(l) = subtree(node.l)? {
+        flatten(l, below, get, out, seen)?;
     }
     for (e, (k, h)) in node.e.iter().zip(keys) {
         out.push(Item::Leaf(k, e.v, h));
-        if let Some(t) = e.t {
-            flatten(t, below, get, out)?;
+        if let Some(t) = subtree(e.t)? {
+            flatten(t, below, get, out, seen)?;
         }
     }
     Ok(())
@@ -317,7 +351,20 @@ fn build_items(
 /// commit, to compare with the commit's `prevData`.
 pub fn invert<'b>(root: Cid, ops: &[Op<'_>], get: &Get<'b>) -> Result<Cid, ProofError> {
     let mut items = Vec::new();
-    flatten(root, None, get, &mut items)?;
+    let mut seen = Seen {
+        nodes: std::collections::HashSet::new(),
+    };
+    flatten(root, None, get, &mut items, &mut seen)?;
+    // Keys in strictly increasing order, as a tree's are.
+    let mut last: Option<&[u8]> = None;
+    for item in &items {
+        if let Item::Leaf(k, ..) = item {
+            if last.is_some_and(|l| l >= k.as_slice()) {
+                return Err(ProofError::Node(root, "keys out of order".into()));
+            }
+            last = Some(k);
+        }
+    }
     let find = |items: &[Item], key: &[u8]| {
         items
             .iter()
