@@ -51,6 +51,7 @@ counters {
     verify_rejected_proof_total: "#commit events whose ops, inverted on the MST, do not give prevData (Sync 1.1).",
     verify_rejected_other_total: "#commit events rejected because the commit block or the signing key could not be read.",
     commits_deferred_total: "#commit (and #sync) events whose DID document could not be had now (the directory or the did:web host down or slow): their repository is resynced instead of the event dropped.",
+    commits_unproven_total: "#commit events without prevData whose frame does not carry the tree nodes binding its ops to the signed root: not applied, their repository resynced.",
     commits_too_big_total: "#commit events marked tooBig whose records could not be read from the frame.",
     ops_skipped_total: "Repo ops in collections with no loaded record lexicon (skipped before decoding).",
     records_indexed_total: "Valid record creates and updates handed to the index writer.",

@@ -224,3 +224,99 @@ fn tampered_frames_are_rejected_with_the_right_reason() {
     assert_eq!(get(&metrics.verify_rejected_other_total), 1);
     assert_eq!(get(&metrics.commits_rejected_total), 1);
 }
+
+/// A relay that drops `prevData` and substitutes a commit's ops and record
+/// blocks: the genuine signature must not vouch for them. Regression: the
+/// ops were not bound to the signed `data` root without `prevData`, and the
+/// substituted record was indexed.
+#[test]
+fn ops_substituted_behind_a_genuine_signature_are_not_applied_without_prev_data() {
+    let frame = post_commit();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // The genuine frame without prevData verifies: its ops are in the
+    // signed tree, on the nodes the frame carries.
+    let (ingestor, metrics) = verifying_ingestor();
+    let (header, mut body) = split(&frame);
+    body.remove("prevData");
+    match ingestor.process("test", &join(&header, &body)) {
+        Ok(Outcome::Event(ev)) => assert!(
+            ev.changes
+                .iter()
+                .any(|c| matches!(c, lexview::index::event::Change::Put(_))),
+            "{:?}",
+            ev.changes
+        ),
+        other => panic!("the genuine frame: {other:?}"),
+    }
+    assert_eq!(get(&metrics.commits_unproven_total), 0);
+
+    // The post op's record swapped for another (its block added, its CID
+    // in the op): the signed tree holds the genuine CID.
+    let (ingestor, metrics) = verifying_ingestor();
+    let (header, mut body) = split(&frame);
+    body.remove("prevData");
+    let forged = serde_ipld_dagcbor::to_vec(&serde_json::json!({
+        "$type": "app.bsky.feed.post", "text": "words the author never wrote",
+        "createdAt": "2026-07-04T14:39:14.000Z"
+    }))
+    .unwrap();
+    let forged_cid = dag_cbor_cid(&forged);
+    let Ipld::Link(root) = body["commit"] else {
+        panic!("commit link")
+    };
+    let Ipld::Bytes(car) = &body["blocks"] else {
+        panic!("blocks")
+    };
+    let mut blocks: Vec<(cid::Cid, Vec<u8>)> = read_car(car)
+        .unwrap()
+        .blocks
+        .iter()
+        .map(|(c, d)| (*c, d.to_vec()))
+        .collect();
+    blocks.push((forged_cid, forged));
+    body.insert("blocks".into(), Ipld::Bytes(write_car(root, &blocks)));
+    let Some(Ipld::List(ops)) = body.get_mut("ops") else {
+        panic!("ops")
+    };
+    for op in ops.iter_mut() {
+        let Ipld::Map(op) = op else { panic!("op") };
+        if matches!(&op["path"], Ipld::String(p) if p.starts_with("app.bsky.feed.post/")) {
+            op.insert("cid".into(), Ipld::Link(forged_cid));
+        }
+    }
+    let substituted = join(&header, &body);
+    ingestor.precheck(&[&substituted, &substituted]);
+    assert!(rejection(&ingestor, &substituted).contains("(proof)"));
+    assert_eq!(get(&metrics.verify_rejected_proof_total), 1);
+
+    // The same with the tree nodes left out: nothing binds the ops, so
+    // nothing of the commit is applied; its repository is resynced.
+    let (ingestor, metrics) = verifying_ingestor();
+    let (header, mut body) = split(&substituted);
+    let Ipld::Bytes(car) = &body["blocks"] else {
+        panic!("blocks")
+    };
+    let kept: Vec<(cid::Cid, Vec<u8>)> = read_car(car)
+        .unwrap()
+        .blocks
+        .iter()
+        .filter(|(c, d)| {
+            // The commit and the records stay; MST nodes (maps with "e") go.
+            let v: Result<BTreeMap<String, Ipld>, _> = serde_ipld_dagcbor::from_slice(d);
+            **c == root || !v.is_ok_and(|m| m.contains_key("e"))
+        })
+        .map(|(c, d)| (*c, d.to_vec()))
+        .collect();
+    body.insert("blocks".into(), Ipld::Bytes(write_car(root, &kept)));
+    match ingestor.process("test", &join(&header, &body)) {
+        Ok(Outcome::Event(ev)) => assert!(
+            ev.changes
+                .iter()
+                .all(|c| matches!(c, lexview::index::event::Change::Resync { .. })),
+            "only a resync: {:?}",
+            ev.changes
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&metrics.commits_unproven_total), 1);
+}

@@ -632,6 +632,22 @@ impl Ingestor {
                     reason: format!("commit {} deferred: DID document unavailable", c.rev),
                 }));
             }
+            // Signed, but its ops are not bound to the signed tree (no
+            // `prevData`, and the frame lacks the nodes): not trusted, the
+            // repository is fetched whole instead.
+            Err(crate::verify::VerifyError::Unproven(why)) => {
+                Metrics::inc(&m.commits_unproven_total);
+                Metrics::inc(&m.resyncs_requested_total);
+                tracing::warn!(
+                    repo = c.repo,
+                    rev = c.rev,
+                    "{why}: the repository will be resynced"
+                );
+                return Ok(Checked::Deferred(Change::Resync {
+                    did: c.repo.to_string(),
+                    reason: format!("commit {} without a proof of its ops", c.rev),
+                }));
+            }
             Err(e) => {
                 use crate::keys::KeyError as K;
                 use crate::verify::VerifyError as V;

@@ -39,6 +39,9 @@ pub enum VerifyError {
     Identity(#[from] IdentityError),
     #[error("Sync 1.1 proof: {0}")]
     Proof(String),
+    /// The frame does not carry what binds its ops to the signed root.
+    #[error("ops not proven: {0}")]
+    Unproven(String),
 }
 
 impl VerifyError {
@@ -55,6 +58,7 @@ impl VerifyError {
             VerifyError::Identity(IdentityError::Resolve(_)) => "resolve",
             VerifyError::Identity(IdentityError::Unavailable(_)) => "unavailable",
             VerifyError::Proof(_) => "proof",
+            VerifyError::Unproven(_) => "unproven",
         }
     }
 }

@@ -346,6 +346,53 @@ fn build_items(
     Ok(encode_node(left, &here, blocks))
 }
 
+/// The value of `key` in the tree at `root`, from the nodes `get` returns:
+/// `Ok(None)` when the tree does not hold the key, `Incomplete` when a node
+/// on the key's path is missing. Each step goes one layer down (checked),
+/// so it ends within the deepest layer a key hash gives.
+pub fn lookup<'b>(root: Cid, key: &[u8], get: &Get<'b>) -> Result<Option<Cid>, ProofError> {
+    let mut cid = root;
+    let mut above: Option<u32> = None;
+    for _ in 0..=MAX_LAYERS {
+        let bytes =
+            get(&cid).ok_or_else(|| ProofError::Incomplete(String::from_utf8_lossy(key).into()))?;
+        let node: NodeIn = crate::decode::from_dag_cbor(bytes)
+            .map_err(|e| ProofError::Node(cid, e.to_string()))?;
+        let mut next = node.l;
+        let mut full: Vec<u8> = Vec::new();
+        let mut layer = None;
+        for e in &node.e {
+            if e.p > full.len() {
+                return Err(ProofError::Node(cid, "bad prefix length".into()));
+            }
+            full.truncate(e.p);
+            full.extend_from_slice(e.k);
+            let h = key_height(&full);
+            if above.is_some_and(|a| h >= a) || layer.is_some_and(|l| l != h) {
+                return Err(ProofError::Node(cid, "a key in the wrong layer".into()));
+            }
+            layer = Some(h);
+            match full.as_slice().cmp(key) {
+                std::cmp::Ordering::Equal => return Ok(Some(e.v)),
+                std::cmp::Ordering::Greater => break,
+                std::cmp::Ordering::Less => next = e.t,
+            }
+        }
+        match next {
+            None => return Ok(None),
+            Some(child) => {
+                above = layer.or(above);
+                cid = child;
+            }
+        }
+    }
+    Err(ProofError::Node(root, "deeper than any tree".into()))
+}
+
+/// More layers than any key's hash gives (a layer is half the leading zero
+/// bits of a SHA-256).
+const MAX_LAYERS: usize = 130;
+
 /// Sync 1.1's inductive proof: undoes `ops` on the tree rooted at `root`
 /// (only the nodes `get` returns are known) and returns the root before the
 /// commit, to compare with the commit's `prevData`.
