@@ -262,3 +262,32 @@ async fn metrics_show_counters_caches_and_queue_depths() {
     assert_eq!(health["status"], "ok");
     assert!(health["records"].as_i64().unwrap() > 100, "{health}");
 }
+
+/// Requests any client can send must not crash the server. Regression: a
+/// search cursor of 2^44 made tantivy reserve room for that many hits and
+/// the allocation aborted the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_cursors_past_the_deepest_page_are_refused() {
+    let f = fixture();
+    for path in [
+        "/xrpc/dev.lexview.search.searchRecords?q=the&cursor=17592186044416".to_string(),
+        "/xrpc/dev.lexview.search.searchRecords?q=the&cursor=10001".to_string(),
+        format!(
+            "/xrpc/app.bsky.feed.getFeedSkeleton?feed=at://did:web:localhost/app.bsky.feed.generator/rust-ranked&cursor={}",
+            1u64 << 44
+        ),
+    ] {
+        let (status, body) = get(&f.app, &path).await;
+        assert_eq!(
+            (status.as_u16(), body["error"].as_str()),
+            (400, Some("InvalidRequest")),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = get(
+        &f.app,
+        "/xrpc/dev.lexview.search.searchRecords?q=the&cursor=10000",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -245,12 +245,7 @@ async fn search_skeleton(
     cursor: Option<&str>,
 ) -> Result<Value, XrpcError> {
     let search = crate::api::repo::search::service(state, nsid)?;
-    let offset = match cursor {
-        None => 0,
-        Some(c) => c.parse::<usize>().map_err(|_| {
-            XrpcError::invalid_request("Error: cursor is not a cursor of this feed")
-        })?,
-    };
+    let offset = crate::api::repo::search::page_offset(cursor, "feed")?;
     let q = crate::index::search::SearchQuery {
         text: saved.query.clone(),
         collection: Some(saved.collection.clone()),

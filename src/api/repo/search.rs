@@ -29,9 +29,14 @@ pub async fn run(
     let (hits, total) = tokio::task::spawn_blocking(move || index.search(&q))
         .await
         .map_err(|e| XrpcError::internal(e.to_string()))?
-        .map_err(|e| {
-            tracing::error!("search failed: {e}");
-            XrpcError::internal("search failed")
+        .map_err(|e| match e {
+            crate::index::search::SearchError::PageTooDeep => {
+                XrpcError::invalid_request(format!("Error: {e}"))
+            }
+            e => {
+                tracing::error!("search failed: {e}");
+                XrpcError::internal("search failed")
+            }
         })?;
     let stale: Vec<String> = hits
         .iter()
@@ -102,6 +107,23 @@ fn stored_row(uri: String, s: StoredRecord) -> RecordRow {
     }
 }
 
+/// The offset a search cursor (issued by this server) stands for; at most
+/// `MAX_OFFSET`, so that no request makes the index reserve room for an
+/// unbounded number of hits.
+pub fn page_offset(cursor: Option<&str>, of: &str) -> Result<usize, XrpcError> {
+    let Some(c) = cursor else { return Ok(0) };
+    match c.parse::<usize>() {
+        Ok(n) if n <= crate::index::search::MAX_OFFSET => Ok(n),
+        Ok(_) => Err(XrpcError::invalid_request(format!(
+            "Error: cursor is past the last page a search reaches ({} hits)",
+            crate::index::search::MAX_OFFSET
+        ))),
+        Err(_) => Err(XrpcError::invalid_request(format!(
+            "Error: cursor is not a cursor of this {of}"
+        ))),
+    }
+}
+
 /// The search service, or the error for a server started without one.
 pub fn service(state: &AppState, nsid: &str) -> Result<Arc<Search>, XrpcError> {
     state
@@ -119,12 +141,7 @@ pub async fn search_records(
     let search = service(state, nsid)?;
     let p = parse(&state.catalog(), nsid, pairs)?;
     let limit = p.int("limit").unwrap_or(25) as usize;
-    let offset = match p.str("cursor") {
-        None => 0,
-        Some(c) => c.parse::<usize>().map_err(|_| {
-            XrpcError::invalid_request("Error: cursor is not a cursor of this method")
-        })?,
-    };
+    let offset = page_offset(p.str("cursor"), "method")?;
     let author = match p.str("author") {
         Some(a) => Some(resolve_repo(state, a).await?),
         None => None,

@@ -42,6 +42,14 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// which cost more than finding the best hits on the load benchmark.
 pub const COUNTED_UP_TO: usize = 10_000;
 
+/// The deepest page a search reaches: hits past this many are not listed
+/// (tantivy reserves room for offset + limit hits up front, so an offset
+/// from a request must be bounded).
+pub const MAX_OFFSET: usize = 10_000;
+
+/// The most hits one page lists.
+pub const MAX_LIMIT: usize = 100;
+
 /// The name the tokenizer is registered under in the index.
 const TOKENIZER: &str = "lexview";
 
@@ -62,6 +70,8 @@ pub enum SearchError {
     Store(#[from] duckdb::Error),
     #[error("search config {path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("a search page is at most {MAX_LIMIT} hits, at most {MAX_OFFSET} deep")]
+    PageTooDeep,
 }
 
 pub type Result<T> = std::result::Result<T, SearchError>;
@@ -889,6 +899,9 @@ impl SearchIndex {
     /// optionally weighted towards recent records. Returns one page of hits
     /// and the number of matches, up to [`COUNTED_UP_TO`].
     pub fn search(&self, q: &SearchQuery) -> Result<(Vec<Hit>, usize)> {
+        if q.offset > MAX_OFFSET || q.limit > MAX_LIMIT {
+            return Err(SearchError::PageTooDeep);
+        }
         // Every clause a term that must occur: the words, then the filters.
         let mut must: Vec<(Term, IndexRecordOption)> = Vec::new();
         for t in terms(&q.text) {
