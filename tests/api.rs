@@ -291,3 +291,57 @@ async fn search_cursors_past_the_deepest_page_are_refused() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// GraphQL requests any client can send are checked before they are
+/// parsed or run. Regressions: a value literal nested 2,000 deep overflowed
+/// a worker's stack (the parser recurses); 4,000 aliased list fields cost
+/// 4,000 store reads and seconds (complexity ignored page sizes); a 64 MB
+/// body was read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_limits_refuse_before_any_work() {
+    let f = fixture();
+    let refused = |data: &Value, what: &str| {
+        let e = &data["errors"][0];
+        assert_eq!(e["extensions"]["code"], "InvalidRequest", "{data}");
+        assert!(
+            e["message"].as_str().unwrap().contains(what),
+            "{what}: {data}"
+        );
+        assert!(
+            data.get("data").is_none() || data["data"].is_null(),
+            "{data}"
+        );
+    };
+    let deep = format!(
+        "{{ appBskyFeedLike(first: 1, where: {{ uri: {{ eq: {}\"x\"{} }} }}) {{ totalCount }} }}",
+        "[".repeat(2_000),
+        "]".repeat(2_000)
+    );
+    refused(&graphql(&f.app, &deep).await, "nests deeper");
+    let aliases: String = (0..300)
+        .map(|i| format!("a{i}: appBskyFeedLike(first: 100) {{ nodes {{ uri }} }} "))
+        .collect();
+    refused(
+        &graphql(&f.app, &format!("{{ {aliases} }}")).await,
+        "root fields",
+    );
+    let costly = "{ appBskyFeedPost(first: 100) { nodes { appBskyFeedLikeBySubject(first: 100) { nodes { appBskyFeedLikeBySubject(first: 100) { nodes { uri } } } } } } }";
+    refused(&graphql(&f.app, costly).await, "values");
+    let long = format!(
+        "{{ appBskyFeedLike(first: 1) {{ totalCount }} }} #{}",
+        "x".repeat(70_000)
+    );
+    refused(&graphql(&f.app, &long).await, "longer than");
+    // A body over the limit is refused before it is read.
+    let big = "x".repeat(lexview::api::MAX_BODY + 1);
+    let req = Request::post("/graphql")
+        .header("content-type", "application/json")
+        .header("content-length", big.len())
+        .body(Body::from(big))
+        .unwrap();
+    let (status, _) = call(&f.app, req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // And an ordinary query still runs.
+    let data = graphql(&f.app, "{ appBskyFeedLike(first: 1) { totalCount } }").await;
+    assert_eq!(data["data"]["appBskyFeedLike"]["totalCount"], 105, "{data}");
+}

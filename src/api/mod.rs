@@ -17,6 +17,7 @@ pub mod page;
 pub mod params;
 pub mod repo;
 pub mod rows;
+pub mod server;
 pub mod xrpc;
 
 use std::any::Any;
@@ -161,6 +162,9 @@ impl AppState {
     }
 }
 
+/// The largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+
 /// The router, separate from `main` so tests can drive it in-process.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -175,6 +179,9 @@ pub fn app(state: AppState) -> Router {
         .route("/_health", get(health::health))
         .route("/metrics", get(health::metrics))
         .with_state(state)
+        // A GraphQL query with its variables fits well within this; more
+        // is refused with 413 before it is read.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         // A 501 for an unknown method is the client's business, not an
         // operator's error; store failures are logged where they happen.
         .layer(

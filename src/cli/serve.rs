@@ -256,9 +256,7 @@ async fn start_http(
     });
     let token = shutdown.clone();
     Ok(tokio::spawn(async move {
-        axum::serve(listener, api::app(state))
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        api::server::serve(listener, api::app(state), token).await
     }))
 }
 

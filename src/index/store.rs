@@ -342,14 +342,35 @@ pub struct ReadPool {
 
 impl ReadPool {
     /// Runs `f` with a read connection on the blocking thread pool.
+    ///
+    /// If the caller stops waiting (a request that timed out, a client that
+    /// went away), the statement running for it is interrupted: the work
+    /// does not go on holding a connection and a core for nobody.
     pub async fn with<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
     ) -> Result<T> {
+        /// Interrupts the connection's statement unless disarmed (done).
+        struct InterruptOnDrop(Option<Arc<duckdb::InterruptHandle>>);
+        impl Drop for InterruptOnDrop {
+            fn drop(&mut self) {
+                if let Some(h) = self.0.take() {
+                    h.interrupt();
+                }
+            }
+        }
+        let conn = self.take()?;
+        let mut guard = InterruptOnDrop(Some(conn.interrupt_handle()));
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || pool.with_blocking(f))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        let out = tokio::task::spawn_blocking(move || {
+            let out = f(&conn);
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        guard.0 = None;
+        Ok(out?)
     }
 
     /// How many times a read connection was used (each use runs one or a
@@ -360,9 +381,17 @@ impl ReadPool {
 
     /// Runs `f` with a read connection on the current thread.
     pub fn with_blocking<T>(&self, f: impl FnOnce(&Connection) -> duckdb::Result<T>) -> Result<T> {
+        let conn = self.take()?;
+        let out = f(&conn);
+        self.give_back(conn);
+        Ok(out?)
+    }
+
+    /// An idle connection, or a new one; counted as a use.
+    fn take(&self) -> Result<Connection> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let conn = match self.idle.lock().expect("pool lock").pop() {
+        Ok(match self.idle.lock().expect("pool lock").pop() {
             Some(c) => c,
             None => {
                 let c = self.base.lock().expect("pool lock").try_clone()?;
@@ -370,10 +399,11 @@ impl ReadPool {
                 c.set_prepared_statement_cache_capacity(READER_STATEMENTS);
                 c
             }
-        };
-        let out = f(&conn);
+        })
+    }
+
+    fn give_back(&self, conn: Connection) {
         self.idle.lock().expect("pool lock").push(conn);
-        Ok(out?)
     }
 }
 

@@ -23,6 +23,10 @@ pub(super) async fn execute(
     req: async_graphql::Request,
 ) -> Response {
     let schema = state.generation().graphql.clone();
+    // The limits first: nothing parses a request before they are checked.
+    if let Err(why) = limits::check(&req) {
+        return shape(headers, limits::refused(why));
+    }
     let order = selection_order(&req);
     let mut resp = match tokio::time::timeout(QUERY_TIMEOUT, schema.execute(req)).await {
         Ok(resp) => resp,
@@ -37,6 +41,11 @@ pub(super) async fn execute(
     if let Some(order) = order {
         resp.data = reorder(std::mem::take(&mut resp.data), &order);
     }
+    shape(headers, resp)
+}
+
+/// The HTTP answer of a GraphQL response, per GraphQL-over-HTTP.
+fn shape(headers: &HeaderMap, resp: async_graphql::Response) -> Response {
     let modern = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -172,7 +181,7 @@ pub async fn get_or_subscribe(
             Ok(ws) => ws,
             Err(e) => return e.into_response(),
         };
-        let schema = state.generation().graphql.clone();
+        let schema = limits::Limited(state.generation().graphql.clone());
         return ws
             .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
             .on_upgrade(move |stream| {

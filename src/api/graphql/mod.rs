@@ -6,6 +6,7 @@
 
 mod http;
 mod joins;
+pub mod limits;
 mod query;
 mod search;
 mod subscriptions;
@@ -225,7 +226,8 @@ pub fn build_schema(
         &readers,
     )
     .limit_depth(16)
-    .limit_complexity(10_000);
+    .limit_complexity(10_000)
+    .limit_recursive_depth(limits::MAX_NESTING);
     for t in objects {
         builder = builder.register(t);
     }
