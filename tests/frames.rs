@@ -30,6 +30,8 @@ const DID: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
 const NOW: &str = "2026-11-24T12:00:00.000Z";
 
 #[test]
+/// A tooBig commit (its records not in the frame) applies what it can (the
+/// delete) and asks for a resync of its repository for the rest.
 fn too_big_commit_advances_the_cursor_and_still_applies_deletes() {
     let (ing, metrics) = setup();
     let (cid, _) =
@@ -61,11 +63,13 @@ fn too_big_commit_advances_the_cursor_and_still_applies_deletes() {
     };
     assert_eq!(ev.cursor, Some(9));
     assert!(
-        matches!(&ev.changes[..], [Change::Delete { rkey, .. }] if rkey == "3kaaaaaaaaaa3"),
+        matches!(&ev.changes[..], [Change::Delete { rkey, .. }, Change::Resync { did, .. }]
+            if rkey == "3kaaaaaaaaaa3" && did == DID),
         "{:?}",
         ev.changes
     );
     assert_eq!(metrics.commits_too_big_total.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.resyncs_requested_total.load(Ordering::Relaxed), 1);
 }
 
 #[test]

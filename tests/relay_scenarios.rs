@@ -229,3 +229,36 @@ fn a_lost_commit_breaks_the_chain_and_asks_for_a_resync() {
         .all(|(passed, _, resync)| *passed && !resync));
     assert_eq!(count(&r.metrics.resyncs_requested_total), 1);
 }
+
+/// A relay whose sequence was reset answers the stored cursor with
+/// `FutureCursor`: lexview goes on live and indexes the new, lower seqs
+/// (regression: the old seq stayed in memory and every new frame was
+/// dropped as stale).
+#[test]
+fn after_future_cursor_the_new_lower_seqs_are_indexed() {
+    use common::server::Server;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let frames = common::frames("jetstream/frames.bin");
+    let last = lexview::decode::frame::decode_frame(frames.last().unwrap())
+        .unwrap()
+        .seq()
+        .unwrap();
+    let reset: Vec<Vec<u8>> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| common::relay::with_seq(f, i as i64 + 1))
+        .collect();
+    let relay = common::relay::start_sets(vec![frames, reset], 150);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&[&relay.url], dir.path(), &root.join("lexicons"));
+    server.wait_for_cursor(last);
+    // The relay resets; the connection closes after 150 frames, so the
+    // next one asks with the old cursor.
+    relay.set.store(1, std::sync::atomic::Ordering::SeqCst);
+    server.wait_for(std::time::Duration::from_secs(60), |h| {
+        h["sources"][0]["cursor"].as_i64() == Some(150)
+    });
+    assert_eq!(server.counter("frames_stale_seq_total"), 0);
+    assert!(server.counter("error_frames_total") >= 1);
+    assert!(server.stop().success());
+}

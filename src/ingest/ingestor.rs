@@ -147,6 +147,14 @@ impl Ingestor {
         }
     }
 
+    /// Forgets `source`'s last seq: its relay said the cursor is in the
+    /// future (its sequence was reset), and its frames start again low.
+    pub fn forget_seq(&self, source: &str) {
+        if let Some(seqs) = &self.seqs {
+            seqs.lock().expect("seqs lock").remove(source);
+        }
+    }
+
     /// Accounts the store knows as not active (at start).
     pub fn set_inactive(&self, dids: impl IntoIterator<Item = String>) {
         self.inactive.lock().expect("inactive lock").extend(dids);
@@ -559,9 +567,25 @@ impl Ingestor {
             None => None,
         };
         let mut changes = Vec::with_capacity(wanted.len());
+        let mut missing = false;
         for (op, collection, rkey) in wanted {
-            changes.extend(self.op_change(c, op, collection, rkey, &blocks)?);
+            match self.op_change(c, op, collection, rkey, &blocks)? {
+                Some(change) => changes.push(change),
+                None => missing = true,
+            }
         }
+        // A tooBig commit's records that the frame does not carry come from
+        // the repository itself.
+        let resync = match resync {
+            None if missing => {
+                Metrics::inc(&self.metrics.resyncs_requested_total);
+                Some(Change::Resync {
+                    did: c.repo.to_string(),
+                    reason: format!("tooBig commit {}", c.rev),
+                })
+            }
+            r => r,
+        };
         changes.extend(resync);
         Ok(changes)
     }

@@ -184,6 +184,11 @@ fn handle_frame(
         }
         Ok(Outcome::SourceError { error, message }) => {
             tracing::warn!(source = %frame.source, error, ?message, "error frame from source");
+            // The relay's sequence was reset: the source goes on live
+            // (`firehose::run`), and its new, lower seqs are not stale.
+            if error == "FutureCursor" {
+                ingestor.forget_seq(&frame.source);
+            }
         }
         Ok(Outcome::Info { name, message }) => {
             tracing::warn!(source = %frame.source, name, ?message, "info frame from source");

@@ -139,8 +139,6 @@ pub async fn run(
                             // body is decoded downstream, once.
                             match peek(&bytes) {
                                 Ok(Peek::Error(e)) => {
-                                    tracing::error!(error = %e.error, message = ?e.message, "firehose error frame");
-                                    Metrics::inc(&metrics.error_frames_total);
                                     if e.error == "FutureCursor" {
                                         // Our cursor is ahead of the server's sequence
                                         // (e.g. a relay reset): continue live.
@@ -148,6 +146,16 @@ pub async fn run(
                                         cursor = None;
                                     }
                                     ended = Some(format!("error frame {}", e.error));
+                                    // Handed on (counted and acted on downstream:
+                                    // the ingestor forgets the old seq), then
+                                    // the connection is opened again.
+                                    let _ = tx
+                                        .send(RawFrame {
+                                            source: source.clone(),
+                                            bytes: bytes.to_vec(),
+                                            wire: Wire::Firehose,
+                                        })
+                                        .await;
                                     break;
                                 }
                                 Ok(Peek::Seq(Some(seq))) => cursor = Some(seq),

@@ -15,17 +15,55 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Relay {
     pub url: String,
     pub connections: Arc<AtomicUsize>,
+    /// Which set of frames new connections are served (see [`start_sets`]).
+    pub set: Arc<AtomicUsize>,
+}
+
+/// An error frame (`op: -1`), as a relay sends one before closing.
+pub fn error_frame(error: &str, message: &str) -> Vec<u8> {
+    let mut f = serde_ipld_dagcbor::to_vec(&serde_json::json!({"op": -1})).unwrap();
+    f.extend(
+        serde_ipld_dagcbor::to_vec(&serde_json::json!({"error": error, "message": message}))
+            .unwrap(),
+    );
+    f
+}
+
+/// `frame` with its `seq` replaced (a relay whose sequence restarted).
+pub fn with_seq(frame: &[u8], seq: i64) -> Vec<u8> {
+    use ipld_core::ipld::Ipld;
+    let n = lexview::decode::frame::cbor_item_len(frame).unwrap();
+    let mut body: std::collections::BTreeMap<String, Ipld> =
+        serde_ipld_dagcbor::from_slice(&frame[n..]).unwrap();
+    body.insert("seq".into(), Ipld::Integer(seq.into()));
+    let mut out = frame[..n].to_vec();
+    out.extend(serde_ipld_dagcbor::to_vec(&body).unwrap());
+    out
 }
 
 /// Starts the server on its own thread and runtime; it lives until the test ends.
 pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
-    let seqs: Vec<i64> = frames
-        .iter()
-        .map(|f| {
-            lexview::decode::frame::decode_frame(f)
-                .expect("frame")
-                .seq()
-                .expect("seq")
+    start_sets(vec![frames], close_after)
+}
+
+/// As [`start`], with several sets of frames: new connections are served
+/// the set `Relay::set` names (a relay whose sequence was reset). A cursor
+/// past the set's last seq is answered with `FutureCursor`, as a relay
+/// answers it.
+pub fn start_sets(sets: Vec<Vec<Vec<u8>>>, close_after: usize) -> Relay {
+    let sets: Vec<(Vec<Vec<u8>>, Vec<i64>)> = sets
+        .into_iter()
+        .map(|frames| {
+            let seqs = frames
+                .iter()
+                .map(|f| {
+                    lexview::decode::frame::decode_frame(f)
+                        .expect("frame")
+                        .seq()
+                        .expect("seq")
+                })
+                .collect();
+            (frames, seqs)
         })
         .collect();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -33,8 +71,9 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
     let url = format!("ws://{}", listener.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
-    let frames = Arc::new(frames);
-    let seqs = Arc::new(seqs);
+    let set = Arc::new(AtomicUsize::new(0));
+    let which = set.clone();
+    let sets = Arc::new(sets);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -45,8 +84,9 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let (frames, seqs) = (frames.clone(), seqs.clone());
+                let (sets, now) = (sets.clone(), which.load(Ordering::SeqCst));
                 tokio::spawn(async move {
+                    let (frames, seqs) = &sets[now];
                     let mut cursor: Option<i64> = None;
                     let ws = tokio_tungstenite::accept_hdr_async(
                         stream,
@@ -61,6 +101,12 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
                     )
                     .await;
                     let Ok(mut ws) = ws else { return };
+                    if cursor.is_some_and(|c| seqs.last().is_some_and(|last| c > *last)) {
+                        let frame = error_frame("FutureCursor", "cursor in the future");
+                        let _ = ws.send(Message::Binary(frame.into())).await;
+                        let _ = ws.close(None).await;
+                        return;
+                    }
                     let mut sent = 0;
                     for (frame, seq) in frames.iter().zip(seqs.iter()) {
                         if cursor.is_some_and(|c| *seq <= c) {
@@ -85,5 +131,9 @@ pub fn start(frames: Vec<Vec<u8>>, close_after: usize) -> Relay {
             }
         });
     });
-    Relay { url, connections }
+    Relay {
+        url,
+        connections,
+        set,
+    }
 }
