@@ -208,6 +208,10 @@ struct ServeArgs {
     /// public addresses is fetched from them).
     #[arg(long, env = "LEXVIEW_UNSAFE_ALLOW_PRIVATE_HOSTS")]
     unsafe_allow_private_hosts: bool,
+    /// /_health answers 503 "degraded" once a source has been disconnected
+    /// this many seconds (it keeps retrying meanwhile).
+    #[arg(long, env = "LEXVIEW_MAX_DISCONNECTED", default_value_t = 300)]
+    max_disconnected: u64,
 }
 
 impl Default for ServeArgs {
@@ -252,6 +256,7 @@ impl ServeArgs {
             handle_resolver: self.handle_resolver,
             post_cache: self.post_cache,
             allow_private_hosts: self.unsafe_allow_private_hosts,
+            max_disconnected: std::time::Duration::from_secs(self.max_disconnected),
             writer: WriterConfig {
                 max_events: self.batch_events,
                 max_delay: std::time::Duration::from_millis(self.batch_ms),

@@ -84,6 +84,8 @@ counters {
     handle_checks_dropped_total: "Handle checks not queued because the queue was full (checked again at the next start).",
 }
 gauges {
+    ingest_stopped: "1 when the ingest thread stopped while the server was not shutting down (the server then shuts down and exits non-zero).",
+    writer_failures_in_a_row: "Index transactions that failed in a row, being retried (the process exits after 10, nothing of them committed).",
     queue_frames: "Frames received and waiting for the ingest thread (at most 1024).",
     queue_events: "Index events waiting for the writer.",
     queue_handle_checks: "Handles waiting to be checked (at most 10,000).",

@@ -49,6 +49,7 @@ fn config(data: &std::path::Path) -> ServeConfig {
         handle_resolver: None,
         post_cache: 1000,
         allow_private_hosts: false,
+        max_disconnected: std::time::Duration::from_secs(300),
         writer: Default::default(),
     }
 }
@@ -254,6 +255,26 @@ async fn metrics_show_counters_caches_and_queue_depths() {
         "# TYPE lexview_queue_resync_results gauge",
         "# TYPE lexview_queue_search_batches gauge",
         "lexview_queue_search_batches 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    // Latency by method and status; a method the server does not serve is
+    // "other" (clients cannot grow the label set).
+    let _ = get(&f.app, "/xrpc/com.example.nothing").await;
+    let resp = f
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(bytes.to_vec()).unwrap();
+    for line in [
+        "lexview_request_duration_seconds_count{method=\"app.bsky.feed.getPosts\",status=\"200\"} 2",
+        "lexview_request_duration_seconds_count{method=\"other\",status=\"501\"} 1",
+        "# TYPE lexview_source_connected gauge",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
     }

@@ -76,15 +76,21 @@ fn stays_up_until(dir: &Path, args: &[&str], base: &str, done: impl Fn(&Value) -
         }
     }
     let mut child = cmd.spawn().expect("spawn lexview");
+    // Read as it comes: a full pipe would block the server's logging.
+    let mut stderr = child.stderr.take().unwrap();
+    let log_reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    });
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < Duration::from_secs(40) {
         if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
             panic!(
                 "lexview {args:?} exited with {status} after {:?}:\n{}",
                 start.elapsed(),
-                String::from_utf8_lossy(&out.stderr)
+                log_reader.join().unwrap()
             );
         }
         if let Some(h) = health(base) {
@@ -100,14 +106,13 @@ fn stays_up_until(dir: &Path, args: &[&str], base: &str, done: impl Fn(&Value) -
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let status = child.wait().unwrap();
+    let log = log_reader.join().unwrap();
     assert!(alive, "lexview {args:?} died:\n{log}");
     assert!(!log.contains("panicked"), "a panic in the log:\n{log}");
     assert!(
-        out.status.success(),
-        "lexview {args:?} exited with {} after SIGTERM:\n{log}",
-        out.status
+        status.success(),
+        "lexview {args:?} exited with {status} after SIGTERM:\n{log}"
     );
     last.unwrap_or_else(|| panic!("no /_health answer from {base}:\n{log}"))
 }
@@ -153,4 +158,34 @@ fn a_verified_recording_without_a_handle_resolver_stays_up() {
         &format!("http://{listen}"),
     );
     assert_eq!(h["status"], "ok", "{h}");
+}
+
+/// `/_health` tells the truth: a relay that stays unreachable longer than
+/// `--max-disconnected` makes the server "degraded" (503), with the reason,
+/// while it keeps retrying.
+#[test]
+fn a_source_down_too_long_makes_the_server_degraded() {
+    let dir = checkout_like_folder();
+    let port = common::server::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let h = stays_up_until(
+        dir.path(),
+        &[
+            "serve",
+            "--source",
+            "ws://127.0.0.1:9",
+            "--max-disconnected",
+            "2",
+            "--listen",
+            &listen,
+        ],
+        &format!("http://{listen}"),
+        |h| h["status"] == "degraded",
+    );
+    assert_eq!(h["status"], "degraded", "{h}");
+    let problem = h["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains("ws://127.0.0.1:9 has been disconnected for"),
+        "{h}"
+    );
 }

@@ -56,22 +56,64 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             )
         })
         .await;
+    let problems = problems(&state, &links, now);
     match counts {
-        Ok((records, quarantined, resyncs)) => Json(json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "records": records,
-            "quarantined": quarantined,
-            "resyncsPending": resyncs,
-            "sources": sources,
-        }))
-        .into_response(),
+        Ok((records, quarantined, resyncs)) => {
+            let status = if problems.is_empty() {
+                axum::http::StatusCode::OK
+            } else {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = Json(json!({
+                "status": if problems.is_empty() { "ok" } else { "degraded" },
+                "problems": problems,
+                "version": env!("CARGO_PKG_VERSION"),
+                "records": records,
+                "quarantined": quarantined,
+                "resyncsPending": resyncs,
+                "sources": sources,
+            }));
+            (status, body).into_response()
+        }
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "error", "message": e.to_string(), "sources": sources })),
         )
             .into_response(),
     }
+}
+
+/// What keeps the server from doing its job now: a stopped ingest thread,
+/// index transactions failing in a row, a source disconnected for longer
+/// than `--max-disconnected`.
+fn problems(
+    state: &AppState,
+    links: &std::collections::BTreeMap<String, crate::source::Link>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = Vec::new();
+    if state.metrics.ingest_stopped.load(Relaxed) == 1 {
+        out.push("the ingest thread stopped; the server is shutting down".to_string());
+    }
+    let failing = state.metrics.writer_failures_in_a_row.load(Relaxed);
+    if failing >= 3 {
+        out.push(format!(
+            "the last {failing} index transactions failed (retrying; see the log)"
+        ));
+    }
+    for (source, link) in links {
+        use crate::source::LinkState;
+        let down = matches!(link.state, LinkState::Connecting | LinkState::Disconnected);
+        let for_secs = (now - link.since).num_seconds().max(0) as u64;
+        if down && for_secs >= state.max_disconnected.as_secs() {
+            out.push(format!(
+                "{source} has been disconnected for {for_secs} s: {}",
+                link.last_error.as_deref().unwrap_or("connecting")
+            ));
+        }
+    }
+    out
 }
 
 /// Prometheus text exposition.
@@ -117,6 +159,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for ext in state.extensions.iter() {
         ext.render_metrics(&mut text);
     }
+    sources(&state, &mut text);
+    state.latencies.render(&mut text);
     if let Some(search) = &state.search {
         let index = &search.index;
         let c = index.count_stats();
@@ -172,6 +216,51 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Per source: whether it is connected, its committed cursor and its lag.
+fn sources(state: &AppState, text: &mut String) {
+    let links = state.links.snapshot();
+    let positions = state.positions.snapshot();
+    let now = chrono::Utc::now();
+    let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    text.push_str(
+        "# HELP lexview_source_connected 1 while the source is connected (or a recording is being read).\n\
+         # TYPE lexview_source_connected gauge\n",
+    );
+    for (source, link) in &links {
+        let up = matches!(link.state, crate::source::LinkState::Connected);
+        text.push_str(&format!(
+            "lexview_source_connected{{source=\"{}\"}} {}\n",
+            label(source),
+            u8::from(up)
+        ));
+    }
+    text.push_str(
+        "# HELP lexview_source_cursor The source's cursor committed with the data.\n\
+         # TYPE lexview_source_cursor gauge\n\
+         # HELP lexview_source_lag_seconds How far behind the source's newest committed event is.\n\
+         # TYPE lexview_source_lag_seconds gauge\n",
+    );
+    for (source, pos) in &positions {
+        if let Some(c) = pos.cursor {
+            text.push_str(&format!(
+                "lexview_source_cursor{{source=\"{}\"}} {c}\n",
+                label(source)
+            ));
+        }
+        let lag = pos
+            .event_time
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
+        if let Some(lag) = lag {
+            text.push_str(&format!(
+                "lexview_source_lag_seconds{{source=\"{}\"}} {lag}\n",
+                label(source)
+            ));
+        }
+    }
 }
 
 /// One counter family with a line per value of its `label`.

@@ -13,6 +13,7 @@ pub mod cache;
 mod error;
 pub mod graphql;
 pub mod health;
+pub mod latency;
 pub mod page;
 pub mod params;
 pub mod repo;
@@ -104,6 +105,11 @@ pub struct AppState {
     pub methods: Arc<xrpc::Methods>,
     /// The API extensions, for `/metrics`.
     pub extensions: Arc<Vec<Arc<dyn Extension>>>,
+    /// How long a source may stay disconnected before `/_health` says the
+    /// server is degraded.
+    pub max_disconnected: std::time::Duration,
+    /// Request latencies, for `/metrics`.
+    pub latencies: Arc<latency::Latencies>,
 }
 
 /// What [`AppState::new`] needs.
@@ -118,6 +124,7 @@ pub struct StateParts {
     pub handles: Arc<actors::Handles>,
     pub methods: xrpc::Methods,
     pub extensions: Vec<Arc<dyn Extension>>,
+    pub max_disconnected: std::time::Duration,
 }
 
 impl AppState {
@@ -135,6 +142,8 @@ impl AppState {
             handles: p.handles,
             methods: Arc::new(p.methods),
             extensions: Arc::new(p.extensions),
+            max_disconnected: p.max_disconnected,
+            latencies: Arc::default(),
         }
     }
 
@@ -178,6 +187,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/_health", get(health::health))
         .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            latency::measure,
+        ))
         .with_state(state)
         // A GraphQL query with its variables fits well within this; more
         // is refused with 413 before it is read.
@@ -241,6 +254,7 @@ mod tests {
             handles: Arc::default(),
             methods: xrpc::Methods::default(),
             extensions: Vec::new(),
+            max_disconnected: std::time::Duration::from_secs(300),
         });
         let request = state.pinned();
         state.reload(generation(2));

@@ -68,6 +68,9 @@ pub struct ServeConfig {
     /// Hosts that DID documents and handles name may be plain HTTP on
     /// private addresses (tests only; see `net`).
     pub allow_private_hosts: bool,
+    /// How long a source may stay disconnected before `/_health` says the
+    /// server is degraded.
+    pub max_disconnected: std::time::Duration,
     pub writer: WriterConfig,
 }
 
@@ -227,6 +230,13 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     tracing::info!("writer drained; all received events are committed");
     let _ = tokio::task::spawn_blocking(move || search.close()).await;
     let _ = server.await;
+    if metrics
+        .ingest_stopped
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 1
+    {
+        bail!("the ingest thread stopped unexpectedly (see the log above); what it handed on is committed");
+    }
     Ok(())
 }
 
@@ -376,6 +386,7 @@ impl Api {
             handles: self.handles.clone(),
             methods: methods(&self.views),
             extensions: vec![self.views.clone()],
+            max_disconnected: cfg.max_disconnected,
         }))
     }
 }

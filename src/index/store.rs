@@ -350,27 +350,34 @@ impl ReadPool {
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
     ) -> Result<T> {
-        /// Interrupts the connection's statement unless disarmed (done).
-        struct InterruptOnDrop(Option<Arc<duckdb::InterruptHandle>>);
+        /// The running statement's interrupt handle, while it runs; on drop
+        /// (the caller stopped waiting) the statement is interrupted.
+        type Running = Arc<Mutex<Option<Arc<duckdb::InterruptHandle>>>>;
+        struct InterruptOnDrop(Running);
         impl Drop for InterruptOnDrop {
             fn drop(&mut self) {
-                if let Some(h) = self.0.take() {
+                if let Some(h) = self.0.lock().expect("running lock").take() {
                     h.interrupt();
                 }
             }
         }
-        let conn = self.take()?;
-        let mut guard = InterruptOnDrop(Some(conn.interrupt_handle()));
+        let running: Running = Arc::default();
+        let guard = InterruptOnDrop(running.clone());
         let pool = self.clone();
-        let out = tokio::task::spawn_blocking(move || {
+        // The connection is taken on the blocking thread: opening one may
+        // wait on the database, which must not hold up the async workers.
+        let out = tokio::task::spawn_blocking(move || -> Result<T> {
+            let conn = pool.take()?;
+            *running.lock().expect("running lock") = Some(conn.interrupt_handle());
             let out = f(&conn);
+            running.lock().expect("running lock").take();
             pool.give_back(conn);
-            out
+            Ok(out?)
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        guard.0 = None;
-        Ok(out?)
+        drop(guard);
+        out
     }
 
     /// How many times a read connection was used (each use runs one or a

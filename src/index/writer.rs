@@ -61,6 +61,12 @@ impl Positions {
     }
 }
 
+/// Failed transactions in a row after which the process exits.
+pub const MAX_FAILURES_IN_A_ROW: u32 = 10;
+
+/// The exit status then (EX_TEMPFAIL: try again later).
+pub const EXIT_WRITER_FAILED: i32 = 75;
+
 /// Called with each batch once it is committed (e.g. to invalidate caches),
 /// with what the commit did.
 pub type OnCommit = Arc<dyn Fn(&[IndexEvent], &ApplyStats) + Send + Sync>;
@@ -142,6 +148,7 @@ async fn commit(
         match result {
             Ok(stats) => {
                 Metrics::inc(&metrics.batches_committed_total);
+                Metrics::set(&metrics.writer_failures_in_a_row, 0);
                 tracing::debug!(?stats, "batch committed");
 
                 let mut last: BTreeMap<&str, (i64, Option<&String>)> = BTreeMap::new();
@@ -156,8 +163,20 @@ async fn commit(
                 return store;
             }
             Err(e) => {
-                // Nothing of the batch was committed: retry it whole.
+                // Nothing of the batch was committed: retry it whole, and
+                // give up (exit, for a supervisor to restart the process)
+                // when it keeps failing: a full disk, a broken store. The
+                // cursor never moved past the batch, so a restart loses
+                // nothing.
                 Metrics::inc(&metrics.writer_errors_total);
+                Metrics::set(&metrics.writer_failures_in_a_row, u64::from(attempt) + 1);
+                if attempt + 1 >= MAX_FAILURES_IN_A_ROW {
+                    tracing::error!(
+                        error = %e,
+                        "index transaction failed {MAX_FAILURES_IN_A_ROW} times in a row; exiting (nothing of the batch was committed)"
+                    );
+                    std::process::exit(EXIT_WRITER_FAILED);
+                }
                 let wait = Duration::from_millis(200 * 2u64.pow(attempt.min(5)));
                 tracing::error!(error = %e, ?wait, events = batch.len(), "index transaction failed; retrying");
                 attempt += 1;

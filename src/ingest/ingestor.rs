@@ -13,6 +13,9 @@ use crate::lexicon::Catalog;
 use crate::metrics::Metrics;
 use crate::syntax::{is_valid_did, is_valid_record_key};
 
+/// Deferred commits are said at most every 10 s (an outage defers them all).
+static DEFERRED_LOG: super::Throttle = super::Throttle::new(std::time::Duration::from_secs(10));
+
 /// What verifying a commit decided.
 enum Checked {
     /// Authentic: its ops apply; with the resync to ask for when its
@@ -646,11 +649,14 @@ impl Ingestor {
             )) => {
                 Metrics::inc(&m.commits_deferred_total);
                 Metrics::inc(&m.resyncs_requested_total);
-                tracing::warn!(
-                    repo = c.repo,
-                    rev = c.rev,
-                    "DID document unavailable now: the repository will be resynced ({why})"
-                );
+                if let Some(more) = DEFERRED_LOG.due() {
+                    tracing::warn!(
+                        repo = c.repo,
+                        rev = c.rev,
+                        more_since_last_said = more,
+                        "DID document unavailable now: the repository will be resynced ({why})"
+                    );
+                }
                 return Ok(Checked::Deferred(Change::Resync {
                     did: c.repo.to_string(),
                     reason: format!("commit {} deferred: DID document unavailable", c.rev),

@@ -12,3 +12,37 @@ pub mod resync;
 pub mod run;
 
 pub use ingestor::{IngestError, Ingestor, Outcome};
+
+/// A log line said at most once per interval: an outage makes the same
+/// warning for every commit, and a log is for people.
+pub struct Throttle {
+    every: std::time::Duration,
+    /// When it was last said, and how many times it was not said since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(times not said since)` when the line is due now.
+    pub fn due(&self) -> Option<u64> {
+        let mut state = self.state.lock().expect("throttle lock");
+        let now = std::time::Instant::now();
+        match state.0 {
+            Some(at) if now.duration_since(at) < self.every => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let folded = state.1;
+                *state = (Some(now), 0);
+                Some(folded)
+            }
+        }
+    }
+}

@@ -44,16 +44,29 @@ pub struct Snapshot {
 pub enum Fetched {
     /// Some of the repository's records, ahead of the rest (a large
     /// repository is never held whole).
-    Part {
-        did: String,
-        changes: Vec<Change>,
-    },
+    Part { did: String, changes: Vec<Change> },
     /// The last records and the `Snapshot` that ends the repository.
     Done(Snapshot),
     Failed {
         did: String,
         error: String,
+        /// An outage (a directory or host down or slow), not a definite
+        /// failure: worth saying once, not at every retry.
+        transient: bool,
     },
+}
+
+/// Whether a fetch failed for an outage (the DID document or the PDS
+/// unavailable now) rather than for what it got.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::identity::IdentityError>(),
+            Some(crate::identity::IdentityError::Unavailable(_))
+        ) || c
+            .downcast_ref::<NetError>()
+            .is_some_and(NetError::is_transient)
+    })
 }
 
 /// The changes that make the index hold exactly `repo`'s records of loaded
@@ -199,6 +212,7 @@ impl Workers {
                             Ok(s) => Fetched::Done(s),
                             Err(e) => Fetched::Failed {
                                 did,
+                                transient: is_transient(&e),
                                 error: format!("{e:#}"),
                             },
                         };
@@ -221,13 +235,12 @@ impl Workers {
         }
     }
 
-    /// Stops taking jobs and waits for the threads (a fetch under way
-    /// finishes first; its result is dropped and the resync stays pending).
+    /// Stops taking jobs. A fetch under way is not waited for (it may be
+    /// retrying a host that is down): its result would be dropped anyway,
+    /// and the resync stays pending in the store for the next start.
     pub fn close(&self) {
         self.jobs.lock().expect("resync jobs").take();
-        for t in self.threads.lock().expect("resync threads").drain(..) {
-            let _ = t.join();
-        }
+        self.threads.lock().expect("resync threads").clear();
     }
 }
 
@@ -539,7 +552,11 @@ impl Router {
                 );
                 (s.did.clone(), Some(s))
             }
-            Fetched::Failed { did, error } => {
+            Fetched::Failed {
+                did,
+                error,
+                transient,
+            } => {
                 // The held events are applied as they are; the fetch is
                 // tried again later (and, being in `resyncs`, at the next
                 // start if this process stops first).
@@ -548,12 +565,30 @@ impl Router {
                 let wait = (self.retry_base * 2u32.saturating_pow((*n).min(16)))
                     .min(Duration::from_secs(3600));
                 *n += 1;
-                tracing::error!(
-                    did,
-                    error,
-                    retry_in_s = wait.as_secs(),
-                    "resync failed; applying the held events as they are"
-                );
+                // An outage fails every repository in turn, at every retry:
+                // said once per repository, then left to the metrics.
+                if transient && *n > 1 {
+                    tracing::debug!(
+                        did,
+                        error,
+                        retry_in_s = wait.as_secs(),
+                        "resync failed again"
+                    );
+                } else if transient {
+                    tracing::warn!(
+                        did,
+                        error,
+                        retry_in_s = wait.as_secs(),
+                        "resync waits for an outage to end; applying the held events as they are"
+                    );
+                } else {
+                    tracing::error!(
+                        did,
+                        error,
+                        retry_in_s = wait.as_secs(),
+                        "resync failed; applying the held events as they are"
+                    );
+                }
                 if self.in_flight.contains_key(&did) {
                     self.retries
                         .push((std::time::Instant::now() + wait, did.clone()));
@@ -564,9 +599,10 @@ impl Router {
         let Some(f) = self.in_flight.remove(&did) else {
             return Vec::new();
         };
-        // Progress: every repository while few are pending, then every 100.
+        // Progress, when a repository is done: every one while few are
+        // pending, then every 100.
         let pending = self.queue.len() + self.in_flight.len();
-        if pending < 10 || self.done.is_multiple_of(100) {
+        if snapshot.is_some() && (pending < 10 || self.done.is_multiple_of(100)) {
             let secs = self.started.elapsed().as_secs_f64().max(1e-3);
             let rate = self.done as f64 / secs;
             tracing::info!(
@@ -736,6 +772,7 @@ mod tests {
         r.request("did:plc:a");
         r.start_fetches();
         r.finished(Fetched::Failed {
+            transient: false,
             did: "did:plc:a".into(),
             error: "down".into(),
         });
@@ -747,6 +784,7 @@ mod tests {
         assert_eq!(r.start_fetches(), vec!["did:plc:a".to_string()]);
         // The second failure waits twice as long.
         r.finished(Fetched::Failed {
+            transient: false,
             did: "did:plc:a".into(),
             error: "down".into(),
         });
@@ -765,6 +803,7 @@ mod tests {
         assert_eq!(r.pending(), 2);
         assert!(r.route(put("s", 2, "did:plc:a", "2", "r2")).is_empty());
         let out = r.finished(Fetched::Failed {
+            transient: false,
             did: "did:plc:a".into(),
             error: "boom".into(),
         });

@@ -47,6 +47,33 @@ const ROUND: usize = 256;
 
 pub fn ingest_loop(
     ingestor: Ingestor,
+    rx: mpsc::Receiver<RawFrame>,
+    tx: mpsc::Sender<IndexEvent>,
+    router: Router,
+    ctx: IngestContext,
+) {
+    /// Says so when the thread unwinds (a bug: no input should make it
+    /// panic), and starts the shutdown: a server that cannot ingest exits
+    /// (non-zero) for its supervisor to restart it. (A thread whose sources
+    /// ended, a replay read to its end, is done, not stopped.)
+    struct Stopped(CancellationToken, Arc<crate::metrics::Metrics>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            if std::thread::panicking() && !self.0.is_cancelled() {
+                tracing::error!("the ingest thread stopped; shutting down");
+                crate::metrics::Metrics::set(&self.1.ingest_stopped, 1);
+                self.0.cancel();
+            }
+        }
+    }
+    let _stopped = Stopped(ctx.shutdown.clone(), ctx.metrics.clone());
+    rounds(ingestor, rx, tx, router, ctx);
+}
+
+/// The ingest thread's loop, until the sources end and resyncs are done,
+/// or shutdown.
+fn rounds(
+    ingestor: Ingestor,
     mut rx: mpsc::Receiver<RawFrame>,
     tx: mpsc::Sender<IndexEvent>,
     mut router: Router,
@@ -119,10 +146,13 @@ pub fn ingest_loop(
             if stretch < OVERLAPPED_ROUNDS {
                 take_waiting(&mut rx, &mut next);
             }
+            // A shutdown stops the round: frames not handled were not
+            // applied, so the cursor has not passed them.
+            let shutdown = &ctx.shutdown;
             let handled = ingestor.overlapped(&firehose_frames(&next), || {
-                round
-                    .drain(..)
-                    .all(|frame| handle_frame(&ingestor, &frame, &mut router, &tx))
+                round.drain(..).all(|frame| {
+                    !shutdown.is_cancelled() && handle_frame(&ingestor, &frame, &mut router, &tx)
+                })
             });
             if !handled {
                 return;

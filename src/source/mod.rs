@@ -114,7 +114,8 @@ impl LinkState {
 #[derive(Debug, Clone)]
 pub struct Link {
     pub state: LinkState,
-    /// When the source entered `state`.
+    /// When the source went up (connected, finished) or down (connecting,
+    /// disconnected): retries while down keep it.
     pub since: chrono::DateTime<chrono::Utc>,
     /// Why the last connection failed or ended, if it did.
     pub last_error: Option<String>,
@@ -139,7 +140,10 @@ impl Links {
             last_error: None,
             failures: 0,
         });
-        if link.state != state {
+        // `since` is when the source went up or down: retries while down
+        // (connecting, failing, connecting again) keep it.
+        let up = |s: LinkState| matches!(s, LinkState::Connected | LinkState::Finished);
+        if up(link.state) != up(state) {
             link.since = now;
         }
         link.state = state;

@@ -165,6 +165,11 @@ pub struct HttpResolver {
     /// DIDs that failed to resolve, with the error, not asked again for
     /// [`failure_ttl`].
     failed: Mutex<lru::LruCache<String, (Instant, IdentityError)>>,
+    /// When the PLC directory last failed as a whole (a connection or DNS
+    /// failure, a 5xx): every did:plc lookup fails at once until
+    /// [`DIRECTORY_PAUSE`] has passed, instead of each trying (and waiting
+    /// on DNS) again.
+    directory_down: Mutex<Option<(Instant, IdentityError)>>,
     ttl: Duration,
 }
 
@@ -173,6 +178,7 @@ impl HttpResolver {
         HttpResolver {
             plc: plc.trim_end_matches('/').to_string(),
             http,
+            directory_down: Mutex::new(None),
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(100_000).expect("non-zero"),
             )),
@@ -203,11 +209,26 @@ impl HttpResolver {
 
     fn fetch(&self, did: &str) -> Result<Resolved, IdentityError> {
         let (url, trust) = self.document_url(did)?;
+        let directory = trust == Trust::Configured;
+        if directory {
+            if let Some((at, e)) = &*self.directory_down.lock().expect("directory state") {
+                if at.elapsed() < DIRECTORY_PAUSE {
+                    return Err(e.clone());
+                }
+            }
+        }
         let doc: Value = self
             .http
             .get_json(&url, trust, DOCUMENT_DEADLINE, DOCUMENT_LIMIT)
             .map_err(|e| match e.is_transient() {
-                true => IdentityError::Unavailable(e.to_string()),
+                true => {
+                    let e = IdentityError::Unavailable(e.to_string());
+                    if directory {
+                        *self.directory_down.lock().expect("directory state") =
+                            Some((Instant::now(), e.clone()));
+                    }
+                    e
+                }
                 false => IdentityError::Resolve(e.to_string()),
             })?;
         if doc.get("id").and_then(Value::as_str) != Some(did) {
@@ -256,6 +277,10 @@ fn failure_ttl(e: &IdentityError) -> Duration {
         _ => Duration::from_secs(60),
     }
 }
+
+/// How long the PLC directory is not asked again after it failed as a
+/// whole.
+const DIRECTORY_PAUSE: Duration = Duration::from_secs(2);
 
 /// How long a DID document may take, and how large it may be.
 const DOCUMENT_DEADLINE: Duration = Duration::from_secs(10);
